@@ -1,0 +1,160 @@
+"""Median time of ``lead_step`` on CPU against a straightforward per-group Python loop.
+
+    python benchmarks/lead_step.py [--repeats 200] [--threads 1]
+
+Goal: under 2 ms for N = 1,024 (128 prompts x 8) on one core, and at least 100x faster than the
+loop below, which computes the same formulas one group and one rollout at a time (it is the
+baseline of this benchmark, and the tests check that both agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+from trainers.lead import LeadConfig, LeadState, lead_step, scheduled_w_corr
+
+
+def loop_lead_step(
+    lengths, correctness, group_ids, config: LeadConfig, state: LeadState | None = None, as_floats: bool = False
+):
+    """The LEAD formulas written as plain Python loops over groups and rollouts (no memory).
+
+    With ``as_floats`` the inputs become Python lists first; otherwise each element is a 0-d tensor.
+    """
+    state = state or LeadState()
+    scores, groups = correctness, group_ids.tolist()
+    if as_floats:
+        lengths, scores = lengths.tolist(), correctness.tolist()
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+
+    targets, r_eff = [0.0] * len(lengths), [0.0] * len(lengths)
+    for idx in members.values():
+        correct_lengths = sorted(lengths[i] for i in idx if scores[i] > 0.5)
+        if not correct_lengths:
+            lstar = config.bmax
+        else:
+            if config.aggregator == "mean_correct":
+                agg = sum(correct_lengths) / len(correct_lengths)
+            elif config.aggregator == "min_correct":
+                agg = correct_lengths[0]
+            elif config.aggregator == "median_correct":
+                k = len(correct_lengths)
+                agg = (correct_lengths[(k - 1) // 2] + correct_lengths[k // 2]) / 2
+            else:
+                agg = sum(lengths[i] for i in idx) / len(idx)
+            lstar = min(max(agg, config.floor), config.bmax)
+        for i in idx:
+            targets[i] = lstar
+            ratio = 1 - lengths[i] / lstar
+            if config.lstar_mode == "sym":
+                r_eff[i] = max(-1.0, 1 - abs(lengths[i] - lstar) / lstar)
+            elif config.lstar_mode == "upper_only":
+                r_eff[i] = max(-1.0, min(0.0, ratio))
+            elif scores[i] > 0.5:
+                r_eff[i] = 0.0 if lengths[i] < config.short_guard else max(0.0, ratio)
+            else:
+                r_eff[i] = min(0.0, max(-1.0, ratio))
+
+    def spread(values, keep):
+        means, variances = [], []
+        for idx in members.values():
+            vals = [values[i] for i in idx if keep(i)]
+            if vals:
+                m = sum(vals) / len(vals)
+                means.append(m)
+                variances.append(sum((v - m) ** 2 for v in vals) / len(vals))
+        if not means:
+            return 0.0, 0.0
+        mu = sum(means) / len(means)
+        between = sum((m - mu) ** 2 for m in means) / len(means)
+        return mu, math.sqrt(sum(variances) / len(variances) + between + 1e-8)
+
+    mu_c, sigma_c = spread(scores, lambda i: True)
+    mu_e, sigma_e = spread(r_eff, lambda i: scores[i] > 0.5)
+    eps = config.eps
+    cv_c, cv_e = sigma_c / (abs(mu_c) + eps), sigma_e / (abs(mu_e) + eps)
+    d_c = cv_c / (cv_c + cv_e + eps) * (1 - min(max(mu_c, 0.0), 1.0)) ** config.alpha
+    d_e = cv_e / (cv_c + cv_e + eps) * (1 - (min(max(mu_e, -1.0), 1.0) + 1) / 2) ** config.alpha
+    if config.weighting == "psi":
+        ema_c = config.beta * state.w_corr_ema + (1 - config.beta) * d_c / (d_c + d_e + eps)
+        w_c = max(ema_c, config.lambda_min)
+    elif config.weighting == "static":
+        w_c = config.w_corr
+    else:
+        w_c = scheduled_w_corr(state.step, config)
+    w_e = 1 - w_c
+
+    def normalize(values):
+        out = [0.0] * len(values)
+        for idx in members.values():
+            vals = [values[i] for i in idx]
+            if len(vals) == 1:
+                mean, std = 0.0, 1.0
+            else:
+                mean = sum(vals) / len(vals)
+                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            for i in idx:
+                out[i] = (values[i] - mean) / (std + 1e-6)
+        return out
+
+    if config.normalization == "decoupled":
+        adv_c, adv_e = normalize(scores), normalize(r_eff)
+        advantages = [w_c * a + w_e * b for a, b in zip(adv_c, adv_e)]
+    else:
+        advantages = normalize([w_c * c + w_e * e for c, e in zip(scores, r_eff)])
+    return {"targets": targets, "r_eff": r_eff, "advantages": advantages, "w_corr": w_c, "w_eff": w_e}
+
+
+def make_batch(num_prompts: int, rollouts: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = num_prompts * rollouts
+    lengths = torch.randint(200, 8000, (n,), generator=g).to(torch.float32)
+    correctness = (torch.rand(n, generator=g) < 0.55).to(torch.float32)
+    labels = torch.randperm(10 * num_prompts, generator=g)[:num_prompts] * 7919
+    group_ids = labels.repeat_interleave(rollouts)[torch.randperm(n, generator=g)]
+    return lengths, correctness, group_ids
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 = one core)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = LeadConfig(floor=1000, bmax=8000)
+    print(f"lead_step on CPU, {args.threads} thread(s), median of {args.repeats} calls")
+    print(
+        f"{'N':>7} {'prompts x n':>12} {'lead_step ms':>13} {'tensor loop ms':>15} {'speed-up':>9} "
+        f"{'float loop ms':>14} {'speed-up':>9}"
+    )
+    for num_prompts, rollouts in ((128, 8), (2048, 8)):
+        batch = make_batch(num_prompts, rollouts)
+        fast = median_seconds(lambda: lead_step(*batch, config=config), args.repeats)
+        loop_repeats = max(3, args.repeats // 40)
+        tensor_loop = median_seconds(lambda: loop_lead_step(*batch, config=config), loop_repeats)
+        float_loop = median_seconds(lambda: loop_lead_step(*batch, config=config, as_floats=True), loop_repeats)
+        print(
+            f"{num_prompts * rollouts:>7} {f'{num_prompts} x {rollouts}':>12} {fast * 1e3:>13.3f} "
+            f"{tensor_loop * 1e3:>15.1f} {tensor_loop / fast:>8.0f}x {float_loop * 1e3:>14.2f} {float_loop / fast:>8.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
