@@ -1,6 +1,21 @@
-"""Evaluation: the Accuracy-Efficiency Score against a base model."""
+"""Evaluation: pass@1 and mean length on a fixed eval set, and the Accuracy-Efficiency Score."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from trainers.lead import LeadConfig, target_lengths
+from trainers.rollout.base import RolloutEngine, SamplingParams
 
 
 def aes(
@@ -26,3 +41,114 @@ def aes(
     if d_accuracy >= 0:
         return alpha * d_length + beta * d_accuracy
     return alpha * d_length - gamma * abs(d_accuracy)
+
+
+# --------------------------------------------------------------------------- pass@1 on an eval set
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # pass@1 averaged over samples and problems
+    response_length: float  # mean generated tokens (EOS included)
+    truncated_fraction: float
+    features: dict[str, float]  # task-specific counts per response (e.g. re-check lines)
+    table: pa.Table  # one row per problem
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        out = {
+            f"{prefix}/accuracy": self.accuracy,
+            f"{prefix}/response_length": self.response_length,
+            f"{prefix}/truncated_fraction": self.truncated_fraction,
+        }
+        out.update({f"{prefix}/{name}": value for name, value in self.features.items()})
+        return out
+
+
+def evaluate(
+    engine: RolloutEngine,
+    tokenizer,
+    task,
+    problems: list,
+    sampling: SamplingParams,
+    n_samples: int,
+    seed: int,
+    lead_config: LeadConfig,
+    batch_size: int = 512,
+) -> EvalResult:
+    """Pass@1 over ``n_samples`` per problem, mean length, and a per-problem table.
+
+    The table's ``lstar`` is the target LEAD would set for the problem from these samples
+    (``trainers.lead.target_lengths``), to set against its ``minimal_length``.
+    """
+    lengths, scores, truncated, features = [], [], [], {}
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [task.prompt_ids(problem, tokenizer) for problem in chunk]
+        rollouts = engine.generate(prompts, n_samples, sampling, seed=seed + start)
+        texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
+        scores += task.grade(texts, [problem for problem in chunk for _ in range(n_samples)])
+        lengths.append(rollouts.lengths.cpu())
+        truncated.append(rollouts.truncated.cpu())
+        for text in texts:
+            for name, count in task.response_features(text).items():
+                features[name] = features.get(name, 0) + count
+    lengths_t = torch.cat(lengths).to(torch.float64)
+    scores_t = torch.tensor(scores, dtype=torch.float64)
+    truncated_t = torch.cat(truncated)
+    group_index = torch.arange(len(problems)).repeat_interleave(n_samples)
+    lstar, _ = target_lengths(lengths_t, scores_t > 0.5, group_index, len(problems), lead_config)
+    per_problem = lambda values: values.view(len(problems), n_samples).mean(1).tolist()  # noqa: E731
+    table = pa.table(
+        {
+            "problem_id": pa.array([problem.id for problem in problems], pa.int64()),
+            "minimal_length": pa.array([getattr(problem, "minimal_length", None) for problem in problems], pa.int64()),
+            "lstar": pa.array(lstar.tolist(), pa.float64()),
+            "mean_length": pa.array(per_problem(lengths_t), pa.float64()),
+            "accuracy": pa.array(per_problem(scores_t), pa.float64()),
+            "truncated_fraction": pa.array(per_problem(truncated_t.to(torch.float64)), pa.float64()),
+        }
+    )
+    total = len(scores)
+    return EvalResult(
+        accuracy=float(scores_t.mean()),
+        response_length=float(lengths_t.mean()),
+        truncated_fraction=float(truncated_t.to(torch.float64).mean()),
+        features={f"{name}_per_response": count / total for name, count in sorted(features.items())},
+        table=table,
+    )
+
+
+def cached_evaluation(cache_dir: Path, key: dict, compute: Callable[[], EvalResult]) -> EvalResult:
+    """``compute()`` once per ``key`` (JSON-able settings); later calls read the cached result.
+
+    Stored as ``result.json`` and ``problems.parquet`` in a folder named by the key's hash, written
+    to a temporary folder first and renamed, so a crash never leaves a half-written result.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / f"eval-{digest}"
+    if not folder.is_dir():
+        result = compute()
+        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        summary = {
+            "accuracy": result.accuracy,
+            "response_length": result.response_length,
+            "truncated_fraction": result.truncated_fraction,
+            "features": result.features,
+            "key": key,
+        }
+        (tmp / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+        pq.write_table(result.table, tmp / "problems.parquet")
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary = json.loads((folder / "result.json").read_text())
+    return EvalResult(
+        accuracy=summary["accuracy"],
+        response_length=summary["response_length"],
+        truncated_fraction=summary["truncated_fraction"],
+        features=summary["features"],
+        table=pq.read_table(folder / "problems.parquet"),
+    )

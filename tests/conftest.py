@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny base model built once per session in a private cache."""
+
+from pathlib import Path
+
+import pytest
+
+from trainers.config import TrainConfig
+
+# A few SFT steps: enough for a real, loadable model that emits EOS; far from a good one.
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "sft_steps": 60}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lead-cache")
+
+
+def tiny_config(cache_dir: Path, **overrides) -> TrainConfig:
+    """A small, fast run config over the tiny test model; ``overrides`` merge section by section."""
+    from trainers.config import deep_merge
+
+    base = {
+        "model": {"cache_dir": str(cache_dir), "tiny": TINY},
+        "task": {"max_terms": 5, "eval_size": 24},
+        "rollout": {"n": 4, "max_new_tokens": 48},
+        "train": {"steps": 4, "prompts_per_step": 4, "mini_batch_size": 8, "micro_batch_size": 4},
+        "eval": {"every": 2, "num_problems": 12},
+        "checkpoint": {"every": 2, "keep_last": 5},
+    }
+    return TrainConfig.model_validate(deep_merge(base, overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cache_dir) -> Path:
+    from trainers.grpo import base_model_path
+
+    return base_model_path(tiny_config(cache_dir), log=lambda _: None)

@@ -1,0 +1,89 @@
+"""The GRPO trainer on the tiny model: the metric contract, exact resume, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from trainers import metrics as M
+from trainers.grpo import ModelLoadError, build_sequences, kl_penalty, latest_checkpoint, train
+from trainers.rollout.base import Rollouts
+
+
+def run(config, output_dir, resume_from=None):
+    reports = []
+    final = train(config, output_dir, report=reports.append, resume_from=resume_from, log=lambda _: None)
+    return reports, final
+
+
+def comparable(metrics):
+    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+
+def same(a, b):
+    return repr(comparable(a)) == repr(comparable(b))  # exact floats, NaN included
+
+
+def test_every_step_reports_the_contract_and_evaluations_add_tables(tiny_model_dir, cache_dir, tmp_path):
+    reports, final = run(tiny_config(cache_dir), tmp_path)
+    assert [r.step for r in reports] == [1, 2, 3, 4]
+    for r in reports:
+        assert set(M.STEP_METRICS) <= set(r.metrics)
+        assert all(isinstance(v, float) for v in r.metrics.values())
+        assert 0.0 <= r.metrics[M.lead("w_corr")] <= 1.0
+    evals = [r for r in reports if M.EVAL_ACCURACY in r.metrics]
+    assert [r.step for r in evals] == [2, 4]
+    for r in evals:
+        assert set(M.EVAL_METRICS) <= set(r.metrics)
+        table = r.tables["eval_problems"]
+        assert table.num_rows == 12
+        assert table.column_names[:5] == ["problem_id", "minimal_length", "lstar", "mean_length", "accuracy"]
+    assert reports[-1].done and reports[-1].checkpoint_dir is not None
+    assert final[M.EVAL_ACCURACY] == evals[-1].metrics[M.EVAL_ACCURACY]
+    if final[M.BASE_ACCURACY] == 0:
+        assert math.isnan(final[M.EVAL_AES])
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tiny_model_dir, cache_dir, tmp_path):
+    config = tiny_config(cache_dir)
+    straight, _ = run(config, tmp_path / "straight")
+
+    first_half = tiny_config(cache_dir, train={"steps": 2})
+    run(first_half, tmp_path / "stopped")
+    checkpoint = latest_checkpoint(tmp_path / "stopped")
+    assert checkpoint.name == "step_000002"
+    resumed, _ = run(config, tmp_path / "stopped", resume_from=checkpoint)
+
+    assert [r.step for r in resumed] == [3, 4]
+    for a, b in zip(straight[2:], resumed):
+        assert same(a.metrics, b.metrics), (a.step, comparable(a.metrics), comparable(b.metrics))
+        for name in a.tables:
+            assert a.tables[name].equals(b.tables[name])
+
+
+def test_a_missing_or_broken_model_directory_is_one_clear_error(cache_dir, tmp_path):
+    with pytest.raises(ValueError, match="nowhere is not a model directory"):
+        tiny_config(cache_dir, model={"path": str(tmp_path / "nowhere")})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="model.path: cannot load .*broken"):
+        run(tiny_config(cache_dir, model={"path": str(broken)}), tmp_path / "out")
+
+
+def test_sequences_put_each_response_target_after_its_prompt():
+    rollouts = Rollouts(
+        response_ids=torch.tensor([[7, 8, 1], [9, 1, 0]]), lengths=torch.tensor([3, 2]), truncated=torch.tensor([False, False])
+    )
+    ids, mask = build_sequences([[4, 5]], 2, rollouts, pad_token_id=0)
+    assert ids.tolist() == [[4, 5, 7, 8, 1], [4, 5, 9, 1, 0]]
+    # targets are tokens 1..4; response targets are 7, 8, 1 (row 0) and 9, 1 (row 1)
+    assert mask.tolist() == [[False, True, True, True], [False, True, True, False]]
+
+
+def test_kl_penalties():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    assert kl_penalty(logp, ref, "mse").tolist() == pytest.approx([0.125, 0.0])
+    # k3: exp(-.5) - (-.5) - 1
+    assert kl_penalty(logp, ref, "low_var_kl").tolist() == pytest.approx([math.exp(-0.5) - 0.5, 0.0])

@@ -1,0 +1,77 @@
+"""``python -m trainers.train``: a smoke run end to end, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.train", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def write_config(tmp_path, cache_dir, **changes):
+    config = yaml.safe_load((ROOT / "trainers/configs/synthetic_psi.yaml").read_text())
+    config["model"]["cache_dir"] = str(cache_dir)
+    config["model"]["tiny"].update(TINY)
+    config["task"].update(max_terms=5, eval_size=24)
+    config["rollout"]["max_new_tokens"] = 48
+    config["lead"]["bmax"] = 48
+    for section, values in changes.items():
+        config[section].update(values)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache_dir, tmp_path):
+    config = write_config(tmp_path, cache_dir)
+    result = cli(config, "--smoke-test", "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("done: eval accuracy")
+    lines = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert "eval/accuracy" in lines[-1]
+    assert pq.read_table(tmp_path / "out/eval_problems/step_000002.parquet").num_rows == 16
+    assert json.loads((tmp_path / "out/summary.json").read_text())["eval/accuracy"] == lines[-1]["eval/accuracy"]
+    assert "GRPO" in result.stderr  # the progress bar
+
+
+def test_the_shipped_example_config_is_valid():
+    from trainers.config import load_train_config
+
+    config = load_train_config(ROOT / "trainers/configs/synthetic_psi.yaml")
+    assert config.lead.weighting == "psi" and config.lead.bmax == config.rollout.max_new_tokens
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"train": {"lr_typo": 1e-4}}, "train.lr_typo: unknown key"),
+        ({"train": {"lr": "fast"}}, "train.lr: Input should be a valid number"),
+        ({"lead": {"aggregator": "max_correct"}}, "lead.aggregator: Input should be"),
+        ({"rollout": {"max_prompt_tokens": 4}}, "rollout.max_prompt_tokens (4) is smaller than the longest prompt"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_field_and_exit_2(tmp_path, cache_dir, changes, message):
+    result = cli(write_config(tmp_path, cache_dir, **changes), "--output-dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_directory_and_unreadable_config_exit_2(tmp_path, cache_dir):
+    result = cli(write_config(tmp_path, cache_dir, model={"path": str(tmp_path / "gone")}), "--output-dir", tmp_path / "o")
+    assert result.returncode == 2 and "model.path:" in result.stderr and result.stderr.count("\n") == 1
+    result = cli(tmp_path / "absent.yaml")
+    assert result.returncode == 2 and "absent.yaml: cannot read" in result.stderr

@@ -1,0 +1,174 @@
+"""TrainConfig: one fully resolved training run, typed and validated (pydantic).
+
+Unknown keys are errors. ``format_error`` turns a validation error into one line that names the
+field path, e.g. ``train.lr: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.lead import LeadConfig
+from trainers.models.tiny import TinyModelConfig
+from trainers.tasks.synthetic import SyntheticTaskConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    path: Path | None = Field(None, description="a local Hugging Face model directory; None builds the tiny base model")
+    cache_dir: Path | None = Field(None, description="where built base models and base evaluations are cached")
+    tiny: TinyModelConfig = TinyModelConfig()
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @field_validator("path")
+    @classmethod
+    def _is_model_directory(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            path = path.expanduser().resolve()
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{path} is not a model directory (no config.json)")
+        return path
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["hf"] = "hf"
+    n: int = Field(8, ge=1, description="rollouts per prompt")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(160, ge=1, description="the response budget")
+    max_prompt_tokens: int = Field(64, ge=1)
+
+
+class OptimConfig(_Strict):
+    steps: int = Field(150, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    mini_batch_size: int = Field(64, ge=1, description="rollouts per optimizer step")
+    micro_batch_size: int = Field(64, ge=1, description="rollouts per forward/backward pass")
+    ppo_epochs: int = Field(1, ge=1)
+    clip_ratio: float = Field(0.2, gt=0.0)
+    kl_coef: float = Field(5e-4, ge=0.0)
+    kl_type: Literal["mse", "low_var_kl"] = "mse"
+    entropy_coef: float = Field(0.001, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+
+
+class EvalConfig(_Strict):
+    every: int = Field(25, ge=1, description="evaluate every this many steps, and at the end")
+    n_samples: int = Field(1, ge=1, description="samples per problem; pass@1 is averaged over them")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="None: the rollout budget")
+    num_problems: int | None = Field(None, ge=1, description="None: the task's whole eval set")
+    batch_size: int = Field(512, ge=1, description="prompts per generate call")
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(25, ge=1)
+    keep_last: int = Field(2, ge=1)
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    task: SyntheticTaskConfig = SyntheticTaskConfig()
+    model: ModelConfig = ModelConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    train: OptimConfig = OptimConfig()
+    lead: LeadConfig = LeadConfig(floor=8, bmax=160)
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lead_defaults_follow_the_budget(cls, data: Any) -> Any:
+        """``lead.bmax`` defaults to the response budget and ``lead.floor`` to 8 tokens."""
+        if isinstance(data, dict):
+            lead = data.get("lead", {})
+            if isinstance(lead, dict):
+                budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
+                data = {**data, "lead": {"floor": 8, "bmax": budget, **lead}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.lead.bmax > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"lead.bmax ({self.lead.bmax}) exceeds rollout.max_new_tokens ({self.rollout.max_new_tokens})"
+            )
+        if self.train.mini_batch_size % self.train.micro_batch_size:
+            raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
+        longest_prompt = len("Q:") + 2 * self.task.max_terms  # digits and "+", then "="
+        if longest_prompt > self.rollout.max_prompt_tokens:
+            raise ValueError(
+                f"rollout.max_prompt_tokens ({self.rollout.max_prompt_tokens}) is smaller than the longest "
+                f"prompt ({longest_prompt} tokens)"
+            )
+        return self
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.train.prompts_per_step * self.rollout.n
+
+    def smoke(self) -> "TrainConfig":
+        """The same run, shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems."""
+        return self.model_validate(
+            deep_merge(
+                self.model_dump(),
+                {
+                    "train": {"steps": 2, "prompts_per_step": 2, "mini_batch_size": 4, "micro_batch_size": 4},
+                    "rollout": {"n": 2},
+                    "eval": {"every": 2, "n_samples": 1, "num_problems": 16},
+                    "checkpoint": {"every": 1},
+                },
+            )
+        )
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def format_error(error: ValidationError, prefix: str = "") -> str:
+    """One line naming the first failing field path (``arms[1].weighting.w_corr: ...``)."""
+    first = error.errors()[0]
+    path = prefix
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{path}: {message}" if path else message
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line naming the file and field."""
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML run config; any problem raises ConfigError with one line."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_error(exc)}") from None

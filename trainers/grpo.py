@@ -1,0 +1,331 @@
+"""GRPO with LEAD rewards, top to bottom.
+
+One step: sample prompts -> roll out ``n`` responses each -> grade -> ``lead_step`` (targets,
+efficiency reward, advantages, weights) -> token advantages (whitened over all response tokens)
+-> clipped policy-gradient loss + KL to the frozen reference - entropy bonus, over mini-batches
+of micro-batches -> AdamW. Every ``eval.every`` steps and at the end: pass@1, mean length and AES
+on the fixed eval set. Every ``checkpoint.every`` steps: everything needed to resume exactly.
+
+The trainer knows nothing of Ray or MLflow: it hands a ``StepReport`` to a callback after every
+step. Randomness is a pure function of (seed, step), so a resumed run repeats an uninterrupted
+one bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainers import metrics as M
+from trainers.config import TrainConfig
+from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
+from trainers.lead import LeadState, lead_step, masked_whiten
+from trainers.models.tiny import default_cache_dir, ensure_base_model
+from trainers.rollout.base import SamplingParams
+from trainers.rollout.hf import HFRolloutEngine
+from trainers.tasks.synthetic import SyntheticTask
+
+CHECKPOINT_FILE = "trainer_state.pt"
+
+
+@dataclass
+class StepReport:
+    step: int  # steps completed so far (1-based)
+    metrics: dict[str, float]
+    tables: dict[str, pa.Table] = field(default_factory=dict)  # "eval_problems" on evaluation steps
+    checkpoint_dir: Path | None = None  # set when this step wrote a checkpoint
+    done: bool = False
+
+
+Reporter = Callable[[StepReport], None]
+
+
+class ModelLoadError(ValueError):
+    """The model directory is missing or cannot be loaded (one line, naming the path)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def base_model_path(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """The model to start from: ``model.path``, or the tiny base model built (or reused) in the cache."""
+    if config.model.path is not None:
+        return config.model.path  # validated by ModelConfig: an existing model directory
+    return ensure_base_model(config.task, config.model.tiny, config.model.cache_dir, log=log)
+
+
+def load_model(path: Path, config: TrainConfig):
+    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.path: cannot load {path}: {str(exc).splitlines()[0]}") from None
+    needed = config.rollout.max_prompt_tokens + config.rollout.max_new_tokens
+    if needed > model.config.max_position_embeddings:
+        raise ModelLoadError(
+            f"rollout.max_prompt_tokens + rollout.max_new_tokens ({needed}) exceeds the model's "
+            f"max_position_embeddings ({model.config.max_position_embeddings})"
+        )
+    return model.to(resolve_device(config.model.device)), tokenizer
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, step, use)."""
+    return (seed * 1_000_003 + step) * 8 + stream
+
+
+def token_logprobs(model, input_ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and the entropy of each next-token distribution.
+
+    ``input_ids`` are right-padded, so no attention mask is needed (causal attention never sees
+    the padding after a token). Both outputs have shape (B, W - 1): entry ``j`` is about token ``j+1``.
+    """
+    logits = model(input_ids=input_ids).logits[:, :-1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token KL estimate to the reference: ``mse`` = 0.5 (logp - ref)^2;
+    ``low_var_kl`` = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10] (k3 estimator)."""
+    if kind == "mse":
+        return 0.5 * (logp - ref_logp) ** 2
+    log_ratio = ref_logp - logp
+    return (log_ratio.exp() - log_ratio - 1).clamp(-10.0, 10.0)
+
+
+def build_sequences(prompts: list[list[int]], n: int, rollouts, pad_token_id: int):
+    """Right-padded prompt+response rows and the mask of response targets, shape (B, W - 1)."""
+    lengths = rollouts.lengths.tolist()
+    prompt_lengths = [len(prompts[i // n]) for i in range(len(lengths))]
+    width = max(p + length for p, length in zip(prompt_lengths, lengths))
+    device = rollouts.response_ids.device
+    ids = torch.full((len(lengths), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(lengths), width - 1), dtype=torch.bool, device=device)
+    for i, (p, length) in enumerate(zip(prompt_lengths, lengths)):
+        ids[i, :p] = torch.tensor(prompts[i // n], device=device)
+        ids[i, p : p + length] = rollouts.response_ids[i, :length]
+        mask[i, p - 1 : p - 1 + length] = True
+    return ids, mask
+
+
+def save_checkpoint(directory: Path, payload: dict, keep_last: int) -> Path:
+    """Write ``directory`` atomically (temporary folder, then rename) and prune older ones."""
+    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(payload, tmp / CHECKPOINT_FILE)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(tmp, directory)
+    siblings = sorted(p for p in directory.parent.glob("step_*") if p.is_dir())
+    for old in siblings[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted((Path(output_dir) / "checkpoints").glob(f"step_*/{CHECKPOINT_FILE}"))
+    return found[-1].parent if found else None
+
+
+def train(
+    config: TrainConfig,
+    output_dir: Path,
+    report: Reporter = lambda _: None,
+    resume_from: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval)."""
+    output_dir = Path(output_dir)
+    torch.manual_seed(config.seed)
+    task = SyntheticTask(config.task)
+    model_path = base_model_path(config, log=log)
+    model, tokenizer = load_model(model_path, config)
+    device = next(model.parameters()).device
+    reference = None
+    if config.train.kl_coef > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens)
+    eval_sampling = SamplingParams(
+        config.eval.temperature, config.eval.top_p, config.eval.max_new_tokens or config.rollout.max_new_tokens
+    )
+    eval_set = task.eval_problems()[: config.eval.num_problems]
+    eval_seed = step_seed(config.task.eval_seed, 0, 7)  # one seed for every evaluation: common random numbers
+
+    def run_eval() -> EvalResult:
+        return evaluate(
+            engine, tokenizer, task, eval_set, eval_sampling, config.eval.n_samples, eval_seed,
+            config.lead, config.eval.batch_size,
+        )
+
+    # the base model's numbers on the same eval set and sampling, computed once and cached
+    base_key = {
+        "model": str(model_path),
+        "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
+        "task": config.task.model_dump(),
+        "problems": len(eval_set),
+        "sampling": eval_sampling,
+        "n_samples": config.eval.n_samples,
+        "lead": config.lead.model_dump(),
+    }
+    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser() / "evaluations"
+    base = cached_evaluation(cache_dir, base_key, run_eval)
+    base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
+    log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
+
+    state, start = LeadState(), 0
+    if resume_from is not None:
+        saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = LeadState.from_state_dict(saved["lead_state"])
+        torch.set_rng_state(saved["torch_rng"])
+        start = saved["step"]
+        log(f"resumed from {resume_from} at step {start}")
+
+    last: dict[str, float] = dict(base_metrics)
+    for step in range(start, config.train.steps):
+        step_start = time.perf_counter()
+        # 1. roll out
+        problems = task.train_problems(step, config.train.prompts_per_step, config.seed)
+        prompts = [task.prompt_ids(problem, tokenizer) for problem in problems]
+        n = config.rollout.n
+        rollouts = engine.generate(prompts, n, sampling, seed=step_seed(config.seed, step, 0))
+        rollout_seconds = time.perf_counter() - step_start
+        # 2. grade
+        texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
+        scores = task.grade(texts, [problem for problem in problems for _ in range(n)])
+        # 3. LEAD: targets, efficiency reward, advantages, weights
+        group_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
+        lengths = rollouts.lengths.to(torch.float64)
+        out = lead_step(
+            lengths, torch.tensor(scores, dtype=torch.float64, device=device), group_ids,
+            config=config.lead, state=state,
+        )
+        state = out.state
+        # 4. token advantages, whitened over every response token of the batch
+        input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
+        token_adv = masked_whiten(out.advantages.float()[:, None].expand_as(mask), mask)
+        # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
+        losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
+
+        step_metrics = {
+            M.TRAIN_ACCURACY: sum(scores) / len(scores),
+            M.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
+            M.TRAIN_TRUNCATED_FRACTION: float(rollouts.truncated.float().mean()),
+            M.TRAIN_REWARD_CORRECTNESS: out.metrics["reward_correctness"],
+            M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
+            **{M.lead(name): value for name, value in out.metrics.items()},
+            **losses,
+            M.PERF_ROLLOUT_SECONDS: rollout_seconds,
+            M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
+        }
+        done = step + 1 == config.train.steps
+        tables = {}
+        if (step + 1) % config.eval.every == 0 or done:
+            result = run_eval()
+            step_metrics.update(result.metrics("eval"))
+            step_metrics.update(base_metrics)
+            step_metrics[M.EVAL_AES] = (
+                aes(result.accuracy, result.response_length, base.accuracy, base.response_length)
+                if base.accuracy > 0
+                else math.nan
+            )
+            tables["eval_problems"] = result.table
+        checkpoint_dir = None
+        if (step + 1) % config.checkpoint.every == 0 or done:
+            checkpoint_dir = save_checkpoint(
+                output_dir / "checkpoints" / f"step_{step + 1:06d}",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lead_state": state.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step + 1,
+                    "data_cursor": step + 1,  # the next training batch is task.train_problems(step + 1, ...)
+                },
+                config.checkpoint.keep_last,
+            )
+        step_metrics[M.PERF_STEP_SECONDS] = time.perf_counter() - step_start
+        last.update(step_metrics)
+        report(StepReport(step + 1, step_metrics, tables, checkpoint_dir, done))
+    return last
+
+
+def policy_update(model, reference, optimizer, input_ids, mask, token_adv, config: TrainConfig, step: int) -> dict:
+    """One PPO pass (``ppo_epochs``) over the batch in shuffled mini-batches of micro-batches."""
+    opt = config.train
+    temperature = config.rollout.temperature
+    total = input_ids.shape[0]
+
+    def forward_no_grad(module) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    token_logprobs(module, input_ids[i : i + opt.micro_batch_size], temperature)[0]
+                    for i in range(0, total, opt.micro_batch_size)
+                ]
+            )
+
+    ref_logp = forward_no_grad(reference) if reference is not None else None
+    single_update = opt.ppo_epochs == 1 and opt.mini_batch_size >= total
+    old_logp = None if single_update else forward_no_grad(model)  # the policy that sampled the batch
+
+    generator = torch.Generator().manual_seed(step_seed(config.seed, step, 1))
+    sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "grad_norm": 0.0}
+    updates = 0
+    model.train()
+    for _ in range(opt.ppo_epochs):
+        order = torch.randperm(total, generator=generator).to(input_ids.device)
+        for mb_start in range(0, total, opt.mini_batch_size):
+            mini = order[mb_start : mb_start + opt.mini_batch_size]
+            mb_tokens = mask[mini].sum().clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            for mc_start in range(0, mini.numel(), opt.micro_batch_size):
+                idx = mini[mc_start : mc_start + opt.micro_batch_size]
+                m = mask[idx].float()
+                logp, entropy = token_logprobs(model, input_ids[idx], temperature)
+                old = logp.detach() if old_logp is None else old_logp[idx]
+                ratio = torch.exp(logp - old)
+                adv = token_adv[idx]
+                clipped = ratio.clamp(1 - opt.clip_ratio, 1 + opt.clip_ratio)
+                pg = torch.maximum(-adv * ratio, -adv * clipped)
+                loss_tokens = pg - opt.entropy_coef * entropy
+                kl = kl_penalty(logp, ref_logp[idx], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
+                loss_tokens = loss_tokens + opt.kl_coef * kl
+                ((loss_tokens * m).sum() / mb_tokens).backward()
+                with torch.no_grad():
+                    sums["policy"] += float((pg * m).sum() / mb_tokens)
+                    sums["kl"] += float((kl * m).sum() / mb_tokens)
+                    sums["entropy"] += float((entropy * m).sum() / mb_tokens)
+                    sums["clip"] += float((((ratio - clipped).abs() > 0).float() * m).sum() / mb_tokens)
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip))
+            optimizer.step()
+            updates += 1
+    return {
+        M.LOSS_POLICY: sums["policy"] / updates,
+        M.LOSS_KL: sums["kl"] / updates,
+        M.LOSS_ENTROPY: sums["entropy"] / updates,
+        M.LOSS_CLIP_FRACTION: sums["clip"] / updates,
+        M.LOSS_GRAD_NORM: sums["grad_norm"] / updates,
+    }

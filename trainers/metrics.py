@@ -1,0 +1,44 @@
+"""Metric names: the contract between the trainer, the study runner, MLflow and the analysis.
+
+Every training step emits at least ``STEP_METRICS``; every evaluation emits at least
+``EVAL_METRICS``. ``lead/<name>`` carries every float of ``lead_step``'s metrics.
+"""
+
+TRAIN_ACCURACY = "train/accuracy"
+TRAIN_RESPONSE_LENGTH = "train/response_length"
+TRAIN_TRUNCATED_FRACTION = "train/truncated_fraction"
+TRAIN_REWARD_CORRECTNESS = "train/reward_correctness"
+TRAIN_REWARD_EFFICIENCY = "train/reward_efficiency"
+LOSS_POLICY = "loss/policy"
+LOSS_KL = "loss/kl"
+LOSS_ENTROPY = "loss/entropy"
+LOSS_CLIP_FRACTION = "loss/clip_fraction"
+LOSS_GRAD_NORM = "loss/grad_norm"
+PERF_STEP_SECONDS = "perf/step_seconds"
+PERF_ROLLOUT_SECONDS = "perf/rollout_seconds"
+PERF_ROLLOUT_TOKENS_PER_SECOND = "perf/rollout_tokens_per_second"
+
+EVAL_ACCURACY = "eval/accuracy"
+EVAL_RESPONSE_LENGTH = "eval/response_length"
+EVAL_AES = "eval/aes"
+EVAL_TRUNCATED_FRACTION = "eval/truncated_fraction"
+BASE_ACCURACY = "base/accuracy"
+BASE_RESPONSE_LENGTH = "base/response_length"
+
+
+def lead(name: str) -> str:
+    return f"lead/{name}"
+
+
+LEAD_REPORTED = (
+    "w_corr", "w_eff", "target_w_corr", "target_w_eff", "mu_corr", "sigma_corr", "mu_eff", "sigma_eff",
+    "cv_corr", "cv_eff", "potential_corr", "potential_eff", "lstar_mean", "lstar_mean_solvable",
+    "num_unsolved_prompts",
+)
+
+STEP_METRICS = (
+    TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_REWARD_CORRECTNESS,
+    TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
+    PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND,
+)
+EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
