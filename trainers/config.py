@@ -53,7 +53,7 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     mini_batch_size: int = Field(64, ge=1, description="rollouts per optimizer step")
-    micro_batch_size: int = Field(64, ge=1, description="rollouts per forward/backward pass")
+    micro_batch_size: int = Field(16, ge=1, description="rollouts per forward/backward pass (length-sorted)")
     ppo_epochs: int = Field(1, ge=1)
     clip_ratio: float = Field(0.2, gt=0.0)
     kl_coef: float = Field(5e-4, ge=0.0)

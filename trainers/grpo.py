@@ -146,6 +146,64 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
+@dataclass
+class Evaluator:
+    """Evaluation on the fixed eval set with the eval sampling. One seed serves every evaluation
+    (the base model's included), so arms and steps are compared on common random numbers."""
+
+    config: TrainConfig
+    engine: HFRolloutEngine
+    tokenizer: object
+    task: SyntheticTask
+
+    def __post_init__(self):
+        cfg = self.config
+        self.sampling = SamplingParams(
+            cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+        )
+        self.problems = self.task.eval_problems()[: cfg.eval.num_problems]
+
+    def __call__(self) -> EvalResult:
+        cfg = self.config
+        seed = step_seed(cfg.task.eval_seed, 0, 7)
+        return evaluate(
+            self.engine, self.tokenizer, self.task, self.problems, self.sampling, cfg.eval.n_samples, seed,
+            cfg.lead, cfg.eval.batch_size,
+        )
+
+    @property
+    def cache_key(self) -> dict:
+        """What a result depends on besides the weights."""
+        return {
+            "task": self.config.task.model_dump(),
+            "problems": len(self.problems),
+            "sampling": self.sampling,
+            "n_samples": self.config.eval.n_samples,
+            "lead": self.config.lead.model_dump(),
+        }
+
+
+def base_evaluation(model_path: Path, evaluator: Evaluator) -> EvalResult:
+    """The base model's numbers on the eval set, computed once and cached next to the base models.
+
+    ``evaluator`` must sample from the base model's weights (call it before any update)."""
+    key = {
+        "model": str(model_path),
+        "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
+        **evaluator.cache_key,
+    }
+    cache_dir = Path(evaluator.config.model.cache_dir or default_cache_dir()).expanduser() / "evaluations"
+    return cached_evaluation(cache_dir, key, evaluator)
+
+
+def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, EvalResult]:
+    """Build (or reuse) the base model and evaluate it once; trials then find both in the cache."""
+    model_path = base_model_path(config, log=log)
+    model, tokenizer = load_model(model_path, config)
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, SyntheticTask(config.task)))
+
+
 def train(
     config: TrainConfig,
     output_dir: Path,
@@ -166,30 +224,8 @@ def train(
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens)
-    eval_sampling = SamplingParams(
-        config.eval.temperature, config.eval.top_p, config.eval.max_new_tokens or config.rollout.max_new_tokens
-    )
-    eval_set = task.eval_problems()[: config.eval.num_problems]
-    eval_seed = step_seed(config.task.eval_seed, 0, 7)  # one seed for every evaluation: common random numbers
-
-    def run_eval() -> EvalResult:
-        return evaluate(
-            engine, tokenizer, task, eval_set, eval_sampling, config.eval.n_samples, eval_seed,
-            config.lead, config.eval.batch_size,
-        )
-
-    # the base model's numbers on the same eval set and sampling, computed once and cached
-    base_key = {
-        "model": str(model_path),
-        "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
-        "task": config.task.model_dump(),
-        "problems": len(eval_set),
-        "sampling": eval_sampling,
-        "n_samples": config.eval.n_samples,
-        "lead": config.lead.model_dump(),
-    }
-    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser() / "evaluations"
-    base = cached_evaluation(cache_dir, base_key, run_eval)
+    run_eval = Evaluator(config, engine, tokenizer, task)
+    base = base_evaluation(model_path, run_eval)
     base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
     log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
 
@@ -253,7 +289,7 @@ def train(
             )
             tables["eval_problems"] = result.table
         checkpoint_dir = None
-        if (step + 1) % config.checkpoint.every == 0 or done:
+        if (step + 1) % config.checkpoint.every == 0 or tables:  # every evaluation is a checkpoint too
             checkpoint_dir = save_checkpoint(
                 output_dir / "checkpoints" / f"step_{step + 1:06d}",
                 {
@@ -273,19 +309,32 @@ def train(
 
 
 def policy_update(model, reference, optimizer, input_ids, mask, token_adv, config: TrainConfig, step: int) -> dict:
-    """One PPO pass (``ppo_epochs``) over the batch in shuffled mini-batches of micro-batches."""
+    """One PPO pass (``ppo_epochs``) over the batch in shuffled mini-batches of micro-batches.
+
+    Inside a mini-batch, rows are sorted by length and each micro-batch is cut to its longest
+    row, so little compute goes to padding. Losses are token means over the whole mini-batch.
+    """
     opt = config.train
     temperature = config.rollout.temperature
-    total = input_ids.shape[0]
+    total, width = input_ids.shape
+    row_width = mask.long().cumsum(1).argmax(1) + 2  # tokens up to and including the last response token
+
+    def chunks(rows: torch.Tensor):
+        """Micro-batches of ``rows``, length-sorted, each with the width it needs."""
+        rows = rows[torch.argsort(row_width[rows], stable=True)]
+        for start in range(0, rows.numel(), opt.micro_batch_size):
+            idx = rows[start : start + opt.micro_batch_size]
+            yield idx, int(row_width[idx].max())
+
+    def padded(values: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(values, (0, width - 1 - values.shape[1]))
 
     def forward_no_grad(module) -> torch.Tensor:
+        out = torch.zeros(total, width - 1, device=input_ids.device)
         with torch.no_grad():
-            return torch.cat(
-                [
-                    token_logprobs(module, input_ids[i : i + opt.micro_batch_size], temperature)[0]
-                    for i in range(0, total, opt.micro_batch_size)
-                ]
-            )
+            for idx, w in chunks(torch.arange(total, device=input_ids.device)):
+                out[idx] = padded(token_logprobs(module, input_ids[idx, :w], temperature)[0])
+        return out
 
     ref_logp = forward_no_grad(reference) if reference is not None else None
     single_update = opt.ppo_epochs == 1 and opt.mini_batch_size >= total
@@ -301,24 +350,25 @@ def policy_update(model, reference, optimizer, input_ids, mask, token_adv, confi
             mini = order[mb_start : mb_start + opt.mini_batch_size]
             mb_tokens = mask[mini].sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
-            for mc_start in range(0, mini.numel(), opt.micro_batch_size):
-                idx = mini[mc_start : mc_start + opt.micro_batch_size]
-                m = mask[idx].float()
-                logp, entropy = token_logprobs(model, input_ids[idx], temperature)
-                old = logp.detach() if old_logp is None else old_logp[idx]
+            for idx, w in chunks(mini):
+                m = mask[idx, : w - 1].float()
+                logp, entropy = token_logprobs(model, input_ids[idx, :w], temperature)
+                old = logp.detach() if old_logp is None else old_logp[idx, : w - 1]
                 ratio = torch.exp(logp - old)
-                adv = token_adv[idx]
+                adv = token_adv[idx, : w - 1]
                 clipped = ratio.clamp(1 - opt.clip_ratio, 1 + opt.clip_ratio)
                 pg = torch.maximum(-adv * ratio, -adv * clipped)
-                loss_tokens = pg - opt.entropy_coef * entropy
-                kl = kl_penalty(logp, ref_logp[idx], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
-                loss_tokens = loss_tokens + opt.kl_coef * kl
+                if ref_logp is not None:
+                    kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type)
+                else:
+                    kl = torch.zeros_like(pg)
+                loss_tokens = pg + opt.kl_coef * kl - opt.entropy_coef * entropy
                 ((loss_tokens * m).sum() / mb_tokens).backward()
                 with torch.no_grad():
                     sums["policy"] += float((pg * m).sum() / mb_tokens)
                     sums["kl"] += float((kl * m).sum() / mb_tokens)
                     sums["entropy"] += float((entropy * m).sum() / mb_tokens)
-                    sums["clip"] += float((((ratio - clipped).abs() > 0).float() * m).sum() / mb_tokens)
+                    sums["clip"] += float(((ratio != clipped).float() * m).sum() / mb_tokens)
             sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip))
             optimizer.step()
             updates += 1

@@ -1,0 +1,62 @@
+"""From a StudySpec to trials: arms x weight grids x seeds, each a fully resolved TrainConfig.
+
+Paths are made absolute here (trials change directory), and the base model path is filled in by
+the caller once it exists, so every trial starts from the same, already built model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.config import TrainConfig, deep_merge
+from trainers.models.tiny import default_cache_dir
+
+from study.spec import StudySpec
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    name: str  # arm-variant-seed, unique in the study
+    arm: str
+    variant: str
+    seed: int
+    config: dict[str, Any]  # TrainConfig.model_dump(mode="json"), validated
+
+
+def shared_settings(spec: StudySpec, smoke: bool) -> dict[str, Any]:
+    """The trainer settings every trial shares: the spec's base, then its smoke settings if asked."""
+    settings = spec.base
+    if smoke:
+        settings = deep_merge(TrainConfig.model_validate(settings).smoke().model_dump(mode="json"), spec.smoke)
+    return settings
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """Trials change directory and may run on other nodes: fix the model path and cache dir now."""
+    model = dict(config["model"])
+    model["cache_dir"] = str(Path(model["cache_dir"] or default_cache_dir()).expanduser().resolve())
+    if model["path"]:
+        model["path"] = str(Path(model["path"]).expanduser().resolve())
+    return {**config, "model": model}
+
+
+def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | None = None) -> list[TrialPlan]:
+    """One trial per (arm, weight variant, seed). ``fixed`` is merged last (e.g. the model path)."""
+    shared = shared_settings(spec, smoke)
+    trials = []
+    for arm in spec.arms:
+        variants = arm.weighting.variants()
+        for variant, lead in variants:
+            for seed in spec.seeds:
+                settings = deep_merge(shared, arm.overrides)
+                steps = TrainConfig.model_validate(settings).train.steps
+                if lead.get("schedule_steps", 0) is None:  # a schedule spans the whole run unless told
+                    lead = {**lead, "schedule_steps": steps}
+                settings = deep_merge(settings, {"seed": seed, "lead": lead})
+                settings = deep_merge(settings, fixed or {})
+                config = absolute_paths(TrainConfig.model_validate(settings).model_dump(mode="json"))
+                name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"
+                trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed, config))
+    return trials

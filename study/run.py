@@ -1,0 +1,280 @@
+"""Run a study: ``python -m study.run SPEC.yaml [--smoke-test] [--resume] ...``.
+
+Validates the spec, the output directory, the tracking store and the Ray address before anything
+is created; builds (or reuses) and evaluates the base model once; runs every trial with Ray Tune
+(retries from checkpoints, ``--resume`` after a driver crash); mirrors everything into MLflow from
+the driver; prints a final table and where to look next. Bad input: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from study.plan import TrialPlan, plan_trials
+from study.spec import SpecError, StudySpec, load_spec
+from trainers import metrics as M
+from trainers.config import TrainConfig, deep_merge
+
+
+class UsageError(ValueError):
+    """A bad flag or an unusable environment, phrased as one line."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.run", description="Run a LEAD study with Ray Tune and MLflow.")
+    parser.add_argument("spec", type=Path, help="a study spec (YAML), e.g. search_spaces/psi_vs_static.yaml")
+    parser.add_argument("--smoke-test", action="store_true", help="every arm, 2 steps, tiny batches, one evaluation")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study; finished trials stay done")
+    parser.add_argument("--output-dir", type=Path, default=None, help="Ray results and checkpoints (default: runs/)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--max-concurrent-trials", type=int, default=None)
+    parser.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    parser.add_argument("--dry-run", action="store_true", help="resolve and print every trial, run nothing")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- checks before anything starts
+
+
+def check_output_dir(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir: {path} is not writable")
+    return path
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+        except OSError as exc:
+            raise UsageError(f"--tracking-uri: cannot reach the MLflow server at {uri} ({exc})") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if not os.access(db.parent, os.W_OK):
+            raise UsageError(f"--tracking-uri: cannot write {db}")
+        uri = f"sqlite:///{db}"
+    elif "://" not in uri:  # a plain folder (file store)
+        uri = str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def connect_ray(address: str | None, num_cpus: int) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"--address: cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def prepare_base_models(plans: list[TrialPlan], log) -> tuple[dict[str, Any], dict[str, float]]:
+    """Build (or reuse) and evaluate every distinct base model once, in the driver.
+
+    Returns the ``model`` settings to fix in each trial (an absolute path, by trial name) and the
+    first trial's base metrics (for the parent run)."""
+    from trainers.grpo import prepare
+
+    fixed, base_metrics, seen = {}, {}, {}
+    for plan in plans:
+        config = TrainConfig.model_validate(plan.config)
+        key = (config.task.model_dump_json(), config.model.model_dump_json(), config.eval.model_dump_json())
+        if key not in seen:
+            model_path, base = prepare(config, log=log)
+            seen[key] = model_path
+            base_metrics = base_metrics or {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
+            log(f"base model {model_path}: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f}")
+        fixed[plan.name] = {"path": str(seen[key])}
+    return fixed, base_metrics
+
+
+# --------------------------------------------------------------------------- the Tune experiment
+
+
+def trial_resources(spec: StudySpec):
+    """CPUs and (fractional) GPUs per trial, or explicit placement-group bundles."""
+    from ray import tune
+
+    if spec.resources.bundles:
+        return tune.PlacementGroupFactory(spec.resources.bundles)
+    return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+
+
+def trainable(spec: StudySpec, plans: list[TrialPlan]):
+    """The trial function with its resources; the plans travel once, through Ray's object store."""
+    from ray import tune
+
+    from study.trial import run_trial
+
+    payload = {p.name: {**asdict(p), "threads": max(1, int(spec.resources.cpus))} for p in plans}
+    return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
+
+
+def build_tuner(spec: StudySpec, study_name: str, plans: list[TrialPlan], storage: Path, tracker, max_concurrent):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    names = [p.name for p in plans]
+    search_alg, scheduler = None, None
+    if spec.search.mode == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        space = {}
+        for key, dist in spec.search.space.items():
+            if hasattr(dist, "uniform"):
+                space[key] = tune.uniform(*dist.uniform)
+            elif hasattr(dist, "loguniform"):
+                space[key] = tune.loguniform(*dist.loguniform)
+            else:
+                space[key] = tune.choice(dist.choice)
+        param_space = {"trial": names[0], "search": space}
+        search_alg = OptunaSearch(seed=spec.seeds[0])
+        num_samples = spec.search.num_samples
+    else:
+        param_space = {"trial": tune.grid_search(names)}
+        num_samples = 1
+    if spec.search.asha is not None:
+        max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in plans)
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=max_steps,
+            grace_period=min(spec.search.asha.grace_period, max_steps),
+            reduction_factor=spec.search.asha.reduction_factor,
+        )
+    def trial_name(trial) -> str:
+        name = trial.config["trial"]
+        return f"{name}-{trial.trial_id}" if spec.search.mode == "optuna" else name
+
+    return tune.Tuner(
+        trainable(spec, plans),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric,
+            mode=spec.search.direction,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=study_name,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[tracker],
+            verbose=1,
+        ),
+    )
+
+
+def summary_rows(results, plans: list[TrialPlan]) -> list[dict[str, Any]]:
+    arms = {p.name: p.arm for p in plans}
+    rows = []
+    for result in results:
+        name = result.config["trial"]
+        last = result.metrics or {}
+        rows.append(
+            {
+                "trial": Path(result.path).name,
+                "arm": arms[name],
+                "w_corr": last.get(M.lead("w_corr"), math.nan),
+                "eval_accuracy": last.get(M.EVAL_ACCURACY, math.nan),
+                "eval_length": last.get(M.EVAL_RESPONSE_LENGTH, math.nan),
+                "aes": last.get(M.EVAL_AES, math.nan),
+                "steps": int(last.get("step", 0)),
+                "status": "ERROR" if result.error else "OK",
+            }
+        )
+    return sorted(rows, key=lambda row: row["trial"])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'trial':<28} {'arm':<12} {'w_corr':>7} {'eval acc':>9} {'eval len':>9} {'AES':>7} {'steps':>6} status"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['trial']:<28} {r['arm']:<12} {r['w_corr']:>7.3f} {r['eval_accuracy']:>9.3f} "
+            f"{r['eval_length']:>9.1f} {r['aes']:>7.3f} {r['steps']:>6} {r['status']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    try:
+        spec = load_spec(args.spec)
+        output_dir = check_output_dir(args.output_dir or Path("runs"))
+        study_name = spec.name + ("-smoke" if args.smoke_test else "")
+        experiment_dir = output_dir / study_name
+        if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+            raise UsageError("--max-concurrent-trials: must be at least 1")
+        plans = plan_trials(spec, smoke=args.smoke_test)
+        if args.dry_run:
+            for plan in plans:
+                print(f"{plan.name}: {plan.config}")
+            print(f"{len(plans)} trials")
+            return 0
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        from ray.tune import Tuner
+
+        if experiment_dir.exists() and not args.resume:
+            raise UsageError(f"{experiment_dir} exists: pass --resume to continue it, or another --output-dir")
+        if args.resume and not Tuner.can_restore(str(experiment_dir)):
+            raise UsageError(f"--resume: no restorable study at {experiment_dir}")
+        connect_ray(args.address, num_cpus=os.cpu_count() or 1)
+    except (SpecError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from study.tracking import MLflowTracker, finish_study_run, start_study_run
+
+    fixed_models, base_metrics = prepare_base_models(plans, log)
+    plans = [
+        TrialPlan(p.name, p.arm, p.variant, p.seed, deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
+    ]
+    experiment_id, parent_id = start_study_run(tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics)
+    log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
+    if args.resume:
+        tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
+    else:
+        tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
+        tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials)
+    results = tuner.fit()
+    rows = summary_rows(results, plans)
+    failed = any(row["status"] != "OK" for row in rows)
+    finish_study_run(tracking_uri, parent_id, rows, status="FAILED" if failed else "FINISHED")
+    print()
+    print(format_table(rows))
+    print()
+    ui = f"mlflow ui --backend-store-uri {tracking_uri}" if "://" in tracking_uri or tracking_uri.startswith("/") else "mlflow ui"
+    print(f"Look next: {ui}   (experiment '{study_name}')")
+    print(f"Ray results and checkpoints: {experiment_dir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The Ray Tune trainable: one trial = one trainer run, restored from ``tune.get_checkpoint()``.
+
+Each trainer step becomes one ``tune.report``; steps that wrote a trainer checkpoint report it
+as a Tune checkpoint, with the step's per-problem eval table and the latest eval metrics added to
+the folder (the driver's MLflow tracker reads the table from there). Every result carries the
+latest eval metrics, so searchers and schedulers always find their metric; ``evaluated`` says
+whether this step measured them itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from ray import tune
+
+from trainers import metrics as M
+from trainers.config import TrainConfig, deep_merge
+from trainers.grpo import StepReport, train
+
+REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step": N, "last_eval": {...}}
+EVALUATED = "evaluated"
+
+
+def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
+    """Merge sampled ``section.field`` values (Optuna's) into a trial config."""
+    for key, value in search.items():
+        section, _, field = key.partition(".")
+        config = deep_merge(config, {section: {field: value}})
+    return config
+
+
+def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
+    """``params``: {"trial": plan name, "search": {dotted key: sampled value}} (search with Optuna only);
+    ``plans``: every trial's plan by name (name, arm, variant, seed, config, threads)."""
+    trial = plans[params["trial"]]
+    config = TrainConfig.model_validate(apply_search(trial["config"], params.get("search", {})))
+    torch.set_num_threads(trial["threads"])
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    last_eval: dict[str, float] = {M.EVAL_AES: math.nan, M.EVAL_ACCURACY: math.nan, M.EVAL_RESPONSE_LENGTH: math.nan}
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = Path(checkpoint.to_directory(str(trial_dir / f"restored-{Path(checkpoint.path).name}")))
+        last_eval.update(json.loads((resume_from / REPORT_FILE).read_text())["last_eval"])
+
+    def report(step: StepReport) -> None:
+        evaluated = M.EVAL_ACCURACY in step.metrics
+        if evaluated:
+            last_eval.update({k: v for k, v in step.metrics.items() if k.startswith(("eval/", "base/"))})
+        result = {**step.metrics, **last_eval, "step": step.step, EVALUATED: float(evaluated)}
+        result["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if step.checkpoint_dir is None:
+            tune.report(result)
+            return
+        (step.checkpoint_dir / REPORT_FILE).write_text(json.dumps({"step": step.step, "last_eval": last_eval}))
+        for name, table in step.tables.items():
+            pq.write_table(table, step.checkpoint_dir / f"{name}.parquet")
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(step.checkpoint_dir)))
+
+    train(config, trial_dir / "run", report=report, resume_from=resume_from, log=print)
