@@ -71,11 +71,26 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def check_ray_address(address: str) -> None:
+    """Fail fast on an unreachable cluster (``ray.init`` itself retries for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--address: cannot connect to the Ray cluster at {address} ({exc})") from None
+
+
 def connect_ray(address: str | None, num_cpus: int) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
+    if address:
+        check_ray_address(address)
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected
         return
     try:
         if address:
@@ -212,11 +227,11 @@ def summary_rows(results, plans: list[TrialPlan]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'trial':<28} {'arm':<12} {'w_corr':>7} {'eval acc':>9} {'eval len':>9} {'AES':>7} {'steps':>6} status"
+    header = f"{'trial':<28} {'arm':<16} {'w_corr':>7} {'eval acc':>9} {'eval len':>9} {'AES':>7} {'steps':>6} status"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['trial']:<28} {r['arm']:<12} {r['w_corr']:>7.3f} {r['eval_accuracy']:>9.3f} "
+            f"{r['trial']:<28} {r['arm']:<16} {r['w_corr']:>7.3f} {r['eval_accuracy']:>9.3f} "
             f"{r['eval_length']:>9.1f} {r['aes']:>7.3f} {r['steps']:>6} {r['status']}"
         )
     return "\n".join(lines)

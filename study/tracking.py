@@ -10,7 +10,6 @@ logged step is read back from MLflow after a driver restart.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -146,7 +145,7 @@ class MLflowTracker(tune.Callback):
         metrics = [
             Metric(key, float(value), now, step)
             for key, value in result.items()
-            if key.startswith(prefixes) and isinstance(value, (int, float)) and not math.isnan(value)
+            if key.startswith(prefixes) and isinstance(value, (int, float))
         ]
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start : start + 500])

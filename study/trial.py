@@ -42,6 +42,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     config = TrainConfig.model_validate(apply_search(trial["config"], params.get("search", {})))
     torch.set_num_threads(trial["threads"])
     trial_dir = Path(tune.get_context().get_trial_dir())
+    (trial_dir / "worker.pid").write_text(str(os.getpid()))  # which process runs this trial
     last_eval: dict[str, float] = {M.EVAL_AES: math.nan, M.EVAL_ACCURACY: math.nan, M.EVAL_RESPONSE_LENGTH: math.nan}
     resume_from = None
     checkpoint = tune.get_checkpoint()

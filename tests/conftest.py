@@ -35,3 +35,23 @@ def tiny_model_dir(cache_dir) -> Path:
     from trainers.grpo import base_model_path
 
     return base_model_path(tiny_config(cache_dir), log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one local Ray of the test session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def study_cache(tmp_path_factory) -> Path:
+    """The model cache the study tests share (the specs' smoke base model is built once)."""
+    import os
+
+    path = tmp_path_factory.mktemp("study-cache")
+    os.environ["LEAD_STUDY_CACHE"] = str(path)
+    return path

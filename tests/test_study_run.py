@@ -1,0 +1,198 @@
+"""``python -m study.run`` end to end on the session's Ray: every shipped spec in smoke mode, MLflow
+contents, a trial killed mid-run and retried, a driver killed and resumed, and GPU placement."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study.run import main
+from tests.conftest import TINY
+from trainers.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study_args(spec, tmp_path, *extra):
+    return [str(spec), "--output-dir", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra]
+
+
+def child_runs(tmp_path, experiment):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lead_study.role") == "study"]
+    children = [r for r in runs if "arm" in r.data.tags]
+    return client, parents, children
+
+
+def steps_of(client, run, key="train/accuracy"):
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+def test_default_study_smoke_test_end_to_end_in_mlflow(ray_cluster, study_cache, tmp_path):
+    assert main(study_args(ROOT / "search_spaces/psi_vs_static.yaml", tmp_path, "--smoke-test")) == 0
+    client, parents, children = child_runs(tmp_path, "psi_vs_static-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "base/accuracy" in parents[0].data.metrics
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"spec", "summary.json"}
+    assert sorted(r.info.run_name for r in children) == sorted(
+        ["psi-s0"] + [f"static-ratio{r}-s0" for r in ("0", "0.25", "0.5", "1", "2", "4")]
+    )
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
+        assert steps_of(client, run) == [1, 2] and steps_of(client, run, "eval/aes") == [2]
+        assert run.data.params["lead.weighting"] in ("psi", "static")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval_problems")}
+        assert artifacts == {"eval_problems/step_000002.parquet"}
+        config_file = client.download_artifacts(run.info.run_id, "train_config.yaml", str(tmp_path))
+        config = TrainConfig.model_validate(yaml.safe_load(Path(config_file).read_text()))
+        assert Path(config.model.path).is_dir()  # re-runnable alone with python -m trainers.train
+
+
+@pytest.mark.parametrize(
+    "spec, experiment, trials",
+    [
+        ("aggregator_ablation", "aggregator_ablation-smoke", 4),
+        ("lstar_mode_ablation", "lstar_mode_ablation-smoke", 3),
+        ("schedule_vs_psi", "schedule_vs_psi-smoke", 4),
+        ("psi_tuning_optuna", "psi_tuning_optuna-smoke", 8),
+    ],
+)
+def test_every_shipped_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path, spec, experiment, trials):
+    assert main(study_args(ROOT / f"search_spaces/{spec}.yaml", tmp_path, "--smoke-test")) == 0
+    client, parents, children = child_runs(tmp_path, experiment)
+    assert len(parents) == 1 and len(children) == trials
+    if spec == "psi_tuning_optuna":  # Optuna sampled distinct PSI settings
+        assert len({r.data.params["lead.lambda_min"] for r in children}) == trials
+
+
+def small_spec(tmp_path, cache_dir, **changes):
+    spec = {
+        "name": "fault",
+        "base": {
+            "model": {"cache_dir": str(cache_dir), "tiny": TINY},
+            "task": {"max_terms": 5, "eval_size": 24},
+            "rollout": {"n": 4, "max_new_tokens": 48},
+            "train": {"steps": 6, "prompts_per_step": 4, "mini_batch_size": 16, "micro_batch_size": 8},
+            "eval": {"every": 3, "num_problems": 12},
+            "checkpoint": {"every": 1},
+        },
+        "arms": [{"name": "psi", "weighting": {"kind": "psi"}}],
+        **changes,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def wait_for(predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_trial_is_retried_from_its_checkpoint_without_gaps_or_doubled_steps(
+    ray_cluster, tiny_model_dir, cache_dir, tmp_path
+):
+    spec = small_spec(tmp_path, cache_dir)
+    trial_dir = tmp_path / "runs/fault/psi-s0"
+    killed = []
+
+    def kill_after_second_checkpoint():
+        if wait_for(lambda: (trial_dir / "checkpoint_000001").exists() and (trial_dir / "worker.pid").exists()):
+            pid = int((trial_dir / "worker.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_after_second_checkpoint)
+    killer.start()
+    assert main(study_args(spec, tmp_path)) == 0
+    killer.join()
+    assert killed, "the trial finished before it could be killed"
+    assert list(trial_dir.glob("restored-checkpoint_*")), "the retry did not restore a checkpoint"
+    client, parents, children = child_runs(tmp_path, "fault")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert steps_of(client, children[0]) == [1, 2, 3, 4, 5, 6]
+    assert steps_of(client, children[0], "eval/accuracy") == [3, 6]
+    assert steps_of(client, children[0], "eval/aes") == [3, 6]  # NaN here (base accuracy 0), still logged
+
+
+def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
+    spec = small_spec(
+        tmp_path, cache_dir,
+        arms=[{"name": "psi", "weighting": {"kind": "psi"}}, {"name": "static", "weighting": {"kind": "static", "w_corr": [0.5]}}],
+        max_concurrent_trials=1,
+    )
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 10  # long enough to be killed mid-trial
+    spec.write_text(yaml.safe_dump(spec_data))
+    args = study_args(spec, tmp_path, "--address", ray_cluster)
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    first = tmp_path / "runs/fault/psi-s0"
+    second = tmp_path / "runs/fault/static-s0"
+    try:
+        started = wait_for(lambda: (second / "checkpoint_000000").exists())
+        assert started, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finished_result_lines = len((first / "result.json").read_text().splitlines())
+    assert main([*args, "--resume"]) == 0
+    assert len((first / "result.json").read_text().splitlines()) == finished_result_lines  # not re-run
+    client, parents, children = child_runs(tmp_path, "fault")
+    assert len(parents) == 1 and len(children) == 2
+    for run in children:
+        assert steps_of(client, run) == list(range(1, 11)), run.info.run_name
+        assert run.info.status == "FINISHED"
+    assert parents[0].info.status == "FINISHED"
+
+
+PLACEMENT_SCRIPT = r"""
+import json, sys, ray
+from pathlib import Path
+from study.run import main
+ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
+code = main(sys.argv[1:-1])
+seen = {}
+for result in Path(sys.argv[3]).glob("*/*/result.json"):
+    last = json.loads(result.read_text().splitlines()[-1])
+    seen[result.parent.name] = last["cuda_visible_devices"]
+Path(sys.argv[-1]).write_text(json.dumps({"code": code, "seen": seen}))
+"""
+
+
+@pytest.mark.parametrize(
+    "resources, ids_per_trial, max_distinct",
+    [({"cpus": 0.25, "gpus": 0.5}, 1, 2), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 1, 4)],
+)
+def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, resources, ids_per_trial, max_distinct):
+    spec = small_spec(tmp_path, cache_dir, seeds=[0, 1, 2, 3], resources=resources)
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 2
+    spec.write_text(yaml.safe_dump(spec_data))
+    out = tmp_path / "placement.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", PLACEMENT_SCRIPT, *study_args(spec, tmp_path), str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )
+    assert out.exists(), proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["code"] == 0 and len(report["seen"]) == 4
+    for trial, devices in report["seen"].items():
+        ids = devices.split(",")
+        assert len(ids) == ids_per_trial and set(ids) <= {"0", "1", "2", "3"}, (trial, devices)
+    assert len(set(report["seen"].values())) <= max_distinct  # fractional trials are packed onto shared GPUs

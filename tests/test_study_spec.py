@@ -1,0 +1,117 @@
+"""Study specs: validation with key paths, planning, and the CLI's one-line errors (exit 2)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.plan import plan_trials
+from study.run import main
+from study.spec import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def minimal(**changes):
+    return {"name": "t", "arms": [{"name": "psi", "weighting": {"kind": "psi"}}], **changes}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_every_shipped_spec_is_valid_and_plans(spec):
+    plans = plan_trials(load_spec(spec))
+    assert plans and len({p.name for p in plans}) == len(plans)
+    assert all(Path(p.config["model"]["cache_dir"]).is_absolute() for p in plans)
+
+
+def test_the_default_study_is_psi_against_the_paper_ratio_grid():
+    plans = plan_trials(load_spec(ROOT / "search_spaces/psi_vs_static.yaml"))
+    static = sorted(p.config["lead"]["w_corr"] for p in plans if p.arm == "static")
+    assert static == pytest.approx([0.2, 1 / 3, 0.5, 2 / 3, 0.8, 1.0])
+    assert [p.config["lead"]["weighting"] for p in plans if p.arm == "psi"] == ["psi"]
+
+
+def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            minimal(
+                seeds=[1, 2],
+                arms=[
+                    {"name": "grpo", "weighting": {"kind": "combined", "w_corr": [0.5, 0.8]}},
+                    {
+                        "name": "sched",
+                        "weighting": {"kind": "schedule", "w_corr_start": 1.0, "w_corr_end": 0.4},
+                        "overrides": {"lead": {"aggregator": "min_correct"}, "train": {"steps": 40}},
+                    },
+                ],
+            ),
+        )
+    )
+    plans = plan_trials(spec)
+    assert [p.name for p in plans] == [
+        "grpo-wc0.5-s1", "grpo-wc0.5-s2", "grpo-wc0.8-s1", "grpo-wc0.8-s2", "sched-s1", "sched-s2",
+    ]
+    grpo = plans[0].config
+    assert (grpo["lead"]["normalization"], grpo["lead"]["weighting"], grpo["seed"]) == ("combined", "static", 1)
+    sched = plans[-1].config
+    assert sched["lead"]["aggregator"] == "min_correct"
+    assert sched["lead"]["schedule_steps"] == 40  # a schedule spans the run unless told
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static", "w_corr": 1.5}}]),
+         "arms[1].weighting.static.w_corr[0]: Input should be less than or equal to 1"),
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi", "lamda_min": 0.2}}]), "arms[0].weighting.psi.lamda_min: unknown key"),
+        (minimal(colour="red"), "colour: unknown key"),
+        (minimal(base={"train": {"lr": "fast"}}), "base.train.lr: Input should be a valid number"),
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}, "overrides": {"lead": {"aggregator": "max"}}}]),
+         "arms[0].overrides.lead.aggregator"),
+        (minimal(base={"model": {"path": "/no/such/model"}}), "base.model.path: /no/such/model is not a model directory"),
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "static", "w_corr": [0.5], "ratios": [1]}}]), "exactly one of w_corr"),
+        (minimal(search={"mode": "optuna", "space": {"lead.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
+        (minimal(search={"mode": "optuna", "space": {"lead.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.betta"),
+    ],
+)
+def test_bad_specs_name_the_key_path(tmp_path, data, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, data))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def run_cli(*args, capsys):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = write(tmp_path, minimal(colour="red"))
+    assert run_cli(bad, "--output-dir", out, capsys=capsys) == (2, f"error: {bad}: colour: unknown key\n")
+    good = write(tmp_path, minimal())
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    code, err = run_cli(good, "--output-dir", a_file / "out", capsys=capsys)
+    assert code == 2 and err.startswith("error: --output-dir:") and err.count("\n") == 1
+    code, err = run_cli(good, "--output-dir", out, "--tracking-uri", "http://127.0.0.1:9", capsys=capsys)
+    assert code == 2 and "--tracking-uri: cannot reach the MLflow server" in err and err.count("\n") == 1
+    code, err = run_cli(good, "--output-dir", out, "--tracking-uri", f"sqlite:///{tmp_path}/t.db", "--address", "127.0.0.1:9", capsys=capsys)
+    assert code == 2 and err.startswith("error: --address: cannot connect") and err.count("\n") == 1
+    code, err = run_cli(tmp_path / "missing.yaml", capsys=capsys)
+    assert code == 2 and "missing.yaml: cannot read" in err
+    assert not out.exists() and not (tmp_path / "t.db").exists()
+
+
+def test_dry_run_prints_every_trial(capsys):
+    assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("7 trials") and "static-ratio0.25-s0:" in out
