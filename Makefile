@@ -1,4 +1,5 @@
 # `make run` sets everything up and runs the default study; `make test` sets up and runs the tests.
+SPEC ?= search_spaces/psi_vs_static.yaml
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m study.run $(SPEC)
 
 test: setup
 	$(PY) -m pytest
