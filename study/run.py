@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from study.plan import TrialPlan, plan_trials
-from study.spec import SpecError, StudySpec, load_spec
+from study.spec import StudySpec, load_spec
 from trainers import metrics as M
-from trainers.config import TrainConfig, deep_merge
+from trainers.config import ConfigError, TrainConfig, deep_merge
 
 
 class UsageError(ValueError):
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not Tuner.can_restore(str(experiment_dir)):
             raise UsageError(f"--resume: no restorable study at {experiment_dir}")
         connect_ray(args.address, num_cpus=os.cpu_count() or 1)
-    except (SpecError, UsageError) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

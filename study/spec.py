@@ -20,10 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import TrainConfig, deep_merge, format_error
+from trainers.config import ConfigError, TrainConfig, deep_merge, format_error, load_validated
 
 
 class _Strict(BaseModel):
@@ -173,43 +172,27 @@ class StudySpec(_Strict):
         return self
 
 
-class SpecError(ValueError):
-    """A spec problem, phrased as one line naming the file and key path."""
-
-
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
     """Every arm's merged trainer settings must form a valid TrainConfig (errors name the arm)."""
     for where, settings in [("base", spec.base), ("smoke", deep_merge(spec.base, spec.smoke))]:
         try:
             TrainConfig.model_validate(settings)
         except ValidationError as exc:
-            raise SpecError(f"{path}: {format_error(exc, prefix=where)}") from None
+            raise ConfigError(f"{path}: {format_error(exc, prefix=where)}") from None
     for i, arm in enumerate(spec.arms):
         try:
             TrainConfig.model_validate(deep_merge(spec.base, arm.overrides))
         except ValidationError as exc:
-            raise SpecError(f"{path}: {format_error(exc, prefix=f'arms[{i}].overrides')}") from None
+            raise ConfigError(f"{path}: {format_error(exc, prefix=f'arms[{i}].overrides')}") from None
     for key in spec.search.space:
         section, _, field = key.partition(".")
         model = TrainConfig.model_fields.get(section)
         if model is None or not field or field not in model.annotation.model_fields:
-            raise SpecError(f"{path}: search.space.{key}: not a TrainConfig setting (use section.field)")
+            raise ConfigError(f"{path}: search.space.{key}: not a TrainConfig setting (use section.field)")
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec; any problem raises SpecError with one line."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{path}: {format_error(exc)}") from None
-    _check_train_settings(spec, path)
+    """Read and validate a study spec; any problem raises ConfigError with one line."""
+    spec = load_validated(path, StudySpec)
+    _check_train_settings(spec, Path(path))
     return spec

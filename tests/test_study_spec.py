@@ -7,7 +7,8 @@ import yaml
 
 from study.plan import plan_trials
 from study.run import main
-from study.spec import SpecError, load_spec
+from study.spec import load_spec
+from trainers.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -82,7 +83,7 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
     ],
 )
 def test_bad_specs_name_the_key_path(tmp_path, data, message):
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         load_spec(write(tmp_path, data))
     assert message in str(info.value) and "\n" not in str(info.value)
 

@@ -157,11 +157,11 @@ class ConfigError(ValueError):
     """A config problem, already phrased as one line naming the file and field."""
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML run config; any problem raises ConfigError with one line."""
+def load_validated(path: str | Path, model: type[BaseModel]):
+    """Read a YAML mapping and validate it as ``model``; any problem raises ConfigError, one line."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -169,6 +169,10 @@ def load_train_config(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     try:
-        return TrainConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_error(exc)}") from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return load_validated(path, TrainConfig)
