@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainers.lead import LeadConfig
 from trainers.models.tiny import TinyModelConfig
+from trainers.rollout.base import SamplingParams
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
 
@@ -115,8 +116,13 @@ class TrainConfig(_Strict):
         return self
 
     @property
-    def rollouts_per_step(self) -> int:
-        return self.train.prompts_per_step * self.rollout.n
+    def rollout_sampling(self) -> SamplingParams:
+        return SamplingParams(self.rollout.temperature, self.rollout.top_p, self.rollout.max_new_tokens)
+
+    @property
+    def eval_sampling(self) -> SamplingParams:
+        budget = self.eval.max_new_tokens or self.rollout.max_new_tokens
+        return SamplingParams(self.eval.temperature, self.eval.top_p, budget)
 
     def smoke(self) -> "TrainConfig":
         """The same run, shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems."""

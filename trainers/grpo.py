@@ -31,7 +31,6 @@ from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
-from trainers.rollout.base import SamplingParams
 from trainers.rollout.hf import HFRolloutEngine
 from trainers.tasks.synthetic import SyntheticTask
 
@@ -158,9 +157,7 @@ class Evaluator:
 
     def __post_init__(self):
         cfg = self.config
-        self.sampling = SamplingParams(
-            cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-        )
+        self.sampling = cfg.eval_sampling
         self.problems = self.task.eval_problems()[: cfg.eval.num_problems]
 
     def __call__(self) -> EvalResult:
@@ -223,7 +220,7 @@ def train(
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens)
+    sampling = config.rollout_sampling
     run_eval = Evaluator(config, engine, tokenizer, task)
     base = base_evaluation(model_path, run_eval)
     base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
