@@ -70,10 +70,12 @@ def time_trl(config, steps: int) -> float:
             step_times.append(time.perf_counter() - self.start)
 
     n = config.rollout.n
+    micro = config.train.micro_batch_size
     with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(
+        args = GRPOConfig(  # one optimizer step = one generation round of prompts_per_step x n completions
             output_dir=out,
-            per_device_train_batch_size=config.train.prompts_per_step * n,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=config.train.prompts_per_step * n // micro,
             num_generations=n,
             max_completion_length=config.rollout.max_new_tokens,
             temperature=config.rollout.temperature,

@@ -221,8 +221,8 @@ def train(
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     sampling = config.rollout_sampling
-    run_eval = Evaluator(config, engine, tokenizer, task)
-    base = base_evaluation(model_path, run_eval)
+    evaluator = Evaluator(config, engine, tokenizer, task)
+    base = base_evaluation(model_path, evaluator)
     base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
     log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
 
@@ -276,7 +276,7 @@ def train(
         done = step + 1 == config.train.steps
         tables = {}
         if (step + 1) % config.eval.every == 0 or done:
-            result = run_eval()
+            result = evaluator()
             step_metrics.update(result.metrics("eval"))
             step_metrics.update(base_metrics)
             step_metrics[M.EVAL_AES] = (
