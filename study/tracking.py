@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from study.trial import REPORT_FILE, apply_search
+from study.trial import EVALUATED, REPORT_FILE, apply_search
 from trainers import metrics as M
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -140,7 +140,7 @@ class MLflowTracker(tune.Callback):
         step = int(result["step"])
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before a retry or resume: the repeat is identical
-        prefixes = EVERY_STEP + (ON_EVALUATION if result.get("evaluated") else ())
+        prefixes = EVERY_STEP + (ON_EVALUATION if result.get(EVALUATED) else ())
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), now, step)
@@ -149,7 +149,7 @@ class MLflowTracker(tune.Callback):
         ]
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start : start + 500])
-        if result.get("evaluated") and not self._base_logged(trial):
+        if result.get(EVALUATED) and not self._base_logged(trial):
             base = [Metric(k, float(result[k]), now, 0) for k in (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH) if k in result]
             self.client.log_batch(run_id, metrics=base)
         self._last_step[trial.trial_id] = step

@@ -176,7 +176,7 @@ class Evaluator:
             "problems": len(self.problems),
             "sampling": self.sampling,
             "n_samples": self.config.eval.n_samples,
-            "lead": self.config.lead.model_dump(),
+            "lead": self.config.lead.model_dump(include={"aggregator", "floor", "bmax"}),  # the table's lstar
         }
 
 
