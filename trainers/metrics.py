@@ -21,7 +21,6 @@ PERF_ROLLOUT_TOKENS_PER_SECOND = "perf/rollout_tokens_per_second"
 EVAL_ACCURACY = "eval/accuracy"
 EVAL_RESPONSE_LENGTH = "eval/response_length"
 EVAL_AES = "eval/aes"
-EVAL_TRUNCATED_FRACTION = "eval/truncated_fraction"
 BASE_ACCURACY = "base/accuracy"
 BASE_RESPONSE_LENGTH = "base/response_length"
 
