@@ -1,0 +1,61 @@
+"""Loading a study from a real MLflow store (SQLite) into pyarrow tables."""
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from analysis.load import StudyError, load_study
+
+
+@pytest.fixture()
+def store(tmp_path):
+    """A study laid out as the study runner writes it: a parent run and two trial runs."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("demo")
+    parent = client.create_run(exp, run_name="demo", tags={"lead_study.role": "study"}).info.run_id
+    trials = {}
+    for name, arm, aes_values in (("psi-s0", "psi", [0.2, 0.9, 0.7]), ("static-wc1-s0", "static", [0.1, float("nan"), 0.3])):
+        run = client.create_run(
+            exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "variant": arm, "seed": "0"}
+        ).info.run_id
+        metrics = [Metric("train/accuracy", 0.1 * s, 0, s) for s in range(1, 31)]
+        metrics += [Metric("eval/aes", v, 0, 10 * (i + 1)) for i, v in enumerate(aes_values)]
+        metrics += [Metric("eval/response_length", 90 - 10 * i, 0, 10 * (i + 1)) for i in range(3)]
+        client.log_batch(run, metrics=metrics, params=[Param("lead.weighting", arm)])
+        client.set_terminated(run)
+        trials[name] = run
+    client.create_experiment("empty")
+    return uri, parent, trials
+
+
+def test_runs_and_history_tables(store, tmp_path):
+    uri, parent, trials = store
+    data = load_study(uri, "demo")
+    assert data.parent_run_id == parent
+    rows = {r["trial"]: r for r in data.runs.to_pylist()}
+    psi, static = rows["psi-s0"], rows["static-wc1-s0"]
+    assert (psi["arm"], psi["seed"], psi["status"], psi["steps"]) == ("psi", 0, "FINISHED", 30)
+    assert psi["final/eval/aes"] == pytest.approx(0.7) and psi["best/eval/aes"] == pytest.approx(0.9)
+    assert static["best/eval/aes"] == pytest.approx(0.3)  # NaN is not a best value
+    assert psi["best/eval/response_length"] == 70  # shorter is better
+    assert psi["param.lead.weighting"] == "psi"
+    assert data.history.num_rows == 2 * (30 + 3 + 3)
+    nan_rows = [r for r in data.history.to_pylist() if r["trial"] == "static-wc1-s0" and r["key"] == "eval/aes"]
+    assert [r["step"] for r in nan_rows] == [10, 20, 30] and math.isnan(nan_rows[1]["value"])
+    written = data.write_parquet(tmp_path / "report")
+    assert pq.read_table(written[0]).equals(data.runs)
+    assert repr(pq.read_table(written[1]).to_pylist()) == repr(data.history.to_pylist())  # NaN-aware
+
+
+def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path):
+    uri, _, _ = store
+    with pytest.raises(StudyError, match="no study named 'nope'"):
+        load_study(uri, "nope")
+    with pytest.raises(StudyError, match="study 'empty' has no trials yet"):
+        load_study(uri, "empty")
+    with pytest.raises(StudyError, match="cannot read the MLflow store"):
+        load_study("http://127.0.0.1:9", "demo")
