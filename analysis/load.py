@@ -55,6 +55,11 @@ def _fetch_history(client: MlflowClient, jobs: list[tuple[str, str, str]], worke
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = [row for chunk in pool.map(one, jobs) for row in chunk]
+    return _history_table(rows)
+
+
+def _history_table(rows: list[tuple]) -> pa.Table:
+    """(run_id, trial, key, step, value) rows, ordered by trial, key and step."""
     rows.sort(key=lambda r: (r[1], r[2], r[3]))
     columns = list(zip(*rows)) if rows else [[], [], [], [], []]
     return pa.table(
@@ -78,6 +83,41 @@ def _check_server(uri: str) -> None:
         raise StudyError(f"cannot read the MLflow store at {uri}: {exc}") from None
 
 
+BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # the MLflow UI's own bulk read
+BULK_MAX_RESULTS = 25_000  # the server's cap per request
+BULK_MAX_RUNS = 100
+
+
+def _fetch_history_bulk(uri: str, trials: list, workers: int) -> pa.Table:
+    """Histories from an MLflow server, one request per (key, chunk of runs) instead of per
+    (run, key); a chunk that hits the server's cap is split until every answer is complete."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    names = {r.info.run_id: r.info.run_name for r in trials}
+    keys = sorted({key for r in trials for key in r.data.metrics})
+
+    def fetch(key: str, run_ids: list[str]) -> list[tuple]:
+        query = urllib.parse.urlencode(
+            [("metric_key", key), ("max_results", BULK_MAX_RESULTS)] + [("run_id", r) for r in run_ids]
+        )
+        with urllib.request.urlopen(f"{uri.rstrip('/')}{BULK_ENDPOINT}?{query}", timeout=120) as response:
+            metrics = json.loads(response.read()).get("metrics", [])
+        if len(metrics) >= BULK_MAX_RESULTS:
+            if len(run_ids) == 1:
+                raise StudyError(f"run {run_ids[0]} has more than {BULK_MAX_RESULTS} values of {key}")
+            half = len(run_ids) // 2
+            return fetch(key, run_ids[:half]) + fetch(key, run_ids[half:])
+        return [(m["run_id"], names[m["run_id"]], key, int(m.get("step", 0)), float(m["value"])) for m in metrics]
+
+    run_ids = sorted(names)
+    jobs = [(key, run_ids[i : i + BULK_MAX_RUNS]) for key in keys for i in range(0, len(run_ids), BULK_MAX_RUNS)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = [row for chunk in pool.map(lambda job: fetch(*job), jobs) for row in chunk]
+    return _history_table(rows)
+
+
 def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     """The study's trials and metric histories (see the module docstring)."""
     if tracking_uri.startswith(("http://", "https://")):
@@ -95,8 +135,11 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     if not trials:
         raise StudyError(f"study '{study}' has no trials yet")
 
-    jobs = [(r.info.run_id, r.info.run_name, key) for r in trials for key in r.data.metrics]
-    history = _fetch_history(client, jobs, workers)
+    if tracking_uri.startswith(("http://", "https://")):
+        history = _fetch_history_bulk(tracking_uri, trials, workers)
+    else:
+        jobs = [(r.info.run_id, r.info.run_name, key) for r in trials for key in r.data.metrics]
+        history = _fetch_history(client, jobs, workers)
 
     eval_keys = sorted({key for r in trials for key in r.data.metrics if key.startswith("eval/")})
     param_keys = sorted({key for r in trials for key in r.data.params})

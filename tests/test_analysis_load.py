@@ -59,3 +59,37 @@ def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path)
         load_study(uri, "empty")
     with pytest.raises(StudyError, match="cannot read the MLflow store"):
         load_study("http://127.0.0.1:9", "demo")
+
+
+def test_an_mlflow_server_serves_the_same_study(store, tmp_path):
+    """A real ``mlflow server`` on loopback: the bulk HTTP path gives exactly the SQLite tables."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    uri, _, _ = store
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        local, remote = load_study(uri, "demo"), load_study(url, "demo")
+    finally:
+        server.terminate()
+        server.wait()
+    assert remote.parent_run_id == local.parent_run_id
+    assert repr(remote.history.to_pylist()) == repr(local.history.to_pylist())
+    assert remote.runs.equals(local.runs)
