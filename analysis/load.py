@@ -4,13 +4,16 @@
   ``param.<name>``, and for each ``eval/*`` metric its final and best value);
 - ``history``: the long metric history (run_id, trial, key, step, value).
 
-Works on a running study too: whatever has been logged so far is loaded. Histories are fetched
-per (run, key) through MLflow's client, concurrently, so an HTTP store is not walked one request
-at a time.
+Works on a running study too: whatever has been logged so far is loaded. From a local store,
+histories are read per (run, key) through MLflow's client, concurrently; from a server, through
+its bulk history endpoint, one request per key and chunk of runs.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +78,6 @@ def _history_table(rows: list[tuple]) -> pa.Table:
 
 def _check_server(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when a server does not answer."""
-    import urllib.request
-
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
     except OSError as exc:
@@ -91,10 +92,6 @@ BULK_MAX_RUNS = 100
 def _fetch_history_bulk(uri: str, trials: list, workers: int) -> pa.Table:
     """Histories from an MLflow server, one request per (key, chunk of runs) instead of per
     (run, key); a chunk that hits the server's cap is split until every answer is complete."""
-    import json
-    import urllib.parse
-    import urllib.request
-
     names = {r.info.run_id: r.info.run_name for r in trials}
     keys = sorted({key for r in trials for key in r.data.metrics})
 
