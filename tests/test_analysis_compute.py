@@ -1,0 +1,54 @@
+"""Per-arm statistics, PSI against the best static arm, and the Pareto frontier, worked by hand."""
+
+import math
+
+import pyarrow as pa
+import pytest
+
+from analysis.compute import arm_summary, pareto_front, psi_versus_best_static
+
+
+def runs_table():
+    rows = [
+        # arm, variant, weighting, accuracy, length, aes
+        ("psi", "psi", "psi", 0.80, 50.0, 1.2),
+        ("psi", "psi", "psi", 0.90, 40.0, 1.6),
+        ("static", "ratio0", "static", 0.85, 60.0, 1.0),
+        ("static", "ratio0", "static", 0.75, 70.0, 0.6),
+        ("static", "ratio1", "static", 0.60, 30.0, 0.5),
+        ("grpo", "wc0.5", "static", 0.50, 80.0, -1.0),
+    ]
+    arm, variant, weighting, acc, length, aes = zip(*rows)
+    return pa.table(
+        {
+            "arm": list(arm),
+            "variant": list(variant),
+            "param.lead.weighting": list(weighting),
+            "final/eval/accuracy": list(acc),
+            "final/eval/response_length": list(length),
+            "final/eval/aes": list(aes),
+        }
+    )
+
+
+def test_arm_summary_means_and_sample_std_over_seeds():
+    rows = {(r["arm"], r["variant"]): r for r in arm_summary(runs_table()).to_pylist()}
+    psi = rows[("psi", "psi")]
+    assert psi["seeds"] == 2
+    assert psi["accuracy_mean"] == pytest.approx(0.85) and psi["length_mean"] == pytest.approx(45.0)
+    assert psi["aes_std"] == pytest.approx(math.sqrt(2 * 0.2**2))  # values 1.2, 1.6: sample std = 0.2828
+    assert rows[("static", "ratio1")]["aes_std"] is None  # one seed: no spread
+    assert list(rows) == sorted(rows)
+
+
+def test_psi_against_the_best_static_arm():
+    result = psi_versus_best_static(arm_summary(runs_table()))
+    # static means: ratio0 0.8, ratio1 0.5, grpo -1.0 -> best ratio0; PSI mean 1.4 -> gap 0.6
+    assert (result["best_static"]["arm"], result["best_static"]["variant"]) == ("static", "ratio0")
+    assert result["psi_minus_best_static_aes"] == pytest.approx(0.6)
+
+
+def test_pareto_front_keeps_only_undominated_arms():
+    # means: psi (0.85, 45), static ratio0 (0.80, 65), ratio1 (0.60, 30), grpo (0.50, 80)
+    # ratio0 and grpo are dominated by psi; ratio1 is the shortest
+    assert pareto_front(arm_summary(runs_table())) == [("psi", "psi"), ("static", "ratio1")]
