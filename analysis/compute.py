@@ -4,7 +4,9 @@
   eval accuracy, length and AES;
 - ``psi_versus_best_static``: the best static variant by mean AES and PSI's gap to it;
 - ``pareto_front``: the (arm, variant) pairs no other pair beats on both accuracy (higher) and
-  length (lower).
+  length (lower);
+- ``series`` / ``weight_shape``: a metric's trajectory per trial, and where PSI's weight went
+  (start, peak, first fall, settled value).
 """
 
 from __future__ import annotations
@@ -57,3 +59,39 @@ def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
         )
 
     return sorted((p[0], p[1]) for p in points if not dominated(p))
+
+
+def series(history: pa.Table, key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``key``'s (steps, values) per trial, in step order."""
+    rows = history.filter(pc.equal(history["key"], key)).sort_by([("trial", "ascending"), ("step", "ascending")])
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for trial, step, value in zip(rows["trial"].to_pylist(), rows["step"].to_pylist(), rows["value"].to_pylist()):
+        steps, values = out.setdefault(trial, ([], []))
+        steps.append(step)
+        values.append(value)
+    return out
+
+
+def weight_shape(history: pa.Table, settle_fraction: float = 0.2) -> pa.Table:
+    """Where each trial's used ``w_corr`` went: its start, peak, the first step it fell, and where it
+    settled (the mean over the last ``settle_fraction`` of its steps)."""
+    rows = []
+    for trial, (steps, values) in series(history, "lead/w_corr").items():
+        first_fall = next((steps[i] for i in range(1, len(values)) if values[i] < values[i - 1]), None)
+        tail = values[-max(1, int(len(values) * settle_fraction)) :]
+        rows.append(
+            {
+                "trial": trial,
+                "start": values[0],
+                "peak": max(values),
+                "first_fall_step": first_fall,
+                "settled": sum(tail) / len(tail),
+            }
+        )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [("trial", pa.string()), ("start", pa.float64()), ("peak", pa.float64()),
+             ("first_fall_step", pa.int64()), ("settled", pa.float64())]
+        ),
+    )

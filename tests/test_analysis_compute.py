@@ -52,3 +52,24 @@ def test_pareto_front_keeps_only_undominated_arms():
     # means: psi (0.85, 45), static ratio0 (0.80, 65), ratio1 (0.60, 30), grpo (0.50, 80)
     # ratio0 and grpo are dominated by psi; ratio1 is the shortest
     assert pareto_front(arm_summary(runs_table())) == [("psi", "psi"), ("static", "ratio1")]
+
+
+def test_weight_shape_finds_the_first_fall_and_the_settled_value():
+    from analysis.compute import series, weight_shape
+
+    values = [0.5, 0.6, 0.7, 0.65, 0.6, 0.62, 0.6, 0.6, 0.6, 0.6]  # rises, falls at step 4, settles at 0.6
+    history = pa.table(
+        {
+            "run_id": ["r"] * 10 + ["s"] * 2,
+            "trial": ["psi-s0"] * 10 + ["flat-s0"] * 2,
+            "key": ["lead/w_corr"] * 12,
+            "step": list(range(10, 0, -1)) + [1, 2],  # out of order on purpose
+            "value": list(reversed(values)) + [0.5, 0.5],
+        }
+    )
+    assert series(history, "lead/w_corr")["psi-s0"] == (list(range(1, 11)), values)
+    shape = {r["trial"]: r for r in weight_shape(history).to_pylist()}
+    psi = shape["psi-s0"]
+    assert (psi["start"], psi["peak"], psi["first_fall_step"]) == (0.5, 0.7, 4)
+    assert psi["settled"] == pytest.approx(0.6)  # mean of the last 2 of 10 steps
+    assert shape["flat-s0"]["first_fall_step"] is None
