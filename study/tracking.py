@@ -89,6 +89,7 @@ class MLflowTracker(tune.Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}
+        self._base_logged: set[str] = set()  # trial ids whose run holds base/* already
 
     def __getstate__(self):  # Tune pickles callbacks into the experiment state
         return {**self.__dict__, "_client": None}
@@ -149,13 +150,13 @@ class MLflowTracker(tune.Callback):
         ]
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start : start + 500])
-        if result.get(EVALUATED) and not self._base_logged(trial):
-            base = [Metric(k, float(result[k]), now, 0) for k in (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH) if k in result]
-            self.client.log_batch(run_id, metrics=base)
+        if result.get(EVALUATED) and trial.trial_id not in self._base_logged:
+            if not self.client.get_metric_history(run_id, M.BASE_ACCURACY):  # after a restart, ask once
+                keys = (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH)
+                base = [Metric(k, float(result[k]), now, 0) for k in keys if k in result]
+                self.client.log_batch(run_id, metrics=base)
+            self._base_logged.add(trial.trial_id)
         self._last_step[trial.trial_id] = step
-
-    def _base_logged(self, trial) -> bool:
-        return bool(self.client.get_metric_history(self._runs[trial.trial_id], M.BASE_ACCURACY))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         run_id = self._run_for(trial)

@@ -35,6 +35,7 @@ from trainers.rollout.hf import HFRolloutEngine
 from trainers.tasks.synthetic import SyntheticTask
 
 CHECKPOINT_FILE = "trainer_state.pt"
+TARGET_FIELDS = {"aggregator", "floor", "bmax"}  # the LEAD settings an evaluation depends on (its lstar column)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Evaluator:
             "problems": len(self.problems),
             "sampling": self.sampling,
             "n_samples": self.config.eval.n_samples,
-            "lead": self.config.lead.model_dump(include={"aggregator", "floor", "bmax"}),  # the table's lstar
+            "lead": self.config.lead.model_dump(include=TARGET_FIELDS),
         }
 
 
