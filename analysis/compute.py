@@ -6,7 +6,9 @@
 - ``pareto_front``: the (arm, variant) pairs no other pair beats on both accuracy (higher) and
   length (lower);
 - ``series`` / ``weight_shape``: a metric's trajectory per trial, and where PSI's weight went
-  (start, peak, first fall, settled value).
+  (start, peak, first fall, settled value);
+- ``lstar_versus_minimal``: per trial, at its last evaluation, how far the per-problem targets
+  L* and the model's lengths sit above each problem's minimal trace length.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ def series(history: pa.Table, key: str) -> dict[str, tuple[list[int], list[float
     return out
 
 
-def weight_shape(history: pa.Table, settle_fraction: float = 0.2) -> pa.Table:
-    """Where each trial's used ``w_corr`` went: its start, peak, the first step it fell, and where it
-    settled (the mean over the last ``settle_fraction`` of its steps)."""
+def weight_shape(history: pa.Table, trials: set[str] | None = None, settle_fraction: float = 0.2) -> pa.Table:
+    """Where each trial's used ``w_corr`` went (of ``trials``, default all): its start, peak, the first
+    step it fell, and where it settled (the mean over the last ``settle_fraction`` of its steps)."""
     rows = []
     for trial, (steps, values) in series(history, "lead/w_corr").items():
+        if trials is not None and trial not in trials:
+            continue
         first_fall = next((steps[i] for i in range(1, len(values)) if values[i] < values[i - 1]), None)
         tail = values[-max(1, int(len(values) * settle_fraction)) :]
         rows.append(
@@ -95,3 +99,51 @@ def weight_shape(history: pa.Table, settle_fraction: float = 0.2) -> pa.Table:
              ("first_fall_step", pa.int64()), ("settled", pa.float64())]
         ),
     )
+
+
+def final_problems(problems: pa.Table) -> pa.Table:
+    """Each trial's per-problem rows at its last evaluated step."""
+    if problems.num_rows == 0:
+        return problems
+    last = problems.group_by("trial").aggregate([("step", "max")])
+    return problems.join(last, keys=["trial", "step"], right_keys=["trial", "step_max"], join_type="inner")
+
+
+def _median(values: pa.ChunkedArray) -> float | None:
+    return pc.quantile(values, q=0.5)[0].as_py() if len(values) else None
+
+
+def lstar_versus_minimal(problems: pa.Table, runs: pa.Table) -> pa.Table:
+    """Per trial at its last evaluation, over the problems it solved at least once (L* comes from
+    correct samples): the median of ``lstar / minimal_length`` and of ``mean_length / minimal_length``,
+    the fraction of targets within 10% of the minimal length, and the fraction still above 1.5x
+    (under-compressed); plus how many problems it never solved."""
+    final = final_problems(problems)
+    labels = {r["trial"]: r for r in runs.select(["trial", "arm", "variant", "seed"]).to_pylist()}
+    rows = []
+    for trial in sorted(set(final["trial"].to_pylist())):
+        table = final.filter(pc.equal(final["trial"], trial))
+        solved = table.filter(pc.and_(pc.greater(table["accuracy"], 0), pc.greater(table["minimal_length"], 0)))
+        lstar_ratio = pc.divide(solved["lstar"], solved["minimal_length"])
+        length_ratio = pc.divide(solved["mean_length"], solved["minimal_length"])
+        count = max(solved.num_rows, 1)
+        rows.append(
+            {
+                **{k: labels.get(trial, {}).get(k) for k in ("trial", "arm", "variant", "seed")},
+                "trial": trial,
+                "step": table["step"][0].as_py(),
+                "problems": table.num_rows,
+                "unsolved": table.num_rows - solved.num_rows,
+                "lstar_over_minimal": _median(lstar_ratio),
+                "length_over_minimal": _median(length_ratio),
+                "within_10pct": pc.sum(pc.less_equal(lstar_ratio, 1.1)).as_py() / count if solved.num_rows else None,
+                "above_1p5x": pc.sum(pc.greater(lstar_ratio, 1.5)).as_py() / count if solved.num_rows else None,
+            }
+        )
+    schema = pa.schema(
+        [("trial", pa.string()), ("arm", pa.string()), ("variant", pa.string()), ("seed", pa.int64()),
+         ("step", pa.int64()), ("problems", pa.int64()), ("unsolved", pa.int64()),
+         ("lstar_over_minimal", pa.float64()), ("length_over_minimal", pa.float64()),
+         ("within_10pct", pa.float64()), ("above_1p5x", pa.float64())]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -2,16 +2,22 @@
 
 - ``runs``: one row per trial (run id, trial, arm, variant, seed, status, every param as
   ``param.<name>``, and for each ``eval/*`` metric its final and best value);
-- ``history``: the long metric history (run_id, trial, key, step, value).
+- ``history``: the long metric history (run_id, trial, key, step, value);
+- ``problems``: every per-problem evaluation table the trials logged (run_id, trial, step,
+  problem_id, minimal_length, lstar, mean_length, accuracy, truncated_fraction).
 
-Works on a running study too: whatever has been logged so far is loaded. From a local store,
-histories are read per (run, key) through MLflow's client, concurrently; from a server, through
-its bulk history endpoint, one request per key and chunk of runs.
+Fast path: the study runner keeps each trial's whole history as one Parquet artifact
+(``HISTORY_ARTIFACT``) and tags the run with the last step it holds, so a study is read with one
+download per trial. A trial whose artifact is missing or behind its last logged step (a running
+study, a crash between the two writes) is read through MLflow's metric-history API instead: per
+(run, key) from a local store, through the server's bulk endpoint from an ``http://`` store.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +28,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 LOWER_IS_BETTER = ("eval/response_length", "eval/truncated_fraction")
+HISTORY_ARTIFACT = "history/metrics.parquet"  # one trial's whole history: key, step, value
+HISTORY_SCHEMA = pa.schema([("key", pa.string()), ("step", pa.int64()), ("value", pa.float64())])
+LOGGED_STEP_TAG = "lead_study.logged_step"  # the last step whose metrics reached MLflow
+HISTORY_STEP_TAG = "lead_study.history_step"  # the last step HISTORY_ARTIFACT holds
+PLANNED_ARTIFACT = "planned_trials.json"  # on the parent run: every trial the study will run
+PROBLEMS_FOLDER = "eval_problems"  # on a trial run: step_<step>.parquet per evaluation
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (what ``study.run`` writes to by default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 class StudyError(ValueError):
@@ -37,12 +55,20 @@ class StudyData:
     parent_run_id: str | None
     runs: pa.Table
     history: pa.Table
+    problems: pa.Table
+    planned: list[str]  # trial names the study's parent run lists (empty if it lists none)
+
+    @property
+    def missing(self) -> list[str]:
+        """Planned trials with no run in MLflow yet."""
+        present = set(self.runs["trial"].to_pylist())
+        return [name for name in self.planned if name not in present]
 
     def write_parquet(self, folder: Path) -> list[Path]:
-        """``runs.parquet`` and ``history.parquet`` in ``folder``, each written then renamed."""
+        """``runs``, ``history`` and ``problems`` as Parquet in ``folder``, each written then renamed."""
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        for name, table in (("runs", self.runs), ("history", self.history)):
+        for name, table in (("runs", self.runs), ("history", self.history), ("problems", self.problems)):
             path = folder / f"{name}.parquet"
             tmp = folder / f".{name}.parquet.tmp"
             pq.write_table(table, tmp)
@@ -62,8 +88,7 @@ def _fetch_history(client: MlflowClient, jobs: list[tuple[str, str, str]], worke
 
 
 def _history_table(rows: list[tuple]) -> pa.Table:
-    """(run_id, trial, key, step, value) rows, ordered by trial, key and step."""
-    rows.sort(key=lambda r: (r[1], r[2], r[3]))
+    """(run_id, trial, key, step, value) rows as a table."""
     columns = list(zip(*rows)) if rows else [[], [], [], [], []]
     return pa.table(
         {
@@ -74,6 +99,77 @@ def _history_table(rows: list[tuple]) -> pa.Table:
             "value": pa.array(columns[4], pa.float64()),
         }
     )
+
+
+def _artifacts(run, tracking_uri: str):
+    """The run's artifact store, reached straight from its artifact URI (no per-run lookups)."""
+    return get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
+
+
+def _download(run, tracking_uri: str, path: str) -> pa.Table:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
+    with tempfile.TemporaryDirectory() as tmp:
+        return pq.read_table(_artifacts(run, tracking_uri).download_artifacts(path, tmp))
+
+
+def _history_is_current(run) -> bool:
+    tags = run.data.tags
+    return HISTORY_STEP_TAG in tags and tags[HISTORY_STEP_TAG] == tags.get(LOGGED_STEP_TAG)
+
+
+def _read_history_artifacts(tracking_uri: str, trials: list, workers: int) -> pa.Table:
+    """The fast path: one Parquet download per trial."""
+
+    def one(run) -> pa.Table:
+        table = _download(run, tracking_uri, HISTORY_ARTIFACT).cast(HISTORY_SCHEMA)
+        return table.add_column(0, "trial", pa.array([run.info.run_name] * table.num_rows, pa.string())).add_column(
+            0, "run_id", pa.array([run.info.run_id] * table.num_rows, pa.string())
+        )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        tables = list(pool.map(one, trials))
+    return pa.concat_tables(tables) if tables else _history_table([])
+
+
+PROBLEM_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("trial", pa.string()), ("step", pa.int64()), ("problem_id", pa.int64()),
+     ("minimal_length", pa.float64()), ("lstar", pa.float64()), ("mean_length", pa.float64()),
+     ("accuracy", pa.float64()), ("truncated_fraction", pa.float64())]
+)
+
+
+def _read_problem_tables(tracking_uri: str, trials: list, workers: int) -> pa.Table:
+    """Every ``eval_problems/step_<step>.parquet`` of every trial, with run, trial and step columns."""
+
+    def one(run) -> list[pa.Table]:
+        tables = []
+        for artifact in _artifacts(run, tracking_uri).list_artifacts(PROBLEMS_FOLDER):
+            if not artifact.path.endswith(".parquet"):
+                continue
+            table = _download(run, tracking_uri, artifact.path)
+            step = int(Path(artifact.path).stem.rsplit("_", 1)[-1])
+            extra = {"run_id": run.info.run_id, "trial": run.info.run_name, "step": step}
+            columns = {
+                field.name: (pa.array([extra[field.name]] * table.num_rows, field.type) if field.name in extra
+                             else table[field.name].cast(field.type))
+                for field in PROBLEM_SCHEMA
+            }
+            tables.append(pa.table(columns, schema=PROBLEM_SCHEMA))
+        return tables
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        tables = [t for chunk in pool.map(one, trials) for t in chunk]
+    return pa.concat_tables(tables) if tables else PROBLEM_SCHEMA.empty_table()
+
+
+def _planned_trials(tracking_uri: str, parent) -> list[str]:
+    if parent is None:
+        return []
+    repository = _artifacts(parent, tracking_uri)
+    if not any(a.path == PLANNED_ARTIFACT for a in repository.list_artifacts()):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(repository.download_artifacts(PLANNED_ARTIFACT, tmp)).read_text())
 
 
 def _check_server(uri: str) -> None:
@@ -119,6 +215,8 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     """The study's trials and metric histories (see the module docstring)."""
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise StudyError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')}")  # MLflow would create one
     client = MlflowClient(tracking_uri)
     try:
         experiment = client.get_experiment_by_name(study)
@@ -127,16 +225,28 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     if experiment is None:
         raise StudyError(f"no study named '{study}' in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], max_results=50_000)
-    parents = [r for r in runs if r.data.tags.get("lead_study.role") == "study"]
-    trials = sorted((r for r in runs if "arm" in r.data.tags), key=lambda r: r.info.run_name or "")
+    parents = sorted((r for r in runs if r.data.tags.get("lead_study.role") == "study"), key=lambda r: r.info.start_time)
+    parent = parents[-1] if parents else None  # a study run again under the same name: its latest run
+    trials = sorted(
+        (r for r in runs if "arm" in r.data.tags
+         and (parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)),
+        key=lambda r: r.info.run_name or "",
+    )
     if not trials:
         raise StudyError(f"study '{study}' has no trials yet")
 
-    if tracking_uri.startswith(("http://", "https://")):
-        history = _fetch_history_bulk(tracking_uri, trials, workers)
+    stale = [r for r in trials if not _history_is_current(r)]
+    if not stale:
+        slow = _history_table([])
+    elif tracking_uri.startswith(("http://", "https://")):
+        slow = _fetch_history_bulk(tracking_uri, stale, workers)
     else:
-        jobs = [(r.info.run_id, r.info.run_name, key) for r in trials for key in r.data.metrics]
-        history = _fetch_history(client, jobs, workers)
+        jobs = [(r.info.run_id, r.info.run_name, key) for r in stale for key in r.data.metrics]
+        slow = _fetch_history(client, jobs, workers)
+    fast = _read_history_artifacts(tracking_uri, [r for r in trials if _history_is_current(r)], workers)
+    history = pa.concat_tables([fast, slow]).sort_by([("trial", "ascending"), ("key", "ascending"), ("step", "ascending")])
+    problems = _read_problem_tables(tracking_uri, trials, workers)
+    problems = problems.sort_by([("trial", "ascending"), ("step", "ascending"), ("problem_id", "ascending")])
 
     eval_keys = sorted({key for r in trials for key in r.data.metrics if key.startswith("eval/")})
     param_keys = sorted({key for r in trials for key in r.data.params})
@@ -156,7 +266,10 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         columns[f"best/{key}"] = [best.get(r.info.run_id) for r in trials]
     for key in param_keys:
         columns[f"param.{key}"] = [r.data.params.get(key) for r in trials]
-    return StudyData(study, parents[0].info.run_id if parents else None, pa.table(columns), history)
+    return StudyData(
+        study, parent.info.run_id if parent else None, pa.table(columns), history, problems,
+        _planned_trials(tracking_uri, parent),
+    )
 
 
 def _per_run(history: pa.Table, key: str, how: str) -> dict[str, float]:

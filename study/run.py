@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from analysis.load import default_tracking_uri
 from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
 from trainers import metrics as M
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-trials", type=int, default=None)
     parser.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
     parser.add_argument("--dry-run", action="store_true", help="resolve and print every trial, run nothing")
+    parser.add_argument("--no-report", action="store_true", help="skip the report (python -m analysis.report) at the end")
     return parser.parse_args(argv)
 
 
@@ -53,7 +55,7 @@ def check_output_dir(path: Path) -> Path:
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    uri = uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
@@ -276,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = [
         TrialPlan(p.name, p.arm, p.variant, p.seed, deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
-    experiment_id, parent_id = start_study_run(tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics)
+    experiment_id, parent_id = start_study_run(
+        tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans]
+    )
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
     if args.resume:
         tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
@@ -293,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     ui = f"mlflow ui --backend-store-uri {tracking_uri}" if "://" in tracking_uri or tracking_uri.startswith("/") else "mlflow ui"
     print(f"Look next: {ui}   (experiment '{study_name}')")
     print(f"Ray results and checkpoints: {experiment_dir}")
+    if args.no_report:
+        return 1 if failed else 0
+    report_command = f"python -m analysis.report --study {study_name} --tracking-uri {tracking_uri} --out {experiment_dir / 'report'}"
+    try:
+        from analysis.report import write_report
+
+        print(f"Report: {write_report(tracking_uri, study_name, experiment_dir / 'report')}   (rebuild: {report_command})")
+    except Exception as exc:  # the study's results stand even if its report cannot be drawn
+        print(f"Report failed ({type(exc).__name__}: {exc}); retry with: {report_command}")
     return 1 if failed else 0
 
 

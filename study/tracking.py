@@ -5,6 +5,10 @@ again on ``--resume``); one child run per trial (tag ``lead_study.trial_id`` fin
 retry or a resume). Steps already logged for a trial are never logged twice: a retried trial
 repeats the steps after its checkpoint exactly, so those results are skipped, and the last
 logged step is read back from MLflow after a driver restart.
+
+Each trial's whole history is also kept as one Parquet artifact (``HISTORY_ARTIFACT``), rewritten
+at every checkpoint and when the trial ends, so ``analysis.load`` reads a study with one download
+per trial instead of one request per metric key.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from analysis.load import HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG, PLANNED_ARTIFACT
 from study.trial import EVALUATED, REPORT_FILE, apply_search
 from trainers import metrics as M
 
@@ -48,11 +55,41 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
     return runs[0].info.run_id if runs else None
 
 
-def start_study_run(tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict) -> tuple[str, str]:
+def log_json(client: MlflowClient, run_id: str, name: str, content) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(content, indent=2))
+        client.log_artifact(run_id, str(path))
+
+
+def write_history_artifact(client: MlflowClient, run_id: str, rows: list[tuple[str, int, float]], step: int) -> None:
+    """A run's (key, step, value) rows as ``HISTORY_ARTIFACT``, then the tag saying it holds ``step``."""
+    columns = list(zip(*rows)) if rows else [[], [], []]
+    table = pa.table(dict(zip(HISTORY_SCHEMA.names, columns)), schema=HISTORY_SCHEMA)
+    folder, name = HISTORY_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(table, Path(tmp) / name)
+        client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
+    client.set_tag(run_id, HISTORY_STEP_TAG, str(step))
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """A SQLite store keeps its artifacts beside the database (``mlruns/`` next to it), not in
+    whatever directory the study happened to be started from; other stores keep their default."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    return None
+
+
+def start_study_run(
+    tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str]
+) -> tuple[str, str]:
     """The study's parent run (created, or found again on resume); returns (experiment_id, run_id)."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        study, artifact_location=artifact_location(tracking_uri)
+    )
     run_id = find_run(client, experiment_id, {STUDY_DIR_TAG: str(study_dir), "lead_study.role": "study"})
     if run_id is None:
         run = client.create_run(
@@ -62,6 +99,7 @@ def start_study_run(tracking_uri: str, study: str, study_dir: Path, spec_path: P
         )
         run_id = run.info.run_id
         client.log_artifact(run_id, str(spec_path), artifact_path="spec")
+        log_json(client, run_id, PLANNED_ARTIFACT, trial_names)
         client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in base_metrics.items()])
     else:
         client.update_run(run_id, status="RUNNING")
@@ -70,10 +108,7 @@ def start_study_run(tracking_uri: str, study: str, study_dir: Path, spec_path: P
 
 def finish_study_run(tracking_uri: str, run_id: str, summary_rows: list[dict], status: str) -> None:
     client = MlflowClient(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "summary.json"
-        path.write_text(json.dumps(summary_rows, indent=2))
-        client.log_artifact(run_id, str(path))
+    log_json(client, run_id, "summary.json", summary_rows)
     client.set_terminated(run_id, status=status)
 
 
@@ -90,9 +125,10 @@ class MLflowTracker(tune.Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}
         self._base_logged: set[str] = set()  # trial ids whose run holds base/* already
+        self._history: dict[str, list[tuple[str, int, float]]] = {}  # trial id -> what its run holds
 
-    def __getstate__(self):  # Tune pickles callbacks into the experiment state
-        return {**self.__dict__, "_client": None}
+    def __getstate__(self):  # Tune pickles callbacks into the experiment state; histories stay in MLflow
+        return {**self.__dict__, "_client": None, "_history": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -123,12 +159,26 @@ class MLflowTracker(tune.Callback):
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
                 self.client.log_artifact(run_id, str(path))
             self._last_step[trial_id] = 0
-        else:
-            history = self.client.get_metric_history(run_id, STEP_KEY)
-            self._last_step[trial_id] = max((m.step for m in history), default=0)
+            self._history[trial_id] = []
+        else:  # found again after a driver restart: ``_rows`` reads back what it holds
+            self._history.pop(trial_id, None)
             self.client.update_run(run_id, status="RUNNING")
         self._runs[trial_id] = run_id
         return run_id
+
+    def _rows(self, trial_id: str, run_id: str) -> list[tuple[str, int, float]]:
+        """Everything the trial's run holds (read back once from MLflow after a driver restart)."""
+        if trial_id not in self._history:
+            keys = self.client.get_run(run_id).data.metrics
+            rows = [(key, m.step, m.value) for key in keys for m in self.client.get_metric_history(run_id, key)]
+            self._history[trial_id] = rows
+            self._last_step[trial_id] = max((step for key, step, _ in rows if key == STEP_KEY), default=0)
+        return self._history[trial_id]
+
+    def _write_history(self, trial) -> None:
+        run_id = self._run_for(trial)
+        rows = self._rows(trial.trial_id, run_id)
+        write_history_artifact(self.client, run_id, rows, self._last_step.get(trial.trial_id, 0))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
@@ -138,6 +188,7 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
+        rows = self._rows(trial.trial_id, run_id)
         step = int(result["step"])
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before a retry or resume: the repeat is identical
@@ -148,14 +199,15 @@ class MLflowTracker(tune.Callback):
             for key, value in result.items()
             if key.startswith(prefixes) and isinstance(value, (int, float))
         ]
-        for start in range(0, len(metrics), 500):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 500])
         if result.get(EVALUATED) and trial.trial_id not in self._base_logged:
             if not self.client.get_metric_history(run_id, M.BASE_ACCURACY):  # after a restart, ask once
                 keys = (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH)
-                base = [Metric(k, float(result[k]), now, 0) for k in keys if k in result]
-                self.client.log_batch(run_id, metrics=base)
+                metrics += [Metric(k, float(result[k]), now, 0) for k in keys if k in result]
             self._base_logged.add(trial.trial_id)
+        for start in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 500])
+        self.client.set_tag(run_id, LOGGED_STEP_TAG, str(step))
+        rows += [(m.key, m.step, m.value) for m in metrics]
         self._last_step[trial.trial_id] = step
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -168,9 +220,12 @@ class MLflowTracker(tune.Callback):
                     named = Path(tmp) / f"step_{step:06d}.parquet"
                     named.write_bytes(table.read_bytes())
                     self.client.log_artifact(run_id, str(named), artifact_path="eval_problems")
+        self._write_history(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write_history(trial)
         self.client.set_terminated(self._run_for(trial), status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._write_history(trial)
         self.client.set_terminated(self._run_for(trial), status="FAILED")

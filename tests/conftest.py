@@ -55,3 +55,17 @@ def study_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("study-cache")
     os.environ["LEAD_STUDY_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_study(ray_cluster, study_cache, tmp_path_factory):
+    """The default study's smoke test, run once: its folder, MLflow URI, study name and exit code."""
+    from types import SimpleNamespace
+
+    from study.run import main
+
+    folder = tmp_path_factory.mktemp("smoke-study")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    spec = Path(__file__).resolve().parents[1] / "search_spaces/psi_vs_static.yaml"
+    code = main([str(spec), "--smoke-test", "--output-dir", str(folder / "runs"), "--tracking-uri", uri])
+    return SimpleNamespace(folder=folder, uri=uri, name="psi_vs_static-smoke", code=code)

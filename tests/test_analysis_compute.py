@@ -73,3 +73,28 @@ def test_weight_shape_finds_the_first_fall_and_the_settled_value():
     assert (psi["start"], psi["peak"], psi["first_fall_step"]) == (0.5, 0.7, 4)
     assert psi["settled"] == pytest.approx(0.6)  # mean of the last 2 of 10 steps
     assert shape["flat-s0"]["first_fall_step"] is None
+    assert [r["trial"] for r in weight_shape(history, {"psi-s0"}).to_pylist()] == ["psi-s0"]
+
+
+def test_lstar_against_minimal_length_at_each_trials_last_evaluation():
+    from analysis.compute import lstar_versus_minimal
+
+    rows = [
+        # trial, step, problem, minimal, lstar, mean length, accuracy
+        ("psi-s0", 5, 1, 10, 30.0, 40.0, 1.0),  # an earlier evaluation: ignored
+        ("psi-s0", 10, 1, 10, 10.5, 12.0, 1.0),  # ratio 1.05: within 10%
+        ("psi-s0", 10, 2, 20, 24.0, 26.0, 0.5),  # 1.2
+        ("psi-s0", 10, 3, 20, 40.0, 44.0, 1.0),  # 2.0: above 1.5x
+        ("psi-s0", 10, 4, 30, 160.0, 160.0, 0.0),  # never solved: left out of the ratios
+    ]
+    trial, step, problem, minimal, lstar, length, accuracy = zip(*rows)
+    problems = pa.table({"run_id": ["r"] * 5, "trial": list(trial), "step": list(step), "problem_id": list(problem),
+                         "minimal_length": [float(m) for m in minimal], "lstar": list(lstar),
+                         "mean_length": list(length), "accuracy": list(accuracy), "truncated_fraction": [0.0] * 5})
+    runs = pa.table({"trial": ["psi-s0"], "arm": ["psi"], "variant": ["psi"], "seed": [0]})
+    (row,) = lstar_versus_minimal(problems, runs).to_pylist()
+    assert (row["step"], row["problems"], row["unsolved"]) == (10, 4, 1)
+    assert row["lstar_over_minimal"] == pytest.approx(1.2)
+    assert row["length_over_minimal"] == pytest.approx(1.3)  # 1.2, 1.3, 2.2
+    assert row["within_10pct"] == pytest.approx(1 / 3) and row["above_1p5x"] == pytest.approx(1 / 3)
+    assert (row["arm"], row["seed"]) == ("psi", 0)

@@ -7,7 +7,9 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.load import StudyError, load_study
+from analysis.load import LOGGED_STEP_TAG, StudyError, load_study
+from analysis.server import local_server
+from study.tracking import write_history_artifact
 
 
 @pytest.fixture()
@@ -15,7 +17,7 @@ def store(tmp_path):
     """A study laid out as the study runner writes it: a parent run and two trial runs."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    exp = client.create_experiment("demo")
+    exp = client.create_experiment("demo", artifact_location=(tmp_path / "mlruns").as_uri())
     parent = client.create_run(exp, run_name="demo", tags={"lead_study.role": "study"}).info.run_id
     trials = {}
     for name, arm, aes_values in (("psi-s0", "psi", [0.2, 0.9, 0.7]), ("static-wc1-s0", "static", [0.1, float("nan"), 0.3])):
@@ -28,7 +30,7 @@ def store(tmp_path):
         client.log_batch(run, metrics=metrics, params=[Param("lead.weighting", arm)])
         client.set_terminated(run)
         trials[name] = run
-    client.create_experiment("empty")
+    client.create_experiment("empty", artifact_location=(tmp_path / "mlruns").as_uri())
     return uri, parent, trials
 
 
@@ -63,33 +65,28 @@ def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path)
 
 def test_an_mlflow_server_serves_the_same_study(store, tmp_path):
     """A real ``mlflow server`` on loopback: the bulk HTTP path gives exactly the SQLite tables."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     uri, _, _ = store
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with local_server(uri) as url:
         local, remote = load_study(uri, "demo"), load_study(url, "demo")
-    finally:
-        server.terminate()
-        server.wait()
     assert remote.parent_run_id == local.parent_run_id
     assert repr(remote.history.to_pylist()) == repr(local.history.to_pylist())
     assert remote.runs.equals(local.runs)
+
+
+def test_history_artifacts_give_the_same_tables_as_the_metric_api(store):
+    """The fast path (one Parquet artifact per trial, as the study runner writes it) and the API path
+    read the same study into identical tables; an artifact behind the run's last step is not used."""
+    uri, _, trials = store
+    through_api = load_study(uri, "demo")
+    client = MlflowClient(uri)
+    for name, run_id in trials.items():
+        rows = [(r["key"], r["step"], r["value"]) for r in through_api.history.to_pylist() if r["trial"] == name]
+        write_history_artifact(client, run_id, rows, 30)
+        client.set_tag(run_id, LOGGED_STEP_TAG, "30")
+    through_artifacts = load_study(uri, "demo")
+    assert repr(through_artifacts.history.to_pylist()) == repr(through_api.history.to_pylist())
+    assert through_artifacts.runs.equals(through_api.runs)
+
+    client.log_metric(trials["psi-s0"], "train/accuracy", 3.1, step=31)  # logged after the artifact
+    client.set_tag(trials["psi-s0"], LOGGED_STEP_TAG, "31")
+    assert load_study(uri, "demo").history.num_rows == through_api.history.num_rows + 1

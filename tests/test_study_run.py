@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG
 from study.run import main
 from tests.conftest import TINY
 from trainers.config import TrainConfig
@@ -23,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def study_args(spec, tmp_path, *extra):
     return [str(spec), "--output-dir", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra]
+
+
+def quiet_args(spec, tmp_path, *extra):
+    """A study without the report at its end (tests that look at training, not at reports)."""
+    return study_args(spec, tmp_path, "--no-report", *extra)
 
 
 def child_runs(tmp_path, experiment):
@@ -38,15 +46,17 @@ def steps_of(client, run, key="train/accuracy"):
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
 
 
-def test_default_study_smoke_test_end_to_end_in_mlflow(ray_cluster, study_cache, tmp_path):
-    assert main(study_args(ROOT / "search_spaces/psi_vs_static.yaml", tmp_path, "--smoke-test")) == 0
-    client, parents, children = child_runs(tmp_path, "psi_vs_static-smoke")
+def test_default_study_smoke_test_end_to_end_in_mlflow(smoke_study):
+    assert smoke_study.code == 0
+    client, parents, children = child_runs(smoke_study.folder, smoke_study.name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "base/accuracy" in parents[0].data.metrics
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"spec", "summary.json"}
-    assert sorted(r.info.run_name for r in children) == sorted(
-        ["psi-s0"] + [f"static-ratio{r}-s0" for r in ("0", "0.25", "0.5", "1", "2", "4")]
-    )
+    parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert parent_artifacts == {"spec", "planned_trials.json", "summary.json", "report"}
+    names = ["psi-s0"] + [f"static-ratio{r}-s0" for r in ("0", "0.25", "0.5", "1", "2", "4")]
+    assert sorted(r.info.run_name for r in children) == sorted(names)
+    planned = client.download_artifacts(parents[0].info.run_id, "planned_trials.json", str(smoke_study.folder))
+    assert sorted(json.loads(Path(planned).read_text())) == sorted(names)
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
@@ -54,9 +64,26 @@ def test_default_study_smoke_test_end_to_end_in_mlflow(ray_cluster, study_cache,
         assert run.data.params["lead.weighting"] in ("psi", "static")
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval_problems")}
         assert artifacts == {"eval_problems/step_000002.parquet"}
-        config_file = client.download_artifacts(run.info.run_id, "train_config.yaml", str(tmp_path))
+        assert history_artifact_matches(client, run)
+        config_file = client.download_artifacts(run.info.run_id, "train_config.yaml", str(smoke_study.folder))
         config = TrainConfig.model_validate(yaml.safe_load(Path(config_file).read_text()))
         assert Path(config.model.path).is_dir()  # re-runnable alone with python -m trainers.train
+        assert run.info.artifact_uri.startswith((smoke_study.folder / "mlruns").as_uri())  # beside the store
+    assert (smoke_study.folder / "runs" / smoke_study.name / "report" / "report.html").is_file()
+
+
+def history_artifact_matches(client, run) -> bool:
+    """The trial's history artifact is current and holds exactly what MLflow's metric API holds."""
+    run = client.get_run(run.info.run_id)
+    assert run.data.tags[HISTORY_STEP_TAG] == run.data.tags[LOGGED_STEP_TAG]
+    with tempfile.TemporaryDirectory() as tmp:
+        table = pq.read_table(client.download_artifacts(run.info.run_id, HISTORY_ARTIFACT, tmp))
+    stored = sorted((r["key"], r["step"], repr(r["value"])) for r in table.to_pylist())
+    api = sorted(
+        (key, m.step, repr(m.value)) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
+    )
+    assert stored == api, (len(stored), len(api))
+    return True
 
 
 @pytest.mark.parametrize(
@@ -72,6 +99,7 @@ def test_every_shipped_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_pat
     assert main(study_args(ROOT / f"search_spaces/{spec}.yaml", tmp_path, "--smoke-test")) == 0
     client, parents, children = child_runs(tmp_path, experiment)
     assert len(parents) == 1 and len(children) == trials
+    assert (tmp_path / "runs" / experiment / "report" / "report.md").is_file()
     if spec == "psi_tuning_optuna":  # Optuna sampled distinct PSI settings
         assert len({r.data.params["lead.lambda_min"] for r in children}) == trials
 
@@ -119,7 +147,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_without_gaps_or_doubled_s
 
     killer = threading.Thread(target=kill_after_second_checkpoint)
     killer.start()
-    assert main(study_args(spec, tmp_path)) == 0
+    assert main(quiet_args(spec, tmp_path)) == 0
     killer.join()
     assert killed, "the trial finished before it could be killed"
     assert list(trial_dir.glob("restored-checkpoint_*")), "the retry did not restore a checkpoint"
@@ -128,6 +156,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_without_gaps_or_doubled_s
     assert steps_of(client, children[0]) == [1, 2, 3, 4, 5, 6]
     assert steps_of(client, children[0], "eval/accuracy") == [3, 6]
     assert steps_of(client, children[0], "eval/aes") == [3, 6]  # NaN here (base accuracy 0), still logged
+    assert history_artifact_matches(client, children[0])
 
 
 def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
@@ -139,7 +168,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     spec_data = yaml.safe_load(spec.read_text())
     spec_data["base"]["train"]["steps"] = 10  # long enough to be killed mid-trial
     spec.write_text(yaml.safe_dump(spec_data))
-    args = study_args(spec, tmp_path, "--address", ray_cluster)
+    args = quiet_args(spec, tmp_path, "--address", ray_cluster)
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     first = tmp_path / "runs/fault/psi-s0"
@@ -158,12 +187,14 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     for run in children:
         assert steps_of(client, run) == list(range(1, 11)), run.info.run_name
         assert run.info.status == "FINISHED"
+        assert history_artifact_matches(client, run)
     assert parents[0].info.status == "FINISHED"
 
 
 PLACEMENT_SCRIPT = r"""
 import json, sys, ray
 from pathlib import Path
+from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG
 from study.run import main
 ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
 code = main(sys.argv[1:-1])
@@ -186,7 +217,7 @@ def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, r
     spec.write_text(yaml.safe_dump(spec_data))
     out = tmp_path / "placement.json"
     proc = subprocess.run(
-        [sys.executable, "-c", PLACEMENT_SCRIPT, *study_args(spec, tmp_path), str(out)],
+        [sys.executable, "-c", PLACEMENT_SCRIPT, *quiet_args(spec, tmp_path), str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=400,
     )
     assert out.exists(), proc.stderr[-3000:]

@@ -1,0 +1,162 @@
+"""The study's figures, each a matplotlib ``Figure`` built from ``analysis.load`` / ``analysis.compute``
+tables (the caller saves or shows it):
+
+- ``pareto``: final eval accuracy against length per (arm, variant), seeds as error bars, the
+  static grid coloured by its ``w_corr``, PSI marked, the frontier drawn through;
+- ``weight_trajectories``: PSI's used ``w_corr`` (and its target) over training, against the
+  static grid's levels;
+- ``eval_curves``: accuracy, length and AES at every evaluation, per (arm, variant), mean over seeds;
+- ``lstar_curves``: the mean per-problem target L* over training;
+- ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import matplotlib
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
+
+from analysis.compute import final_problems, series
+
+
+def _labels(runs: pa.Table) -> dict[str, str]:
+    """trial -> "arm/variant" (or just the arm where they are the same)."""
+    return {
+        r["trial"]: r["arm"] if r["arm"] == r["variant"] else f"{r['arm']}/{r['variant']}"
+        for r in runs.select(["trial", "arm", "variant"]).to_pylist()
+    }
+
+
+def _weighting(runs: pa.Table) -> dict[str, str]:
+    column = "param.lead.weighting"
+    values = runs[column].to_pylist() if column in runs.column_names else [None] * runs.num_rows
+    return dict(zip(runs["trial"].to_pylist(), values))
+
+
+def _static_levels(runs: pa.Table) -> list[float]:
+    if "param.lead.w_corr" not in runs.column_names:
+        return []
+    weighting = _weighting(runs)
+    return sorted(
+        {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs["param.lead.w_corr"].to_pylist())
+         if weighting.get(trial) == "static" and w is not None}
+    )
+
+
+def _mean_over_seeds(history: pa.Table, key: str, labels: dict[str, str]) -> dict[str, tuple[list[int], list[float]]]:
+    """label -> (steps, mean over that label's trials at each step)."""
+    by_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for trial, (steps, values) in series(history, key).items():
+        for step, value in zip(steps, values):
+            if value == value:  # NaN-free
+                by_step[labels.get(trial, trial)][step].append(value)
+    return {
+        label: (sorted(points), [sum(points[s]) / len(points[s]) for s in sorted(points)])
+        for label, points in sorted(by_step.items())
+    }
+
+
+def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
+    rows = [r for r in summary.to_pylist() if r["accuracy_mean"] is not None and r["length_mean"] is not None]
+    static = [r for r in rows if r["weighting"] == "static"]
+    cmap = matplotlib.colormaps["viridis"]
+    for i, r in enumerate(static):
+        ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
+                    fmt="o", color=cmap(i / max(len(static) - 1, 1)), capsize=3, label=f"static {r['variant']}")
+    for r in rows:
+        if r["weighting"] == "static":
+            continue
+        marker, color = ("*", "crimson") if r["weighting"] == "psi" else ("s", None)
+        ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
+                    fmt=marker, markersize=12 if marker == "*" else 7, color=color, capsize=3,
+                    label=r["variant"] if r["arm"] == r["variant"] else f"{r['arm']} {r['variant']}")
+    on_front = sorted((r for r in rows if (r["arm"], r["variant"]) in set(front)), key=lambda r: r["length_mean"])
+    if len(on_front) > 1:
+        ax.plot([r["length_mean"] for r in on_front], [r["accuracy_mean"] for r in on_front],
+                "--", color="grey", linewidth=1, label="Pareto front")
+    ax.set_xlabel("final eval response length (tokens)")
+    ax.set_ylabel("final eval accuracy")
+    ax.set_title("Accuracy against length (mean ± std over seeds)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    weighting, labels = _weighting(runs), _labels(runs)
+    used, target = series(history, "lead/w_corr"), series(history, "lead/target_w_corr")
+    for trial, (steps, values) in used.items():
+        if weighting.get(trial) == "static":
+            continue
+        line = ax.plot(steps, values, label=f"{trial} used")[0]
+        if trial in target and weighting.get(trial) == "psi":
+            ax.plot(*target[trial], ":", color=line.get_color(), label=f"{trial} target")
+    for level in _static_levels(runs):
+        ax.axhline(level, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("w_corr")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("w_corr over training (dashed: the static grid)")
+    if used:
+        ax.legend(fontsize=6, loc="best", ncol=2 if len(labels) > 6 else 1)
+    fig.tight_layout()
+    return fig
+
+
+def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
+    labels = _labels(runs)
+    for ax, (key, title) in zip(axes, (("eval/accuracy", "accuracy"), ("eval/response_length", "length (tokens)"),
+                                       ("eval/aes", "AES"))):
+        for label, (steps, values) in _mean_over_seeds(history, key, labels).items():
+            ax.plot(steps, values, "o-", markersize=3, label=label)
+        ax.set_xlabel("training step")
+        ax.set_title(f"eval {title}")
+    axes[-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def lstar_curves(history: pa.Table, runs: pa.Table) -> Figure:
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for label, (steps, values) in _mean_over_seeds(history, "lead/lstar_mean", _labels(runs)).items():
+        ax.plot(steps, values, label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean L* over the batch's problems (tokens)")
+    ax.set_title("Per-problem target length over training")
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def lstar_per_problem(problems: pa.Table, runs: pa.Table) -> Figure:
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
+    final = final_problems(problems)
+    final = final.filter(pc.greater(final["accuracy"], 0)) if final.num_rows else final
+    labels = _labels(runs)
+    by_label: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for row in final.select(["trial", "minimal_length", "lstar"]).to_pylist():
+        xs, ys = by_label[labels.get(row["trial"], row["trial"])]
+        xs.append(row["minimal_length"])
+        ys.append(row["lstar"])
+    for label, (xs, ys) in sorted(by_label.items()):
+        ax.scatter(xs, ys, s=8, alpha=0.5, label=label)
+    if by_label:
+        top = max(max(xs + ys) for xs, ys in by_label.values())
+        ax.plot([0, top], [0, top], color="black", linewidth=0.8, label="L* = minimal length")
+        ax.legend(fontsize=6, loc="best", markerscale=2)
+    ax.set_xlabel("minimal trace length (tokens)")
+    ax.set_ylabel("L* at the last evaluation (tokens)")
+    ax.set_title("Per-problem targets against the shortest possible trace")
+    fig.tight_layout()
+    return fig
