@@ -59,6 +59,16 @@ def _mean_over_seeds(history: pa.Table, key: str, labels: dict[str, str]) -> dic
     }
 
 
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 6) -> Figure:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.subplots()
@@ -79,18 +89,14 @@ def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
     if len(on_front) > 1:
         ax.plot([r["length_mean"] for r in on_front], [r["accuracy_mean"] for r in on_front],
                 "--", color="grey", linewidth=1, label="Pareto front")
-    ax.set_xlabel("final eval response length (tokens)")
-    ax.set_ylabel("final eval accuracy")
-    ax.set_title("Accuracy against length (mean ± std over seeds)")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "final eval response length (tokens)", "final eval accuracy",
+                   "Accuracy against length (mean ± std over seeds)", legend_size=7)
 
 
 def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    weighting, labels = _weighting(runs), _labels(runs)
+    weighting = _weighting(runs)
     used, target = series(history, "lead/w_corr"), series(history, "lead/target_w_corr")
     for trial, (steps, values) in used.items():
         if weighting.get(trial) == "static":
@@ -100,14 +106,8 @@ def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
             ax.plot(*target[trial], ":", color=line.get_color(), label=f"{trial} target")
     for level in _static_levels(runs):
         ax.axhline(level, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("w_corr")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("w_corr over training (dashed: the static grid)")
-    if used:
-        ax.legend(fontsize=6, loc="best", ncol=2 if len(labels) > 6 else 1)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "training step", "w_corr", "w_corr over training (dashed: the static grid)")
 
 
 def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
@@ -130,12 +130,8 @@ def lstar_curves(history: pa.Table, runs: pa.Table) -> Figure:
     ax = fig.subplots()
     for label, (steps, values) in _mean_over_seeds(history, "lead/lstar_mean", _labels(runs)).items():
         ax.plot(steps, values, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("mean L* over the batch's problems (tokens)")
-    ax.set_title("Per-problem target length over training")
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "training step", "mean L* over the batch's problems (tokens)",
+                   "Per-problem target length over training")
 
 
 def lstar_per_problem(problems: pa.Table, runs: pa.Table) -> Figure:
@@ -154,9 +150,5 @@ def lstar_per_problem(problems: pa.Table, runs: pa.Table) -> Figure:
     if by_label:
         top = max(max(xs + ys) for xs, ys in by_label.values())
         ax.plot([0, top], [0, top], color="black", linewidth=0.8, label="L* = minimal length")
-        ax.legend(fontsize=6, loc="best", markerscale=2)
-    ax.set_xlabel("minimal trace length (tokens)")
-    ax.set_ylabel("L* at the last evaluation (tokens)")
-    ax.set_title("Per-problem targets against the shortest possible trace")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "minimal trace length (tokens)", "L* at the last evaluation (tokens)",
+                   "Per-problem targets against the shortest possible trace")
