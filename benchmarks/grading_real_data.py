@@ -1,0 +1,60 @@
+"""Every ground truth of every file in ../shared/data, graded by ``trainers.grading``:
+
+    python benchmarks/grading_real_data.py [--data-dir ../shared/data] [--workers 2]
+
+Per file: the share of answers that match themselves, the share of ``\\boxed{answer}`` responses
+judged correct, the share of neighbouring problems' (different) answers judged wrong, and the
+pool's throughput in graded pairs per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from trainers.grading import Grader, answers_match
+
+
+def ground_truths(data_dir: Path) -> dict[str, list[str]]:
+    files = {f"benchmarks/{p.name}": [json.loads(line)["answer"] for line in p.read_text().splitlines() if line.strip()]
+             for p in sorted((data_dir / "benchmarks").glob("*.jsonl"))}
+    for path in sorted((data_dir / "math").glob("*.parquet")):
+        files[f"math/{path.name}"] = [r["ground_truth"] for r in pq.read_table(path)["reward_model"].to_pylist()]
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    grader = Grader(workers=args.workers)
+    grader.grade(["\\boxed{1}"], ["1"])
+    print(f"{'file':32} {'rows':>6} {'self':>8} {'boxed':>8} {'wrong->0':>9} {'pairs/s':>8}")
+    for name, answers in ground_truths(args.data_dir).items():
+        self_match = [a for a in answers if not answers_match(a, a)]
+        start = time.perf_counter()
+        boxed = grader.grade([f"The answer is \\boxed{{{a}}}." for a in answers], answers)
+        rate = len(answers) / (time.perf_counter() - start)
+        pairs = [(answers[i - 1], a) for i, a in enumerate(answers) if answers[i - 1].replace(" ", "") != a.replace(" ", "")]
+        wrong = grader.grade([f"\\boxed{{{w}}}" for w, _ in pairs], [a for _, a in pairs])
+        judged_right = [p for p, s in zip(pairs, wrong) if s]
+        print(f"{name:32} {len(answers):>6} {1 - len(self_match) / len(answers):>8.2%} {sum(boxed) / len(answers):>8.2%} "
+              f"{1 - len(judged_right) / max(len(pairs), 1):>9.2%} {rate:>8.0f}")
+        for answer in self_match:
+            print(f"    does not match itself: {answer!r}")
+        for answer, score in zip(answers, boxed):
+            if not score:
+                print(f"    boxed judged wrong: {answer!r}")
+        for wrong_answer, truth in judged_right:
+            print(f"    {wrong_answer!r} judged equal to {truth!r}")
+    print(f"hard-limit timeouts: {grader.timeouts}, errors: {grader.errors}")
+    grader.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Answer extraction, math-verify comparison, the process pool's hard limit, hostile outputs, and
+every ground truth of the real data sets (skipped when ../shared/data is absent)."""
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from trainers.grading import Grader, answers_match, extract_answer, grade_answers, last_boxed, normalize_answer
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real math data not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def grader():
+    grader = Grader(workers=2)
+    yield grader
+    grader.close()
+
+
+def test_last_boxed_takes_the_last_box_with_nested_braces():
+    assert last_boxed("first \\boxed{1}, then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert last_boxed("\\fbox{x^{2}}") == "x^{2}"
+    assert last_boxed("so \\boxed 5$.") == "5"
+    assert last_boxed("\\boxed{\\frac{1}{2}") is None  # never closes
+    assert last_boxed("no box here") is None
+
+
+def test_fallbacks_only_when_there_is_no_box():
+    assert extract_answer("The answer is 42.") is None  # default: boxes only
+    assert extract_answer("The final answer is $42$.", ["answer_is"]) == "42"
+    assert extract_answer("Answer: 7", ["answer_is"]) == "7"
+    assert extract_answer("we get 3 then 17 apples", ["last_number"]) == "17"
+    assert extract_answer("\\boxed{5} answer is 6", ["answer_is"]) == "5"
+    with pytest.raises(ValueError, match="unknown answer fallback 'guess'"):
+        Grader(fallbacks=["guess"])
+
+
+def test_normalize_answer():
+    assert normalize_answer("$69$,$84$") == "69,84"
+    assert normalize_answer("$\\frac{1}{2}$") == "\\frac{1}{2}"
+    assert normalize_answer("4.5e33") == "4.5\\times10^{33}"
+    assert normalize_answer("np.arcsin(10/13)") == "\\arcsin(10/13)"
+
+
+@pytest.mark.parametrize(
+    "answer, truth",
+    [
+        ("025", "25"),  # zero-padded integers
+        ("25", "$25$"),  # $-wrapped ground truths
+        ("\\dfrac{3}{4}", "\\frac34"),
+        ("0.5", "\\frac{1}{2}"),  # decimals against fractions
+        ("84, 69", "$69$,$84$"),  # several answers, any order
+        ("1, 3, 5", "1,3,5"),
+        ("5 \\text{ cm}", "5"),  # units
+        ("27.0", "27"),
+        ("4.5\\times 10^{33}", "4.5e33"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ],
+)
+def test_equal_answers_match(answer, truth):
+    assert answers_match(answer, truth)
+
+
+@pytest.mark.parametrize(
+    "answer, truth",
+    [("24", "25"), ("\\frac{1}{3}", "0.5"), ("69", "$69$,$84$"), ("2.88e-19", "1.325e-27"), ("", "1"), ("x", "y")],
+)
+def test_different_answers_do_not(answer, truth):
+    assert not answers_match(answer, truth)
+
+
+def test_grade_answers_contract():
+    scores = grade_answers(["so \\boxed{025}", "\\boxed{3}", "no box: 25", "\\boxed{\\dfrac{1}{2}}"], ["25", "4", "25", "0.5"])
+    assert scores == [1.0, 0.0, 0.0, 1.0] and all(type(s) is float for s in scores)
+    assert grade_answers([], []) == []
+    with pytest.raises(ValueError, match="2 responses but 1 ground truths"):
+        grade_answers(["a", "b"], ["a"])
+
+
+HOSTILE = {
+    "huge power tower": "\\boxed{10^{10^{10^{10^{10}}}}}",
+    "huge integer power": "\\boxed{9^{9^{9}}}",
+    "huge factorial": "\\boxed{(10^{100})!}",
+    "huge expansion": "\\boxed{(x+1)^{100000}}",
+    "deeply nested braces": "\\boxed{" + "{" * 20_000 + "1" + "}" * 20_000 + "}",
+    "deeply nested parentheses": "\\boxed{" + "(" * 5_000 + "1" + ")" * 5_000 + "}",
+    "nested fractions": "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}",
+    "100k characters": "x" * 100_000 + "\\boxed{" + "1+" * 40_000 + "1}",
+    "unbalanced braces": "\\boxed{\\frac{1}{2" + "{" * 100,
+    "20k boxes": "\\boxed{1}" * 20_000,
+    "an integral sympy cannot do": "\\boxed{\\int_0^{\\infty} e^{-x^{1000}} \\sin(x^{999}) dx}",
+}
+
+
+def test_hostile_outputs_count_as_wrong_within_the_limit(grader):
+    """Each pair is bounded by the limit (math-verify's own, inside the pool's hard one); the
+    batch of 11 on 2 workers returns in a few limits, not in the minutes sympy would take."""
+    grader.grade(["\\boxed{1}"], ["1"])  # workers started
+    start = time.monotonic()
+    scores = grader.grade(list(HOSTILE.values()), ["2"] * len(HOSTILE), timeout_s=2.0)
+    elapsed = time.monotonic() - start
+    assert scores == [0.0] * len(HOSTILE)
+    assert elapsed < 2.0 * len(HOSTILE) / 2 + 10, elapsed
+
+
+def test_the_hard_limit_kills_a_worker_and_the_pool_goes_on(grader):
+    """With a limit under math-verify's one-second granularity only the pool can stop the work:
+    the worker is killed, the pair counts as wrong, and the next pairs are graded as usual."""
+    timeouts = grader.timeouts
+    start = time.monotonic()
+    assert grader.grade([HOSTILE["huge expansion"]], ["2"], timeout_s=0.3) == [0.0]
+    assert time.monotonic() - start < 0.9  # math-verify alone would have run its full second
+    assert grader.timeouts == timeouts + 1
+    assert grader.grade(["\\boxed{2}", "\\boxed{3}"], ["2", "2"]) == [1.0, 0.0]
+
+
+def ground_truths() -> dict[str, list[str]]:
+    files = {p.name: [json.loads(line)["answer"] for line in p.read_text().splitlines() if line.strip()]
+             for p in sorted((DATA / "benchmarks").glob("*.jsonl"))}
+    files["math/test.parquet"] = [r["ground_truth"] for r in pq.read_table(DATA / "math/test.parquet")["reward_model"].to_pylist()]
+    train = pq.read_table(DATA / "math/train.parquet")["reward_model"].to_pylist()
+    files["math/train.parquet (every 8th)"] = [r["ground_truth"] for r in train[::8]]
+    return files
+
+
+@needs_data
+def test_every_real_ground_truth_matches_itself_and_its_box(grader):
+    """``python benchmarks/grading_real_data.py`` runs the same check over every row of every file."""
+    for name, answers in ground_truths().items():
+        assert all(answers_match(a, a) for a in answers), name
+        assert grader.grade([f"The answer is \\boxed{{{a}}}." for a in answers], answers) == [1.0] * len(answers), name
+
+
+SAME_ANSWER_SPELLED_TWICE = {("5", "x=5"), ("40", "40^\\circ")}  # neighbouring answers that are one number
+
+
+@needs_data
+def test_a_neighbouring_problems_answer_is_judged_wrong(grader):
+    for name, answers in ground_truths().items():
+        pairs = [(answers[i - 1], a) for i, a in enumerate(answers)
+                 if answers[i - 1].replace(" ", "") != a.replace(" ", "") and (answers[i - 1], a) not in SAME_ANSWER_SPELLED_TWICE]
+        scores = grader.grade([f"\\boxed{{{wrong}}}" for wrong, _ in pairs], [truth for _, truth in pairs])
+        assert [p for p, s in zip(pairs, scores) if s] == [], name
