@@ -7,7 +7,7 @@ field path, e.g. ``train.lr: Input should be greater than 0``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainers.lead import LeadConfig
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout.base import SamplingParams
+from trainers.tasks.math import MathTaskConfig
 from trainers.tasks.synthetic import SyntheticTaskConfig
+
+TaskConfig = Annotated[SyntheticTaskConfig | MathTaskConfig, Field(discriminator="kind")]
 
 
 class _Strict(BaseModel):
@@ -80,7 +83,7 @@ class CheckpointConfig(_Strict):
 
 class TrainConfig(_Strict):
     seed: int = 0
-    task: SyntheticTaskConfig = SyntheticTaskConfig()
+    task: TaskConfig = SyntheticTaskConfig()
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     train: OptimConfig = OptimConfig()
@@ -91,8 +94,11 @@ class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _lead_defaults_follow_the_budget(cls, data: Any) -> Any:
-        """``lead.bmax`` defaults to the response budget and ``lead.floor`` to 8 tokens."""
+        """``task.kind`` defaults to "synthetic", ``lead.bmax`` to the response budget and
+        ``lead.floor`` to 8 tokens."""
         if isinstance(data, dict):
+            if isinstance(data.get("task"), dict) and "kind" not in data["task"]:
+                data = {**data, "task": {"kind": "synthetic", **data["task"]}}  # the default task
             lead = data.get("lead", {})
             if isinstance(lead, dict):
                 budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
@@ -107,7 +113,9 @@ class TrainConfig(_Strict):
             )
         if self.train.mini_batch_size % self.train.micro_batch_size:
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
-        longest_prompt = len("Q:") + 2 * self.task.max_terms  # digits and "+", then "="
+        if self.task.kind == "math" and self.model.path is None:
+            raise ValueError("model.path: the math task needs a model directory (the built-in tiny model knows only sums)")
+        longest_prompt = len("Q:") + 2 * self.task.max_terms if self.task.kind == "synthetic" else 0
         if longest_prompt > self.rollout.max_prompt_tokens:
             raise ValueError(
                 f"rollout.max_prompt_tokens ({self.rollout.max_prompt_tokens}) is smaller than the longest "

@@ -32,7 +32,7 @@ from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
 from trainers.rollout.hf import HFRolloutEngine
-from trainers.tasks.synthetic import SyntheticTask
+from trainers.tasks import build_task
 
 CHECKPOINT_FILE = "trainer_state.pt"
 TARGET_FIELDS = {"aggregator", "floor", "bmax"}  # the LEAD settings an evaluation depends on (its lstar column)
@@ -154,7 +154,7 @@ class Evaluator:
     config: TrainConfig
     engine: HFRolloutEngine
     tokenizer: object
-    task: SyntheticTask
+    task: object  # see trainers.tasks
 
     def __post_init__(self):
         cfg = self.config
@@ -173,7 +173,7 @@ class Evaluator:
     def cache_key(self) -> dict:
         """What a result depends on besides the weights."""
         return {
-            "task": self.config.task.model_dump(),
+            "task": self.config.task.model_dump(mode="json"),
             "problems": len(self.problems),
             "sampling": self.sampling,
             "n_samples": self.config.eval.n_samples,
@@ -199,7 +199,7 @@ def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Pa
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, SyntheticTask(config.task)))
+    return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, build_task(config.task)))
 
 
 def train(
@@ -212,7 +212,7 @@ def train(
     """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval)."""
     output_dir = Path(output_dir)
     torch.manual_seed(config.seed)
-    task = SyntheticTask(config.task)
+    task = build_task(config.task)
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
     device = next(model.parameters()).device
