@@ -9,6 +9,7 @@ the driver; prints a final table and where to look next. Bad input: one line, ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ from analysis.load import default_tracking_uri
 from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
 from trainers import metrics as M
+from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge
 
 
@@ -248,18 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
-        spec = load_spec(args.spec)
+        with files_unchecked() if args.dry_run else contextlib.nullcontext([]) as unchecked:
+            spec = load_spec(args.spec)
+            plans = plan_trials(spec, smoke=args.smoke_test)
+        if args.dry_run:
+            for plan in plans:
+                print(f"{plan.name}: {plan.config}")
+            print(f"{len(plans)} trials")
+            for path in unchecked:
+                print(f"not found on this machine (a dry run does not require it): {path}")
+            return 0
         output_dir = check_output_dir(args.output_dir or Path("runs"))
         study_name = spec.name + ("-smoke" if args.smoke_test else "")
         experiment_dir = output_dir / study_name
         if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
             raise UsageError("--max-concurrent-trials: must be at least 1")
-        plans = plan_trials(spec, smoke=args.smoke_test)
-        if args.dry_run:
-            for plan in plans:
-                print(f"{plan.name}: {plan.config}")
-            print(f"{len(plans)} trials")
-            return 0
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         from ray.tune import Tuner
 

@@ -25,8 +25,13 @@ def minimal(**changes):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
-def test_every_shipped_spec_is_valid_and_plans(spec):
-    plans = plan_trials(load_spec(spec))
+def test_every_shipped_spec_is_valid_and_plans(spec, monkeypatch, tmp_path):
+    from trainers.checks import files_unchecked
+
+    monkeypatch.setenv("LEAD_MODEL_PATH", str(tmp_path / "model"))  # GPU specs name machine paths
+    monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
+    with files_unchecked():
+        plans = plan_trials(load_spec(spec))
     assert plans and len({p.name for p in plans}) == len(plans)
     assert all(Path(p.config["model"]["cache_dir"]).is_absolute() for p in plans)
 
@@ -116,3 +121,46 @@ def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.strip().endswith("7 trials") and "static-ratio0.25-s0:" in out
+
+
+R1_SPEC = Path(__file__).resolve().parents[1] / "search_spaces/psi_vs_static_r1_1p5b.yaml"
+
+
+def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_path, capsys):
+    """--dry-run validates every trial of the paper's GPU setting on CPU; the model directory and the
+    data files it cannot see are listed, not required."""
+    from study.run import main
+
+    monkeypatch.setenv("LEAD_MODEL_PATH", str(tmp_path / "r1-1.5b"))
+    monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
+    assert main([str(R1_SPEC), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "7 trials" in out
+    assert f"not found on this machine (a dry run does not require it): {tmp_path / 'r1-1.5b' / 'config.json'}" in out
+    assert f"{tmp_path / 'data' / 'math' / 'train.parquet'}" in out
+    plans = [line for line in out.splitlines() if line.startswith(("psi-s0:", "static-ratio"))]
+    assert len(plans) == 7
+    psi = plans[0]
+    for setting in ("'prompts_per_step': 128", "'n': 8", "'max_new_tokens': 4096", "'lr': 2e-06", "'steps': 462",
+                    "'kind': 'math'", "'n_samples': 3", "'temperature': 0.8", "'top_p': 0.9"):
+        assert setting in psi, setting
+    assert main([str(R1_SPEC)]) == 2
+    assert "base.task.train_files: " in capsys.readouterr().err  # a real run needs the files
+
+
+def test_unset_environment_variables_are_named(monkeypatch, capsys):
+    from study.run import main
+
+    monkeypatch.delenv("LEAD_MODEL_PATH", raising=False)
+    monkeypatch.setenv("LEAD_DATA_DIR", "/data")
+    assert main([str(R1_SPEC), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("base.model.path: environment variable LEAD_MODEL_PATH is not set") and "\n" not in err
+
+
+def test_environment_defaults_expand(tmp_path, monkeypatch):
+    from trainers.config import expand_environment
+
+    monkeypatch.setenv("A", "x")
+    data = {"p": "${A}/y", "q": ["${B:-z}", 3], "r": {"s": "${A}${B:-}"}}
+    assert expand_environment(data, tmp_path) == {"p": "x/y", "q": ["z", 3], "r": {"s": "x"}}

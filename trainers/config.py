@@ -6,12 +6,15 @@ field path, e.g. ``train.lr: Input should be greater than 0``.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.checks import must_exist
 from trainers.lead import LeadConfig
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout.base import SamplingParams
@@ -19,6 +22,7 @@ from trainers.tasks.math import MathTaskConfig
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
 TaskConfig = Annotated[SyntheticTaskConfig | MathTaskConfig, Field(discriminator="kind")]
+TASK_KINDS = ("synthetic", "math")
 
 
 class _Strict(BaseModel):
@@ -37,8 +41,7 @@ class ModelConfig(_Strict):
     def _is_model_directory(cls, path: Path | None) -> Path | None:
         if path is not None:
             path = path.expanduser().resolve()
-            if not (path / "config.json").is_file():
-                raise ValueError(f"{path} is not a model directory (no config.json)")
+            must_exist(path / "config.json", f"{path} is not a model directory (no config.json)")
         return path
 
 
@@ -159,7 +162,10 @@ def format_error(error: ValidationError, prefix: str = "") -> str:
     """One line naming the first failing field path (``arms[1].weighting.w_corr: ...``)."""
     first = error.errors()[0]
     path = prefix
-    for part in first["loc"]:
+    loc = list(first["loc"])
+    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASK_KINDS:  # the union's tag is not a key the user wrote
+        del loc[1]
+    for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -169,6 +175,30 @@ def format_error(error: ValidationError, prefix: str = "") -> str:
 
 class ConfigError(ValueError):
     """A config problem, already phrased as one line naming the file and field."""
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(data: Any, path: Path, where: str = "") -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in string values, from the environment (machine-specific
+    paths in a shared spec); an unset name without a default is a ConfigError naming the key."""
+    if isinstance(data, dict):
+        return {k: expand_environment(v, path, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_environment(v, path, f"{where}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{path}: {where}: environment variable {name} is not set")
+        return default
+
+    return _ENV.sub(value, data)
 
 
 def load_validated(path: str | Path, model: type[BaseModel]):
@@ -182,6 +212,7 @@ def load_validated(path: str | Path, model: type[BaseModel]):
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    data = expand_environment(data, path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -143,6 +143,7 @@ class Grader:
 
             self._pool = ProcessPool(max_workers=self.workers, initializer=_warm_up,
                                      context=multiprocessing.get_context("spawn"))
+            atexit.register(self.close)
         return self._pool
 
     def grade(self, responses: Sequence[str], ground_truths: Sequence[str], timeout_s: float = 5.0) -> list[float]:
@@ -182,5 +183,4 @@ def grade_answers(responses: list[str], ground_truths: list[str], timeout_s: flo
     global _shared
     if _shared is None:
         _shared = Grader()
-        atexit.register(_shared.close)
     return _shared.grade(responses, ground_truths, timeout_s)

@@ -29,7 +29,9 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainers.checks import must_exist
 
 from trainers.grading import FALLBACKS, Grader, last_boxed
 
@@ -62,6 +64,16 @@ class MathTaskConfig(BaseModel):
     system_prompt: str | None = None
     grader: GraderConfig = GraderConfig()
     eval_seed: int = 1234
+
+    @field_validator("train_files", "eval_files")
+    @classmethod
+    def _files_exist(cls, files: list[Path]) -> list[Path]:
+        if not files:
+            raise ValueError("give at least one file")
+        files = [path.expanduser().resolve() for path in files]
+        for path in files:
+            must_exist(path, f"{path}: no such file")
+        return files
 
 
 @dataclass(frozen=True)
