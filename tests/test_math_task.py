@@ -2,6 +2,7 @@
 in the trainer's config, and ``python -m trainers.evaluate`` end to end on a tiny chat model."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ from trainers.tasks.math import SUFFIX, DatasetError, MathTask, MathTaskConfig, 
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/fixtures/math_problems.jsonl"
-DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real math data not found at {DATA}")
+DATA = Path(os.environ.get("LEAD_DATA_DIR") or ROOT.parent / "shared" / "data")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real math data not found at {DATA} (set LEAD_DATA_DIR)")
 
 
 def verl_parquet(path: Path, rows: list[dict]) -> Path:

@@ -8,6 +8,8 @@ padding, so positions match training on unpadded sequences.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -27,6 +29,13 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's name for the KV cache: transformers renamed ``past_key_values`` to ``cache``,
+    and an older forward swallows an unknown ``cache=`` in ``**kwargs`` and silently decodes every
+    token without its context, so ask the forward itself."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFRolloutEngine:
     """Samples from a transformers causal LM it shares with the trainer (no weight copies)."""
 
@@ -41,6 +50,7 @@ class HFRolloutEngine:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
         model, device = self.model, next(self.model.parameters()).device
+        cache_kwarg = cache_argument(model)
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -53,7 +63,7 @@ class HFRolloutEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **{cache_kwarg: cache}
         ).logits[:, -1]
         cache.batch_repeat_interleave(n)
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
@@ -82,7 +92,7 @@ class HFRolloutEngine:
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=next_position[:, None],
-                cache=cache,
+                **{cache_kwarg: cache},
             ).logits[:, -1]
             next_position = next_position + 1
         model.train(was_training)
