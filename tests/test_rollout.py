@@ -59,3 +59,21 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(drawn.tolist()) == {0, 1}  # 0.6 alone is below 0.7, so 0.3 joins; 0.1 never
     share = (drawn == 0).float().mean().item()
     assert abs(share - 2 / 3) < 0.05
+
+
+def test_the_cache_goes_under_the_name_the_forward_takes(tiny_model_dir):
+    """transformers renamed ``past_key_values`` to ``cache``; an older forward swallows ``cache=`` in
+    ``**kwargs`` and decodes without context (seen with transformers 5.17 on the H100), so the
+    engine reads the name off the forward's signature."""
+    from trainers.rollout.hf import cache_argument
+
+    model, _ = load(tiny_model_dir)
+    import inspect
+
+    assert cache_argument(model) in inspect.signature(model.forward).parameters
+
+    class OlderForward(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+            return input_ids
+
+    assert cache_argument(OlderForward()) == "past_key_values"
