@@ -1,7 +1,6 @@
 """The vectorized core and the benchmark's per-group loop compute the same numbers."""
 
 import pytest
-import torch
 
 from benchmarks.lead_step import loop_lead_step, make_batch
 from trainers.lead import LeadConfig, LeadState, lead_step

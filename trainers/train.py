@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from trainers import metrics as M
-from trainers.config import ConfigError, TrainConfig, load_train_config
+from trainers.config import ConfigError, load_train_config
 from trainers.grpo import ModelLoadError, StepReport, latest_checkpoint, train
 
 
