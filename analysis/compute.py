@@ -63,6 +63,18 @@ def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
     return sorted((p[0], p[1]) for p in points if not dominated(p))
 
 
+def weightings(runs: pa.Table) -> dict[str, str | None]:
+    """trial -> its ``lead.weighting`` (psi, static, schedule; None where the run has no such param)."""
+    column = "param.lead.weighting"
+    values = runs[column].to_pylist() if column in runs.column_names else [None] * runs.num_rows
+    return dict(zip(runs["trial"].to_pylist(), values))
+
+
+def moving_weight_trials(runs: pa.Table) -> set[str]:
+    """The trials whose weights change during training: every one not on a static weighting."""
+    return {trial for trial, kind in weightings(runs).items() if kind != "static"}
+
+
 def series(history: pa.Table, key: str) -> dict[str, tuple[list[int], list[float]]]:
     """``key``'s (steps, values) per trial, in step order."""
     rows = history.filter(pc.equal(history["key"], key)).sort_by([("trial", "ascending"), ("step", "ascending")])

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
 
-from analysis.compute import final_problems, series
+from analysis.compute import final_problems, series, weightings
 
 
 def _labels(runs: pa.Table) -> dict[str, str]:
@@ -30,16 +30,10 @@ def _labels(runs: pa.Table) -> dict[str, str]:
     }
 
 
-def _weighting(runs: pa.Table) -> dict[str, str]:
-    column = "param.lead.weighting"
-    values = runs[column].to_pylist() if column in runs.column_names else [None] * runs.num_rows
-    return dict(zip(runs["trial"].to_pylist(), values))
-
-
 def _static_levels(runs: pa.Table) -> list[float]:
     if "param.lead.w_corr" not in runs.column_names:
         return []
-    weighting = _weighting(runs)
+    weighting = weightings(runs)
     return sorted(
         {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs["param.lead.w_corr"].to_pylist())
          if weighting.get(trial) == "static" and w is not None}
@@ -96,7 +90,7 @@ def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
 def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    weighting = _weighting(runs)
+    weighting = weightings(runs)
     used, target = series(history, "lead/w_corr"), series(history, "lead/target_w_corr")
     for trial, (steps, values) in used.items():
         if weighting.get(trial) == "static":

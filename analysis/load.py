@@ -235,7 +235,8 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     if not trials:
         raise StudyError(f"study '{study}' has no trials yet")
 
-    stale = [r for r in trials if not _history_is_current(r)]
+    current = [r for r in trials if _history_is_current(r)]
+    stale = [r for r in trials if r not in current]
     if not stale:
         slow = _history_table([])
     elif tracking_uri.startswith(("http://", "https://")):
@@ -243,7 +244,7 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     else:
         jobs = [(r.info.run_id, r.info.run_name, key) for r in stale for key in r.data.metrics]
         slow = _fetch_history(client, jobs, workers)
-    fast = _read_history_artifacts(tracking_uri, [r for r in trials if _history_is_current(r)], workers)
+    fast = _read_history_artifacts(tracking_uri, current, workers)
     history = pa.concat_tables([fast, slow]).sort_by([("trial", "ascending"), ("key", "ascending"), ("step", "ascending")])
     problems = _read_problem_tables(tracking_uri, trials, workers)
     problems = problems.sort_by([("trial", "ascending"), ("step", "ascending"), ("problem_id", "ascending")])

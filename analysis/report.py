@@ -25,7 +25,9 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
-from analysis.compute import arm_summary, lstar_versus_minimal, pareto_front, psi_versus_best_static, weight_shape
+from analysis.compute import (
+    arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_static, weight_shape,
+)
 from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
 
 REPORT_ARTIFACT = "report"
@@ -119,9 +121,7 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
     summary = arm_summary(data.runs)
     front = pareto_front(summary)
     versus = psi_versus_best_static(summary)
-    weighting = dict(zip(data.runs["trial"].to_pylist(), data.runs["param.lead.weighting"].to_pylist())) \
-        if "param.lead.weighting" in data.runs.column_names else {}
-    shapes = weight_shape(data.history, {trial for trial, kind in weighting.items() if kind != "static"})
+    shapes = weight_shape(data.history, moving_weight_trials(data.runs))
     lstar = lstar_versus_minimal(data.problems, data.runs)
     status_text, not_done = trial_status(data)
 

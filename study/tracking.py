@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -205,8 +205,9 @@ class MLflowTracker(tune.Callback):
                 metrics += [Metric(k, float(result[k]), now, 0) for k in keys if k in result]
             self._base_logged.add(trial.trial_id)
         for start in range(0, len(metrics), 500):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 500])
-        self.client.set_tag(run_id, LOGGED_STEP_TAG, str(step))
+            last = start + 500 >= len(metrics)
+            tags = [RunTag(LOGGED_STEP_TAG, str(step))] if last else []  # with the step's last metrics
+            self.client.log_batch(run_id, metrics=metrics[start : start + 500], tags=tags)
         rows += [(m.key, m.step, m.value) for m in metrics]
         self._last_step[trial.trial_id] = step
 
