@@ -25,14 +25,6 @@ class TrialPlan:
     config: dict[str, Any]  # TrainConfig.model_dump(mode="json"), validated
 
 
-def shared_settings(spec: StudySpec, smoke: bool) -> dict[str, Any]:
-    """The trainer settings every trial shares: the spec's base, then its smoke settings if asked."""
-    settings = spec.base
-    if smoke:
-        settings = deep_merge(TrainConfig.model_validate(settings).smoke().model_dump(mode="json"), spec.smoke)
-    return settings
-
-
 def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     """Trials change directory and may run on other nodes: fix the model path and cache dir now."""
     model = dict(config["model"])
@@ -44,18 +36,13 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 
 def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | None = None) -> list[TrialPlan]:
     """One trial per (arm, weight variant, seed). ``fixed`` is merged last (e.g. the model path)."""
-    shared = shared_settings(spec, smoke)
+    shared = spec.shared_settings(smoke)
     trials = []
     for arm in spec.arms:
-        variants = arm.weighting.variants()
-        for variant, lead in variants:
+        variants = arm.settings(shared)
+        for variant, settings in variants:
             for seed in spec.seeds:
-                settings = deep_merge(shared, arm.overrides)
-                steps = TrainConfig.model_validate(settings).train.steps
-                if lead.get("schedule_steps", 0) is None:  # a schedule spans the whole run unless told
-                    lead = {**lead, "schedule_steps": steps}
-                settings = deep_merge(settings, {"seed": seed, "lead": lead})
-                settings = deep_merge(settings, fixed or {})
+                settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})
                 config = absolute_paths(TrainConfig.model_validate(settings).model_dump(mode="json"))
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"
                 trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed, config))

@@ -9,6 +9,8 @@
       - {name: grpo, weighting: {kind: combined, w_corr: [0.5]}}
       - {name: curriculum, weighting: {kind: schedule, w_corr_start: 1.0, w_corr_end: 0.4}}
       - {name: min-target, weighting: {kind: psi}, overrides: {lead: {aggregator: min_correct}}}
+      - {name: kimi, reward: {kind: kimi}, weighting: {kind: static, w_corr: [0.5]}}
+      - {name: psi-kimi, reward: {kind: kimi}, weighting: {kind: psi}}
     search: {mode: grid}                  # or optuna (one arm, continuous space), optional ASHA
     resources: {cpus: 1, gpus: 0}         # or bundles: [{CPU: 1, GPU: 1}, {CPU: 1}]
 
@@ -22,7 +24,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import ConfigError, TrainConfig, deep_merge, format_error, load_validated
+from trainers.config import ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_error, load_validated
+from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
+from trainers.rewards import LENGTH_REWARDS
 
 
 class _Strict(BaseModel):
@@ -33,25 +37,21 @@ def _as_list(value: Any) -> Any:
     return value if value is None or isinstance(value, list) else [value]
 
 
-class PsiWeighting(_Strict):
-    """PSI: weights re-computed every step; unset hyperparameters keep LEAD's defaults."""
+class PsiArm(PsiWeighting):
+    """PSI, as the trainer takes it (``trainers.lead.PsiWeighting``); unset settings keep LEAD's defaults."""
 
     kind: Literal["psi"]
-    alpha: float | None = Field(None, ge=0.0)
-    beta: float | None = Field(None, ge=0.0, le=1.0)
-    lambda_min: float | None = Field(None, ge=0.0, le=1.0)
 
-    def variants(self) -> list[tuple[str, dict]]:
-        lead = {"weighting": "psi", "normalization": "decoupled"}
-        lead.update({k: v for k, v in self.model_dump(exclude={"kind"}).items() if v is not None})
-        return [("psi", lead)]
+    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
+        return [("psi", PsiWeighting(**self.model_dump()))]
 
 
-class _StaticGrid(_Strict):
+class _Grid(_Strict):
     """A grid of fixed weights, as ``w_corr`` values or as the paper's ratios ``w_eff / w_corr``."""
 
     w_corr: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
     ratios: list[Annotated[float, Field(ge=0.0)]] | None = None
+    whiten: bool = True
 
     _to_list = field_validator("w_corr", "ratios", mode="before")(_as_list)
 
@@ -68,57 +68,113 @@ class _StaticGrid(_Strict):
         return [(f"wc{w:g}", w) for w in self.w_corr]
 
 
-class StaticWeighting(_StaticGrid):
+class StaticArm(_Grid):
+    """One trial per grid value, each with ``trainers.lead.StaticWeighting``."""
+
     kind: Literal["static"]
+    normalization: Literal["decoupled", "combined"] = "decoupled"
 
-    def variants(self) -> list[tuple[str, dict]]:
-        return [(label, {"weighting": "static", "w_corr": w, "normalization": "decoupled"}) for label, w in self.grid()]
+    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
+        return [
+            (label, StaticWeighting(w_corr=w, normalization=self.normalization, whiten=self.whiten))
+            for label, w in self.grid()
+        ]
 
 
-class CombinedWeighting(_StaticGrid):
-    """The paper's GRPO baseline: combine the rewards with static weights, then normalize once."""
+class CombinedArm(_Grid):
+    """The GRPO baseline: combine the rewards with static weights, then normalize once per group
+    (static weights with ``normalization: combined``; ``whiten: false`` is the release's estimator)."""
 
     kind: Literal["combined"]
 
-    def variants(self) -> list[tuple[str, dict]]:
-        return [(label, {"weighting": "static", "w_corr": w, "normalization": "combined"}) for label, w in self.grid()]
+    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
+        return [
+            (label, StaticWeighting(w_corr=w, normalization="combined", whiten=self.whiten)) for label, w in self.grid()
+        ]
 
 
-class ScheduleWeighting(_Strict):
+class ScheduleArm(ScheduleWeighting):
     """A hand-made curriculum from ``w_corr_start`` to ``w_corr_end`` over ``schedule_steps``."""
 
     kind: Literal["schedule"]
     w_corr_start: float = Field(ge=0.0, le=1.0)
     w_corr_end: float = Field(ge=0.0, le=1.0)
     schedule_steps: int | None = Field(None, ge=1, description="None: the run's number of steps")
-    schedule_shape: Literal["linear", "cosine"] = "linear"
 
-    def variants(self) -> list[tuple[str, dict]]:
-        lead = {"weighting": "schedule", "normalization": "decoupled", **self.model_dump(exclude={"kind"})}
-        return [(f"{self.schedule_shape}{self.w_corr_start:g}-{self.w_corr_end:g}", lead)]
+    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
+        weighting = ScheduleWeighting(**{**self.model_dump(), "schedule_steps": self.schedule_steps or steps})
+        return [(f"{self.schedule_shape}{self.w_corr_start:g}-{self.w_corr_end:g}", weighting)]
 
 
-Weighting = Annotated[
-    PsiWeighting | StaticWeighting | CombinedWeighting | ScheduleWeighting, Field(discriminator="kind")
-]
+ArmWeighting = Annotated[PsiArm | StaticArm | CombinedArm | ScheduleArm, Field(discriminator="kind")]
+
+
+class ArmReward(BaseModel):
+    """A length reward from ``trainers.rewards.LENGTH_REWARDS`` and its settings:
+    ``{kind: kimi}``, ``{kind: overlong, max_len: 160, cache_len: 40}``, ``{kind: lead, aggregator: min_correct}``.
+    Settings named like a ``lead`` field (``bmax``, ``aggregator``, ...) set that field."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+
+    @model_validator(mode="after")
+    def _known(self):
+        reward = LENGTH_REWARDS.get(self.kind)
+        if reward is None:
+            raise ValueError(f"kind: unknown length reward {self.kind!r} (known: {', '.join(sorted(LENGTH_REWARDS))})")
+        takes = reward.params.model_fields
+        for key in self.model_extra:
+            if key not in takes:
+                raise ValueError(f"{key}: unknown key (length reward {self.kind} takes: {', '.join(takes) or 'nothing'})")
+        for key, info in takes.items():
+            if info.is_required() and key not in self.model_extra and key not in LeadConfig.model_fields:
+                raise ValueError(f"{key}: required by length reward {self.kind}")
+        return self
+
+    def lead_settings(self) -> dict[str, Any]:
+        """The ``lead`` settings this reward stands for."""
+        shared = {k: v for k, v in self.model_extra.items() if k in LeadConfig.model_fields}
+        own = {k: v for k, v in self.model_extra.items() if k not in LeadConfig.model_fields}
+        return {"length_reward": self.kind, "length_params": own, **shared}
 
 
 class Arm(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    weighting: Weighting
+    reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
+    weighting: ArmWeighting
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings for this arm only")
+
+    def settings(self, shared: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(variant, trainer settings) for each weight variant: the shared settings, then the arm's
+        length reward, then its weighting (replacing any other), then its overrides."""
+        settings = deep_merge(shared, {"lead": self.reward.lead_settings()})
+        steps = deep_merge(settings, self.overrides).get("train", {}).get("steps", OptimConfig().steps)
+        return [
+            (variant, deep_merge({**settings, "lead": {**settings["lead"], "weighting": weighting.model_dump()}}, self.overrides))
+            for variant, weighting in self.weighting.variants(steps)
+        ]
 
 
 class Uniform(_Strict):
     uniform: tuple[float, float]
 
+    def example(self) -> float:
+        return self.uniform[0]
+
 
 class LogUniform(_Strict):
     loguniform: tuple[float, float]
 
+    def example(self) -> float:
+        return self.loguniform[0]
+
 
 class Choice(_Strict):
-    choice: list[Any]
+    choice: list[Any] = Field(min_length=1)
+
+    def example(self) -> Any:
+        return self.choice[0]
 
 
 class Asha(_Strict):
@@ -132,7 +188,7 @@ class Search(_Strict):
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
     space: dict[str, Uniform | LogUniform | Choice] = Field(
-        default_factory=dict, description="optuna: dotted TrainConfig keys, e.g. lead.lambda_min"
+        default_factory=dict, description="optuna: dotted TrainConfig keys, e.g. lead.weighting.lambda_min"
     )
     asha: Asha | None = None
 
@@ -157,6 +213,12 @@ class StudySpec(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
 
+    def shared_settings(self, smoke: bool) -> dict[str, Any]:
+        """The trainer settings every trial shares: the base, then (smoke) the smoke shrink and settings."""
+        if not smoke:
+            return self.base
+        return deep_merge(TrainConfig.model_validate(self.base).smoke().model_dump(mode="json"), self.smoke)
+
     @model_validator(mode="after")
     def _consistent(self):
         names = [arm.name for arm in self.arms]
@@ -173,22 +235,26 @@ class StudySpec(_Strict):
 
 
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
-    """Every arm's merged trainer settings must form a valid TrainConfig (errors name the arm)."""
-    for where, settings in [("base", spec.base), ("smoke", deep_merge(spec.base, spec.smoke))]:
+    """Every arm's trainer settings, normal and smoke, must form valid TrainConfigs (errors name the
+    arm); the search space must name settings that exist."""
+    for where, smoke in (("base", False), ("smoke", True)):
         try:
-            TrainConfig.model_validate(settings)
+            shared = spec.shared_settings(smoke)
+            TrainConfig.model_validate(shared)
         except ValidationError as exc:
             raise ConfigError(f"{path}: {format_error(exc, prefix=where)}") from None
-    for i, arm in enumerate(spec.arms):
+        for i, arm in enumerate(spec.arms):
+            try:
+                for _, settings in arm.settings(shared):
+                    TrainConfig.model_validate(settings)
+            except ValidationError as exc:
+                raise ConfigError(f"{path}: {format_error(exc, prefix=f'arms[{i}]')}") from None
+    for key, distribution in spec.search.space.items():
         try:
-            TrainConfig.model_validate(deep_merge(spec.base, arm.overrides))
+            for _, settings in spec.arms[0].settings(spec.base):
+                TrainConfig.model_validate(deep_merge(settings, dotted(key, distribution.example())))
         except ValidationError as exc:
-            raise ConfigError(f"{path}: {format_error(exc, prefix=f'arms[{i}].overrides')}") from None
-    for key in spec.search.space:
-        section, _, field = key.partition(".")
-        model = TrainConfig.model_fields.get(section)
-        if model is None or not field or field not in model.annotation.model_fields:
-            raise ConfigError(f"{path}: search.space.{key}: not a TrainConfig setting (use section.field)")
+            raise ConfigError(f"{path}: search.space.{key}: not a valid TrainConfig setting ({format_error(exc)})") from None
 
 
 def load_spec(path: str | Path) -> StudySpec:

@@ -20,7 +20,7 @@ import torch
 from ray import tune
 
 from trainers import metrics as M
-from trainers.config import TrainConfig, deep_merge
+from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.grpo import StepReport, train
 
 REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step": N, "last_eval": {...}}
@@ -28,10 +28,9 @@ EVALUATED = "evaluated"
 
 
 def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
-    """Merge sampled ``section.field`` values (Optuna's) into a trial config."""
+    """Merge sampled dotted-key values (Optuna's, e.g. ``lead.weighting.beta``) into a trial config."""
     for key, value in search.items():
-        section, _, field = key.partition(".")
-        config = deep_merge(config, {section: {field: value}})
+        config = deep_merge(config, dotted(key, value))
     return config
 
 

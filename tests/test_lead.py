@@ -28,21 +28,27 @@ GROUPS = [7, 7, 7, 7, 3, 3, -2, -2]
 
 
 @pytest.mark.parametrize(
-    "aggregator, lstar_7, lstar_3",
+    "aggregator, lstar_7, lstar_3, lstar_unsolved",
     [
-        ("mean_correct", 70 / 3, 5.0),
-        ("min_correct", 10.0, 5.0),
-        ("median_correct", 20.0, 5.0),
-        ("mean_all", 25.0, 10.0),
+        ("mean_correct", 70 / 3, 5.0, 100.0),  # over correct rollouts: the unsolved group -2 gets bmax
+        ("min_correct", 10.0, 5.0, 100.0),
+        ("median_correct", 20.0, 5.0, 100.0),
+        ("mean_all", 25.0, 10.0, 55.0),  # correctness-blind: (50 + 60) / 2, as in the release
     ],
 )
-def test_aggregators_and_unsolved_rule(aggregator, lstar_7, lstar_3):
+def test_aggregators_and_unsolved_rule(aggregator, lstar_7, lstar_3, lstar_unsolved):
     out = step(LENGTHS, SCORES, GROUPS, aggregator=aggregator, floor=1, bmax=100)
-    expected = [lstar_7] * 4 + [lstar_3] * 2 + [100.0] * 2  # unsolved group -2 gets bmax
+    expected = [lstar_7] * 4 + [lstar_3] * 2 + [lstar_unsolved] * 2
     assert out.targets.tolist() == pytest.approx(expected)
     assert out.metrics["num_unsolved_prompts"] == 1
-    assert out.metrics["lstar_mean"] == pytest.approx((lstar_7 + lstar_3 + 100) / 3)
+    assert out.metrics["lstar_mean"] == pytest.approx((lstar_7 + lstar_3 + lstar_unsolved) / 3)
     assert out.metrics["lstar_mean_solvable"] == pytest.approx((lstar_7 + lstar_3) / 2)
+
+
+def test_mean_all_clamps_an_unsolved_prompt_to_floor_and_bmax():
+    # unsolved groups: mean 3 -> floor 8; mean 150 -> bmax 100
+    out = step([2, 4, 140, 160], [0, 0, 0, 0], [1, 1, 2, 2], aggregator="mean_all", floor=8, bmax=100)
+    assert out.targets.tolist() == pytest.approx([8.0, 8.0, 100.0, 100.0])
 
 
 def test_median_of_an_even_number_of_correct_lengths_is_the_mean_of_the_middle_two():

@@ -38,9 +38,10 @@ def test_every_shipped_spec_is_valid_and_plans(spec, monkeypatch, tmp_path):
 
 def test_the_default_study_is_psi_against_the_paper_ratio_grid():
     plans = plan_trials(load_spec(ROOT / "search_spaces/psi_vs_static.yaml"))
-    static = sorted(p.config["lead"]["w_corr"] for p in plans if p.arm == "static")
+    static = sorted(p.config["lead"]["weighting"]["w_corr"] for p in plans if p.arm == "static")
     assert static == pytest.approx([0.2, 1 / 3, 0.5, 2 / 3, 0.8, 1.0])
-    assert [p.config["lead"]["weighting"] for p in plans if p.arm == "psi"] == ["psi"]
+    assert [p.config["lead"]["weighting"]["kind"] for p in plans if p.arm == "psi"] == ["psi"]
+    assert {p.config["lead"]["length_reward"] for p in plans} == {"lead"}
 
 
 def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
@@ -65,10 +66,25 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
         "grpo-wc0.5-s1", "grpo-wc0.5-s2", "grpo-wc0.8-s1", "grpo-wc0.8-s2", "sched-s1", "sched-s2",
     ]
     grpo = plans[0].config
-    assert (grpo["lead"]["normalization"], grpo["lead"]["weighting"], grpo["seed"]) == ("combined", "static", 1)
+    weighting = grpo["lead"]["weighting"]
+    assert (weighting["normalization"], weighting["kind"], weighting["whiten"], grpo["seed"]) == ("combined", "static", True, 1)
     sched = plans[-1].config
     assert sched["lead"]["aggregator"] == "min_correct"
-    assert sched["lead"]["schedule_steps"] == 40  # a schedule spans the run unless told
+    assert sched["lead"]["weighting"]["schedule_steps"] == 40  # a schedule spans the run unless told
+
+
+def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
+    arms = [
+        {"name": "kimi", "reward": {"kind": "kimi"}, "weighting": {"kind": "static", "w_corr": [0.5]}},
+        {"name": "psi-dapo", "reward": {"kind": "overlong", "max_len": 150, "cache_len": 40}, "weighting": {"kind": "psi"}},
+        {"name": "sb", "reward": {"kind": "shorter_better", "bmax": 120}, "weighting": {"kind": "combined", "w_corr": 0.5, "whiten": False}},
+        {"name": "min", "reward": {"kind": "lead", "aggregator": "min_correct"}, "weighting": {"kind": "psi"}},
+    ]
+    kimi, dapo, sb, minimum = (p.config["lead"] for p in plan_trials(load_spec(write(tmp_path, minimal(arms=arms)))))
+    assert (kimi["length_reward"], kimi["length_params"], kimi["weighting"]["kind"]) == ("kimi", {}, "static")
+    assert (dapo["length_reward"], dapo["length_params"]) == ("overlong", {"max_len": 150, "cache_len": 40})
+    assert (sb["length_params"], sb["bmax"], sb["weighting"]["whiten"]) == ({}, 120, False)  # bmax is lead's field
+    assert (minimum["length_reward"], minimum["aggregator"]) == ("lead", "min_correct")
 
 
 @pytest.mark.parametrize(
@@ -76,15 +92,24 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
     [
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static", "w_corr": 1.5}}]),
          "arms[1].weighting.static.w_corr[0]: Input should be less than or equal to 1"),
+        (minimal(arms=[{"name": "a", "reward": {"kind": "kimmy"}, "weighting": {"kind": "psi"}}]),
+         "arms[0].reward: kind: unknown length reward 'kimmy'"),
+        (minimal(arms=[{"name": "a", "reward": {"kind": "overlong", "max_len": 100}, "weighting": {"kind": "psi"}}]),
+         "arms[0].reward: cache_len: required by length reward overlong"),
+        (minimal(arms=[{"name": "a", "reward": {"kind": "kimi", "scale": 2}, "weighting": {"kind": "psi"}}]),
+         "arms[0].reward: scale: unknown key (length reward kimi takes: nothing)"),
+        (minimal(arms=[{"name": "a", "reward": {"kind": "threshold", "threshold": -3}, "weighting": {"kind": "psi"}}]),
+         "arms[0].lead: length_params.threshold: Input should be greater than 0 (length reward threshold)"),
+        (minimal(base={"rollout": {"max_new_tokens": [[5, 100]]}}), "base.rollout.max_new_tokens"),
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi", "lamda_min": 0.2}}]), "arms[0].weighting.psi.lamda_min: unknown key"),
         (minimal(colour="red"), "colour: unknown key"),
         (minimal(base={"train": {"lr": "fast"}}), "base.train.lr: Input should be a valid number"),
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}, "overrides": {"lead": {"aggregator": "max"}}}]),
-         "arms[0].overrides.lead.aggregator"),
+         "arms[0].lead.aggregator"),
         (minimal(base={"model": {"path": "/no/such/model"}}), "base.model.path: /no/such/model is not a model directory"),
         (minimal(arms=[{"name": "a", "weighting": {"kind": "static", "w_corr": [0.5], "ratios": [1]}}]), "exactly one of w_corr"),
-        (minimal(search={"mode": "optuna", "space": {"lead.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
-        (minimal(search={"mode": "optuna", "space": {"lead.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.betta"),
+        (minimal(search={"mode": "optuna", "space": {"lead.weighting.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
+        (minimal(search={"mode": "optuna", "space": {"lead.weighting.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.weighting.betta"),
     ],
 )
 def test_bad_specs_name_the_key_path(tmp_path, data, message):

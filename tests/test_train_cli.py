@@ -51,7 +51,8 @@ def test_the_shipped_example_config_is_valid():
     from trainers.config import load_train_config
 
     config = load_train_config(ROOT / "trainers/configs/synthetic_psi.yaml")
-    assert config.lead.weighting == "psi" and config.lead.bmax == config.rollout.max_new_tokens
+    assert config.lead.weighting.kind == "psi" and config.lead.bmax == config.rollout.max_new_tokens
+    assert config.lead.length_reward == "lead" and config.lead.weighting.whiten
 
 
 @pytest.mark.parametrize(

@@ -45,13 +45,45 @@ class ModelConfig(_Strict):
         return path
 
 
+BudgetSchedule = list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]]
+
+
 class RolloutConfig(_Strict):
     engine: Literal["hf"] = "hf"
     n: int = Field(8, ge=1, description="rollouts per prompt")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(160, ge=1, description="the response budget")
+    max_new_tokens: Annotated[int, Field(ge=1)] | BudgetSchedule = Field(
+        160,
+        description="the response budget, or a schedule [[step, budget], ...] from step 0 (ThinkPrune's "
+        "shrinking budget: each budget holds from its step until the next)",
+    )
     max_prompt_tokens: int = Field(64, ge=1)
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _schedule_from_step_zero(cls, budget: int | BudgetSchedule) -> int | BudgetSchedule:
+        if isinstance(budget, list):
+            steps = [step for step, _ in budget]
+            if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(f"a budget schedule starts at step 0 and its steps increase, got steps {steps}")
+        return budget
+
+    def budget_at(self, step: int) -> int:
+        """The response budget of training step ``step`` (0-based)."""
+        if isinstance(self.max_new_tokens, int):
+            return self.max_new_tokens
+        return [budget for start, budget in self.max_new_tokens if start <= step][-1]
+
+    @property
+    def max_budget(self) -> int:
+        """The largest budget the run ever uses."""
+        return max_budget(self.max_new_tokens)
+
+
+def max_budget(max_new_tokens: int | list) -> int:
+    """The largest budget of a fixed budget or a schedule (raw or validated)."""
+    return max_new_tokens if isinstance(max_new_tokens, int) else max(budget for _, budget in max_new_tokens)
 
 
 class OptimConfig(_Strict):
@@ -62,7 +94,10 @@ class OptimConfig(_Strict):
     mini_batch_size: int = Field(64, ge=1, description="rollouts per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="rollouts per forward/backward pass (length-sorted)")
     ppo_epochs: int = Field(1, ge=1)
-    clip_ratio: float = Field(0.2, gt=0.0)
+    clip_ratio: float = Field(0.2, gt=0.0, description="lower clip: the ratio is kept above 1 - clip_ratio")
+    clip_ratio_high: float | None = Field(
+        None, gt=0.0, description="upper clip: the ratio is kept below 1 + clip_ratio_high; None: clip_ratio"
+    )
     kl_coef: float = Field(5e-4, ge=0.0)
     kl_type: Literal["mse", "low_var_kl"] = "mse"
     entropy_coef: float = Field(0.001, ge=0.0)
@@ -74,7 +109,7 @@ class EvalConfig(_Strict):
     n_samples: int = Field(1, ge=1, description="samples per problem; pass@1 is averaged over them")
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    max_new_tokens: int | None = Field(None, ge=1, description="None: the rollout budget")
+    max_new_tokens: int | None = Field(None, ge=1, description="None: the rollout budget (its largest, if scheduled)")
     num_problems: int | None = Field(None, ge=1, description="None: the task's whole eval set")
     batch_size: int = Field(512, ge=1, description="prompts per generate call")
 
@@ -97,7 +132,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _lead_defaults_follow_the_budget(cls, data: Any) -> Any:
-        """``task.kind`` defaults to "synthetic", ``lead.bmax`` to the response budget and
+        """``task.kind`` defaults to "synthetic", ``lead.bmax`` to the (largest) response budget and
         ``lead.floor`` to 8 tokens."""
         if isinstance(data, dict):
             if isinstance(data.get("task"), dict) and "kind" not in data["task"]:
@@ -105,15 +140,16 @@ class TrainConfig(_Strict):
             lead = data.get("lead", {})
             if isinstance(lead, dict):
                 budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
-                data = {**data, "lead": {"floor": 8, "bmax": budget, **lead}}
+                try:
+                    data = {**data, "lead": {"floor": 8, "bmax": max_budget(budget), **lead}}
+                except (TypeError, ValueError):  # a malformed budget: its own validation names it
+                    pass
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        if self.lead.bmax > self.rollout.max_new_tokens:
-            raise ValueError(
-                f"lead.bmax ({self.lead.bmax}) exceeds rollout.max_new_tokens ({self.rollout.max_new_tokens})"
-            )
+        if self.lead.bmax > self.rollout.max_budget:
+            raise ValueError(f"lead.bmax ({self.lead.bmax}) exceeds rollout.max_new_tokens ({self.rollout.max_budget})")
         if self.train.mini_batch_size % self.train.micro_batch_size:
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
         if self.task.kind == "math" and self.model.path is None:
@@ -126,13 +162,13 @@ class TrainConfig(_Strict):
             )
         return self
 
-    @property
-    def rollout_sampling(self) -> SamplingParams:
-        return SamplingParams(self.rollout.temperature, self.rollout.top_p, self.rollout.max_new_tokens)
+    def rollout_sampling(self, step: int) -> SamplingParams:
+        """Sampling of training step ``step`` (0-based), with that step's budget."""
+        return SamplingParams(self.rollout.temperature, self.rollout.top_p, self.rollout.budget_at(step))
 
     @property
     def eval_sampling(self) -> SamplingParams:
-        budget = self.eval.max_new_tokens or self.rollout.max_new_tokens
+        budget = self.eval.max_new_tokens or self.rollout.max_budget
         return SamplingParams(self.eval.temperature, self.eval.top_p, budget)
 
     def smoke(self) -> "TrainConfig":
@@ -156,6 +192,13 @@ def deep_merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def dotted(key: str, value: Any) -> dict[str, Any]:
+    """``dotted("lead.weighting.beta", 0.9)`` -> ``{"lead": {"weighting": {"beta": 0.9}}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def format_error(error: ValidationError, prefix: str = "") -> str:

@@ -14,7 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from trainers.lead import LeadConfig, target_lengths
+from trainers.lead import LeadConfig
+from trainers.rewards import target_lengths
+from trainers.segments import Groups
+from trainers.tasks import grade_rollouts
 from trainers.rollout.base import RolloutEngine, SamplingParams
 
 
@@ -78,7 +81,7 @@ def evaluate(
     """Pass@1 over ``n_samples`` per problem, mean length, and a per-problem table.
 
     The table's ``lstar`` is the target LEAD would set for the problem from these samples
-    (``trainers.lead.target_lengths``), to set against its ``minimal_length``.
+    (``trainers.rewards.target_lengths``), to set against its ``minimal_length``.
     """
     lengths, scores, truncated, features = [], [], [], {}
     for start in range(0, len(problems), batch_size):
@@ -86,7 +89,7 @@ def evaluate(
         prompts = [task.prompt_ids(problem, tokenizer) for problem in chunk]
         rollouts = engine.generate(prompts, n_samples, sampling, seed=seed + start)
         texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-        scores += task.grade(texts, [problem for problem in chunk for _ in range(n_samples)])
+        scores += grade_rollouts(task, texts, [problem for problem in chunk for _ in range(n_samples)], rollouts.truncated)
         lengths.append(rollouts.lengths.cpu())
         truncated.append(rollouts.truncated.cpu())
         for text in texts:
@@ -95,8 +98,9 @@ def evaluate(
     lengths_t = torch.cat(lengths).to(torch.float64)
     scores_t = torch.tensor(scores, dtype=torch.float64)
     truncated_t = torch.cat(truncated)
-    group_index = torch.arange(len(problems)).repeat_interleave(n_samples)
-    lstar, _ = target_lengths(lengths_t, scores_t > 0.5, group_index, len(problems), lead_config)
+    groups = Groups.of(torch.arange(len(problems)).repeat_interleave(n_samples))
+    cfg = lead_config
+    lstar = target_lengths(lengths_t, scores_t > 0.5, groups, cfg.aggregator, cfg.floor, cfg.bmax)
     per_problem = lambda values: values.view(len(problems), n_samples).mean(1).tolist()  # noqa: E731
     table = pa.table(
         {

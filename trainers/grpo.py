@@ -1,7 +1,8 @@
 """GRPO with LEAD rewards, top to bottom.
 
-One step: sample prompts -> roll out ``n`` responses each -> grade -> ``lead_step`` (targets,
-efficiency reward, advantages, weights) -> token advantages (whitened over all response tokens)
+One step: sample prompts -> roll out ``n`` responses each (within the step's budget) -> grade ->
+``lead_step`` (length reward, advantages, weights) -> token advantages (whitened over all response
+tokens unless the weighting says not)
 -> clipped policy-gradient loss + KL to the frozen reference - entropy bonus, over mini-batches
 of micro-batches -> AdamW. Every ``eval.every`` steps and at the end: pass@1, mean length and AES
 on the fixed eval set. Every ``checkpoint.every`` steps: everything needed to resume exactly.
@@ -32,7 +33,7 @@ from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
 from trainers.rollout.hf import HFRolloutEngine
-from trainers.tasks import build_task
+from trainers.tasks import build_task, grade_rollouts
 
 CHECKPOINT_FILE = "trainer_state.pt"
 TARGET_FIELDS = {"aggregator", "floor", "bmax"}  # the LEAD settings an evaluation depends on (its lstar column)
@@ -74,7 +75,7 @@ def load_model(path: Path, config: TrainConfig):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.path: cannot load {path}: {str(exc).splitlines()[0]}") from None
-    needed = config.rollout.max_prompt_tokens + config.rollout.max_new_tokens
+    needed = config.rollout.max_prompt_tokens + config.rollout.max_budget
     if needed > model.config.max_position_embeddings:
         raise ModelLoadError(
             f"rollout.max_prompt_tokens + rollout.max_new_tokens ({needed}) exceeds the model's "
@@ -221,7 +222,6 @@ def train(
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    sampling = config.rollout_sampling
     evaluator = Evaluator(config, engine, tokenizer, task)
     base = base_evaluation(model_path, evaluator)
     base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
@@ -244,22 +244,24 @@ def train(
         problems = task.train_problems(step, config.train.prompts_per_step, config.seed)
         prompts = [task.prompt_ids(problem, tokenizer) for problem in problems]
         n = config.rollout.n
-        rollouts = engine.generate(prompts, n, sampling, seed=step_seed(config.seed, step, 0))
+        rollouts = engine.generate(prompts, n, config.rollout_sampling(step), seed=step_seed(config.seed, step, 0))
         rollout_seconds = time.perf_counter() - step_start
         # 2. grade
         texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-        scores = task.grade(texts, [problem for problem in problems for _ in range(n)])
-        # 3. LEAD: targets, efficiency reward, advantages, weights
-        group_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
+        scores = grade_rollouts(task, texts, [problem for problem in problems for _ in range(n)], rollouts.truncated)
+        # 3. LEAD: length reward, advantages, weights; one group per prompt row of the batch
+        group_ids = torch.arange(len(problems), device=device).repeat_interleave(n)
+        problem_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
         lengths = rollouts.lengths.to(torch.float64)
         out = lead_step(
             lengths, torch.tensor(scores, dtype=torch.float64, device=device), group_ids,
-            config=config.lead, state=state,
+            config=config.lead, state=state, problem_ids=problem_ids,
         )
         state = out.state
-        # 4. token advantages, whitened over every response token of the batch
+        # 4. token advantages, whitened over every response token of the batch (unless told not to)
         input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
-        token_adv = masked_whiten(out.advantages.float()[:, None].expand_as(mask), mask)
+        token_adv = out.advantages.float()[:, None].expand_as(mask)
+        token_adv = masked_whiten(token_adv, mask) if config.lead.weighting.whiten else token_adv * mask
         # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
         losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
 
@@ -267,6 +269,7 @@ def train(
             M.TRAIN_ACCURACY: sum(scores) / len(scores),
             M.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
             M.TRAIN_TRUNCATED_FRACTION: float(rollouts.truncated.float().mean()),
+            M.TRAIN_BUDGET: float(config.rollout.budget_at(step)),
             M.TRAIN_REWARD_CORRECTNESS: out.metrics["reward_correctness"],
             M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
             **{M.lead(name): value for name, value in out.metrics.items()},
@@ -354,7 +357,7 @@ def policy_update(model, reference, optimizer, input_ids, mask, token_adv, confi
                 old = logp.detach() if old_logp is None else old_logp[idx, : w - 1]
                 ratio = torch.exp(logp - old)
                 adv = token_adv[idx, : w - 1]
-                clipped = ratio.clamp(1 - opt.clip_ratio, 1 + opt.clip_ratio)
+                clipped = ratio.clamp(1 - opt.clip_ratio, 1 + (opt.clip_ratio_high or opt.clip_ratio))
                 pg = torch.maximum(-adv * ratio, -adv * clipped)
                 if ref_logp is not None:
                     kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type)

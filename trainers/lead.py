@@ -5,8 +5,12 @@ Pure tensor math (no Ray, no MLflow, no model). One call per training step::
     out = lead_step(lengths, correctness, group_ids, config=LeadConfig(...), state=None)
 
 Notation: rollout ``i`` has length ``l_i``, correctness score ``c_i`` in [0, 1] (correct when
-``c_i > 0.5``) and group ``g(i)`` (its prompt). Every formula is stated in ``shared/spec/LEAD.md``
-and repeated in the docstring of the function that computes it.
+``c_i > 0.5``) and group ``g(i)`` (its prompt row). Every formula is stated in
+``shared/spec/LEAD.md`` and repeated in the docstring of the function that computes it.
+
+The length reward is any entry of ``trainers.rewards.LENGTH_REWARDS`` (LEAD's own by default);
+the weighting is one member of a tagged union (``PsiWeighting | StaticWeighting |
+ScheduleWeighting``), each carrying how the two rewards are normalized and combined.
 
 Everything is vectorized over rollouts and groups (``torch.unique(return_inverse=True)`` plus
 segment reductions), runs on the device of its inputs, and synchronizes with the host once, at
@@ -17,20 +21,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from trainers.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
+from trainers.segments import Groups
 
 __all__ = [
     "LeadConfig",
     "LeadState",
     "LeadOutput",
+    "PsiWeighting",
+    "StaticWeighting",
+    "ScheduleWeighting",
     "lead_step",
     "masked_whiten",
     "group_normalize",
-    "target_lengths",
-    "efficiency_reward",
     "psi_statistics",
 ]
 
@@ -39,27 +47,105 @@ SIGMA_EPS = 1e-8  # inside sqrt of the PSI spread
 WHITEN_EPS = 1e-8  # inside sqrt of the token whitening variance
 
 
-class LeadConfig(BaseModel):
-    """Settings of the LEAD reward and weighting (defaults: the paper's)."""
-
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weighting: Literal["psi", "static", "schedule"] = "psi"
-    # PSI
+
+@dataclass(frozen=True)
+class Weights:
+    """One step's weights: the used pair, the target, and the EMA state to carry (None: unchanged)."""
+
+    w_corr: torch.Tensor
+    target_w_corr: torch.Tensor
+    target_w_eff: torch.Tensor
+    ema: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class _Combination(_Strict):
+    """How the two rewards become one advantage, shared by every weighting.
+
+    ``decoupled`` (normalize-then-combine, LEAD): ``A = w_c norm_g(r_corr) + w_e norm_g(r_len)``;
+    ``combined`` (combine-then-normalize, the GRPO baseline): ``A = norm_g(w_c r_corr + w_e r_len)``.
+    ``whiten``: whiten the token advantages over the batch's response tokens (LEAD does; the
+    release's GRPO estimator does not)."""
+
+    normalization: Literal["decoupled", "combined"] = "decoupled"
+    whiten: bool = True
+
+
+class PsiWeighting(_Combination):
+    """PSI: the EMA of PSI's target weights from (0.5, 0.5), ``w_c = max(ema_c, lambda_min)``."""
+
+    kind: Literal["psi"] = "psi"
     alpha: float = Field(1.0, ge=0.0, description="exponent of the headroom potentials")
     beta: float = Field(0.95, ge=0.0, le=1.0, description="EMA coefficient of the weights")
     lambda_min: float = Field(0.3, ge=0.0, le=1.0, description="floor on the used w_corr")
     eps: float = Field(1e-8, gt=0.0)
-    # static
+
+    def weights(self, stats: dict[str, torch.Tensor], state: "LeadState") -> Weights:
+        target_c, target_e = stats["psi_target_w_corr"], stats["psi_target_w_eff"]
+        ema_c = self.beta * state.w_corr_ema + (1 - self.beta) * target_c
+        ema_e = self.beta * state.w_eff_ema + (1 - self.beta) * target_e
+        return Weights(ema_c.clamp(min=self.lambda_min), target_c, target_e, (ema_c, ema_e))
+
+
+class StaticWeighting(_Combination):
+    """Fixed weights ``w_c = w_corr``, ``w_e = 1 - w_corr``, no floor."""
+
+    kind: Literal["static"] = "static"
     w_corr: float = Field(0.5, ge=0.0, le=1.0, description="static weight of correctness")
-    # schedule: w_corr moves from start to end over schedule_steps steps, then stays
+
+    def weights(self, stats: dict[str, torch.Tensor], state: "LeadState") -> Weights:
+        return _fixed(self.w_corr, stats)
+
+
+class ScheduleWeighting(_Combination):
+    """A hand-made curriculum: ``t = min(step / schedule_steps, 1)``;
+    linear ``w = start + (end - start) t``; cosine ``w = end + (start - end) (1 + cos(pi t)) / 2``."""
+
+    kind: Literal["schedule"] = "schedule"
     w_corr_start: float = Field(1.0, ge=0.0, le=1.0)
     w_corr_end: float = Field(0.5, ge=0.0, le=1.0)
     schedule_steps: int = Field(100, ge=1)
     schedule_shape: Literal["linear", "cosine"] = "linear"
-    # target length and efficiency reward
-    aggregator: Literal["mean_correct", "min_correct", "median_correct", "mean_all"] = "mean_correct"
-    lstar_mode: Literal["sym", "asym", "upper_only"] = "sym"
+
+    def w_corr_at(self, step: int) -> float:
+        t = min(step / self.schedule_steps, 1.0)
+        start, end = self.w_corr_start, self.w_corr_end
+        if self.schedule_shape == "linear":
+            return start + (end - start) * t
+        return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
+
+    def weights(self, stats: dict[str, torch.Tensor], state: "LeadState") -> Weights:
+        return _fixed(self.w_corr_at(state.step), stats)
+
+
+def _fixed(w_corr: float, stats: dict[str, torch.Tensor]) -> Weights:
+    like = stats["mu_corr"]
+    target_c = torch.tensor(w_corr, dtype=like.dtype, device=like.device)
+    return Weights(target_c, target_c, 1 - target_c)
+
+
+Weighting = Annotated[PsiWeighting | StaticWeighting | ScheduleWeighting, Field(discriminator="kind")]
+WEIGHTING_KINDS = ("psi", "static", "schedule")
+_LEGACY_WEIGHTING_KEYS = {  # flat keys of configs written before the weighting union, by kind
+    "psi": ("alpha", "beta", "lambda_min", "eps"),
+    "static": ("w_corr",),
+    "schedule": ("w_corr_start", "w_corr_end", "schedule_steps", "schedule_shape"),
+}
+
+
+class LeadConfig(_Strict):
+    """Settings of the length reward, the target length and the weighting (defaults: the paper's)."""
+
+    length_reward: str = Field("lead", description="a name in trainers.rewards.LENGTH_REWARDS")
+    length_params: dict[str, Any] = Field(
+        default_factory=dict, description="the reward's own settings (those named like a lead field come from it)"
+    )
+    weighting: Weighting = PsiWeighting()
+    # target length and LEAD's efficiency reward
+    aggregator: Aggregator = "mean_correct"
+    lstar_mode: LstarMode = "sym"
     floor: float = Field(1000.0, gt=0.0, description="lower clamp of L* (tokens)")
     bmax: float = Field(8000.0, gt=0.0, description="upper clamp of L*, and L* of unsolved prompts")
     short_guard: float = Field(0.0, ge=0.0, description="asym: correct rollouts shorter than this get 0")
@@ -67,16 +153,60 @@ class LeadConfig(BaseModel):
         0.0,
         ge=0.0,
         lt=1.0,
-        description="beyond the paper: EMA coefficient blending L* from earlier visits of the same "
-        "group id (problem id) into the current estimate; 0 disables the memory",
+        description="beyond the paper: EMA coefficient blending a reward's per-group target from earlier "
+        "visits of the same problem id into the current estimate; 0 disables the memory",
     )
-    normalization: Literal["decoupled", "combined"] = "decoupled"
+    _reward_params: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flat_weighting(cls, data: Any) -> Any:
+        """Configs written before the weighting union (``weighting: psi``, ``w_corr: 0.5``,
+        ``normalization: combined`` at this level) still load: the keys of their kind move into
+        ``weighting``, the others are dropped."""
+        if not isinstance(data, dict):
+            return data
+        flat = {"normalization", *(key for keys in _LEGACY_WEIGHTING_KEYS.values() for key in keys)}
+        if not isinstance(data.get("weighting"), str) and ("weighting" in data or not flat & data.keys()):
+            return data
+        data = dict(data)
+        kind = data.pop("weighting", "psi")
+        weighting = {"kind": kind}
+        if "normalization" in data:
+            weighting["normalization"] = data.pop("normalization")
+        for flat_kind, keys in _LEGACY_WEIGHTING_KEYS.items():
+            for key in keys:
+                if key in data:
+                    value = data.pop(key)
+                    if flat_kind == kind:
+                        weighting[key] = value
+        return {**data, "weighting": weighting}
 
     @model_validator(mode="after")
-    def _floor_below_bmax(self) -> "LeadConfig":
+    def _consistent(self) -> "LeadConfig":
         if self.floor > self.bmax:
             raise ValueError(f"floor ({self.floor}) must not exceed bmax ({self.bmax})")
+        reward = LENGTH_REWARDS.get(self.length_reward)
+        if reward is None:
+            raise ValueError(f"length_reward: unknown {self.length_reward!r} (known: {', '.join(sorted(LENGTH_REWARDS))})")
+        shared = [key for key in self.length_params if key in type(self).model_fields]
+        if shared:
+            raise ValueError(f"length_params.{shared[0]}: set it as lead.{shared[0]}")
+        own = {k: getattr(self, k) for k in reward.params.model_fields if k in type(self).model_fields}
+        try:
+            params = reward.params.model_validate({**own, **self.length_params})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            raise ValueError(f"length_params.{where}: {message} (length reward {self.length_reward})") from None
+        self._reward_params = params.model_dump()
         return self
+
+    @property
+    def reward_params(self) -> dict[str, Any]:
+        """Every parameter of the chosen length reward, resolved and validated."""
+        return dict(self._reward_params)
 
 
 @dataclass
@@ -84,8 +214,8 @@ class LeadState:
     """Controller state carried from one step to the next.
 
     ``w_corr_ema`` / ``w_eff_ema`` are the unfloored EMA weights (the floor is applied on use
-    only). ``memory_ids`` (sorted int64) / ``memory_lstar`` hold remembered targets when
-    ``lstar_memory > 0``.
+    only). ``memory_ids`` (sorted int64 problem ids) / ``memory_lstar`` hold remembered targets
+    when ``lstar_memory > 0``.
     """
 
     step: int = 0
@@ -118,11 +248,11 @@ class LeadState:
 class LeadOutput:
     """What one ``lead_step`` returns. Tensors have shape (N,) and live on the inputs' device."""
 
-    targets: torch.Tensor  # L*_q of each rollout's prompt
+    targets: torch.Tensor | None  # the reward's per-prompt target of each rollout (L*), None if it has none
     r_corr: torch.Tensor  # correctness reward (the scores)
-    r_eff: torch.Tensor  # efficiency reward
+    r_eff: torch.Tensor  # the length reward (LEAD's efficiency reward by default)
     adv_corr: torch.Tensor  # group-normalized correctness reward
-    adv_eff: torch.Tensor  # group-normalized efficiency reward
+    adv_eff: torch.Tensor  # group-normalized length reward
     advantages: torch.Tensor  # combined per-rollout advantage, before token whitening
     w_corr: float
     w_eff: float
@@ -130,126 +260,30 @@ class LeadOutput:
     metrics: dict[str, float]
 
 
-# --------------------------------------------------------------------------- segment helpers
+# --------------------------------------------------------------------------- the formulas
 
 
-def _segment_sum(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
-    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-
-
-def _segment_mean_popvar(
-    values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, num_groups: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-group count, mean and population variance of ``values`` over rollouts with weight 1."""
-    count = _segment_sum(weight, index, num_groups)
-    safe = count.clamp(min=1.0)
-    mean = _segment_sum(values * weight, index, num_groups) / safe
-    dev = (values - mean[index]) * weight
-    popvar = _segment_sum(dev * dev, index, num_groups) / safe
-    return count, mean, popvar
-
-
-def group_normalize(rewards: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
+def group_normalize(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
     """GRPO outcome advantage within each group.
 
     ``A_i = (r_i - mean_g(r)) / (std_g(r) + 1e-6)`` with the unbiased std; a group of one rollout
-    uses mean 0 and std 1. ``group_index`` holds contiguous labels in ``[0, num_groups)``.
+    uses mean 0 and std 1.
     """
-    ones = torch.ones_like(rewards)
-    count, mean, popvar = _segment_mean_popvar(rewards, group_index, ones, num_groups)
+    count, mean, popvar = groups.mean_popvar(rewards)
     single = count <= 1
     std = torch.sqrt(popvar * count / (count - 1).clamp(min=1.0))
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
-    return (rewards - mean[group_index]) / (std[group_index] + GROUP_STD_EPS)
-
-
-def _segment_median(
-    values: torch.Tensor, include: torch.Tensor, group_index: torch.Tensor, num_groups: int
-) -> torch.Tensor:
-    """Median of ``values`` over included rollouts of each group (mean of the middle two when even).
-
-    Sort-based: order by (group, value) with excluded rollouts last in their group, then read the
-    middle of each group's included run. Groups with nothing included give an arbitrary value.
-    """
-    keyed = torch.where(include, values, torch.full_like(values, math.inf))
-    by_value = torch.argsort(keyed, stable=True)
-    by_group = torch.argsort(group_index[by_value], stable=True)
-    order = by_value[by_group]
-    sorted_values = keyed[order]
-    sizes = torch.bincount(group_index, minlength=num_groups)
-    starts = torch.cumsum(sizes, 0) - sizes
-    count = _segment_sum(include.to(torch.int64), group_index, num_groups)
-    last = sorted_values.numel() - 1
-    lo = (starts + (count - 1).clamp(min=0) // 2).clamp(max=last)
-    hi = (starts + count // 2).clamp(max=last)
-    return (sorted_values[lo] + sorted_values[hi]) / 2
-
-
-# --------------------------------------------------------------------------- the formulas
-
-
-def target_lengths(
-    lengths: torch.Tensor,
-    correct: torch.Tensor,
-    group_index: torch.Tensor,
-    num_groups: int,
-    config: LeadConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prompt target length and whether the prompt was solved in this batch.
-
-    ``L*_q = clamp(agg({l_i : g(i)=q, correct}), floor, bmax)``; ``L*_q = bmax`` when prompt ``q``
-    has no correct rollout (for every aggregator). ``agg`` is the mean (``mean_correct``), min
-    (``min_correct``) or median (``median_correct``) of the correct lengths, or the mean of all the
-    prompt's lengths (``mean_all``). Returns ``(lstar, solved)``, both of shape (num_groups,).
-    """
-    correct_f = correct.to(lengths.dtype)
-    num_correct = _segment_sum(correct_f, group_index, num_groups)
-    solved = num_correct > 0
-    if config.aggregator == "mean_correct":
-        agg = _segment_sum(lengths * correct_f, group_index, num_groups) / num_correct.clamp(min=1.0)
-    elif config.aggregator == "min_correct":
-        masked = torch.where(correct, lengths, torch.full_like(lengths, math.inf))
-        agg = torch.full((num_groups,), math.inf, dtype=lengths.dtype, device=lengths.device)
-        agg = agg.scatter_reduce(0, group_index, masked, reduce="amin", include_self=True)
-    elif config.aggregator == "median_correct":
-        agg = _segment_median(lengths, correct, group_index, num_groups)
-    else:  # mean_all
-        agg = _segment_sum(lengths, group_index, num_groups) / torch.bincount(
-            group_index, minlength=num_groups
-        ).to(lengths.dtype)
-    bmax = torch.full_like(agg, config.bmax)
-    lstar = torch.where(solved, agg.clamp(min=config.floor, max=config.bmax), bmax)
-    return lstar, solved
-
-
-def efficiency_reward(
-    lengths: torch.Tensor, targets: torch.Tensor, correct: torch.Tensor, config: LeadConfig
-) -> torch.Tensor:
-    """Efficiency reward of each rollout against its prompt's target ``L*``.
-
-    - ``sym`` (paper): ``max(-1, 1 - |l - L*| / L*)``
-    - ``upper_only``: ``max(-1, min(0, 1 - l / L*))``
-    - ``asym``: correct: ``0`` if ``l < short_guard`` else ``max(0, 1 - l / L*)``;
-      incorrect: ``clamp(1 - l / L*, -1, 0)``
-    """
-    ratio = 1 - lengths / targets
-    if config.lstar_mode == "sym":
-        return (1 - (lengths - targets).abs() / targets).clamp(min=-1.0)
-    if config.lstar_mode == "upper_only":
-        return ratio.clamp(min=-1.0, max=0.0)
-    guarded = lengths < config.short_guard
-    on_correct = torch.where(guarded, torch.zeros_like(ratio), ratio.clamp(min=0.0))
-    return torch.where(correct, on_correct, ratio.clamp(min=-1.0, max=0.0))
+    return (rewards - mean[groups.index]) / (std[groups.index] + GROUP_STD_EPS)
 
 
 def psi_statistics(
     r_corr: torch.Tensor,
     r_eff: torch.Tensor,
     correct: torch.Tensor,
-    group_index: torch.Tensor,
-    num_groups: int,
-    config: LeadConfig,
+    groups: Groups,
+    reward_range: tuple[float, float] = (-1.0, 1.0),
+    psi: PsiWeighting = PsiWeighting(),
 ) -> dict[str, torch.Tensor]:
     """PSI's spread-and-headroom statistics and target weights (0-d tensors).
 
@@ -257,13 +291,15 @@ def psi_statistics(
     (none: ``mu_e = sigma_e = 0``). With per-group mean ``m_q`` and population variance ``v_q``:
     ``mu = mean_q(m_q)``, ``sigma = sqrt(mean_q(v_q) + popvar_q(m_q) + 1e-8)``;
     ``CV_k = sigma_k / (|mu_k| + eps)``, ``CVn_k = CV_k / (CV_c + CV_e + eps)``;
-    ``P_c = (1 - clamp(mu_c, 0, 1))^alpha``, ``P_e = (1 - (clamp(mu_e, -1, 1) + 1) / 2)^alpha``;
-    ``D_k = CVn_k * P_k``, ``w*_k = D_k / (D_c + D_e + eps)``.
+    ``P_c = (1 - clamp(mu_c, 0, 1))^alpha``; with the length reward's range [low, high],
+    ``P_e = (1 - (clamp(mu_e, low, high) - low) / (high - low))^alpha`` (LEAD's reward:
+    ``(1 - (mu_e + 1) / 2)^alpha``); ``D_k = CVn_k * P_k``, ``w*_k = D_k / (D_c + D_e + eps)``.
     """
-    eps = config.eps
+    eps = psi.eps
+    low, high = reward_range
 
-    def spread(values: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count, mean, popvar = _segment_mean_popvar(values, group_index, weight, num_groups)
+    def spread(values: torch.Tensor, include: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        count, mean, popvar = groups.mean_popvar(values, include)
         present = (count > 0).to(values.dtype)
         num_present = present.sum()
         safe_n = num_present.clamp(min=1.0)
@@ -275,14 +311,14 @@ def psi_statistics(
         zero = torch.zeros_like(mu)
         return torch.where(none, zero, mu), torch.where(none, zero, sigma)
 
-    mu_c, sigma_c = spread(r_corr, torch.ones_like(r_corr))
-    mu_e, sigma_e = spread(r_eff, correct.to(r_eff.dtype))
+    mu_c, sigma_c = spread(r_corr, None)
+    mu_e, sigma_e = spread(r_eff, correct)
     cv_c = sigma_c / (mu_c.abs() + eps)
     cv_e = sigma_e / (mu_e.abs() + eps)
     cv_norm_c = cv_c / (cv_c + cv_e + eps)
     cv_norm_e = cv_e / (cv_c + cv_e + eps)
-    potential_c = (1 - mu_c.clamp(0.0, 1.0)) ** config.alpha
-    potential_e = (1 - (mu_e.clamp(-1.0, 1.0) + 1) / 2) ** config.alpha
+    potential_c = (1 - mu_c.clamp(0.0, 1.0)) ** psi.alpha
+    potential_e = (1 - (mu_e.clamp(low, high) - low) / (high - low)) ** psi.alpha
     d_c = cv_norm_c * potential_c
     d_e = cv_norm_e * potential_e
     return {
@@ -301,16 +337,6 @@ def psi_statistics(
         "d_eff": d_e,
         "psi_target_w_eff": d_e / (d_c + d_e + eps),
     }
-
-
-def scheduled_w_corr(step: int, config: LeadConfig) -> float:
-    """Hand-made curriculum: ``t = min(step / schedule_steps, 1)``;
-    linear ``w = start + (end - start) t``; cosine ``w = end + (start - end) (1 + cos(pi t)) / 2``."""
-    t = min(step / config.schedule_steps, 1.0)
-    start, end = config.w_corr_start, config.w_corr_end
-    if config.schedule_shape == "linear":
-        return start + (end - start) * t
-    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -333,33 +359,32 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _remember_targets(
-    lstar: torch.Tensor, solved: torch.Tensor, group_labels: torch.Tensor, state: LeadState, config: LeadConfig
+    targets: torch.Tensor, solved: torch.Tensor, problem_ids: torch.Tensor, state: LeadState, memory: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Blend targets remembered for the same group id: ``L* <- m L*_prev + (1 - m) L*`` when solved,
-    ``L* <- L*_prev`` when unsolved now but solved before. Returns (lstar, new ids, new values)."""
-    mem_ids = state.memory_ids.to(group_labels.device)
-    mem_vals = state.memory_lstar.to(device=lstar.device, dtype=lstar.dtype)
-    pos = torch.searchsorted(mem_ids, group_labels).clamp(max=max(mem_ids.numel() - 1, 0))
+    """Blend per-group targets remembered for the same problem id: ``L* <- m L*_prev + (1 - m) L*``
+    when solved, ``L* <- L*_prev`` when unsolved now but solved before. Returns (targets, new ids,
+    new values); a problem that fills several groups of the batch remembers its last group's target."""
+    mem_ids = state.memory_ids.to(problem_ids.device)
+    mem_vals = state.memory_lstar.to(device=targets.device, dtype=targets.dtype)
+    pos = torch.searchsorted(mem_ids, problem_ids).clamp(max=max(mem_ids.numel() - 1, 0))
     if mem_ids.numel():
-        known = mem_ids[pos] == group_labels
+        known = mem_ids[pos] == problem_ids
         prev = mem_vals[pos]
     else:
         known = torch.zeros_like(solved)
-        prev = torch.zeros_like(lstar)
-    m = config.lstar_memory
-    blended = torch.where(known, m * prev + (1 - m) * lstar, lstar)
-    lstar = torch.where(solved, blended, torch.where(known, prev, lstar))
+        prev = torch.zeros_like(targets)
+    blended = torch.where(known, memory * prev + (1 - memory) * targets, targets)
+    targets = torch.where(solved, blended, torch.where(known, prev, targets))
     # new memory: old entries, overwritten or extended by this batch's solved groups
     remember = solved | known
-    all_ids = torch.cat([mem_ids, group_labels[remember]])
-    all_vals = torch.cat([mem_vals, lstar[remember]])
+    all_ids = torch.cat([mem_ids, problem_ids[remember]])
+    all_vals = torch.cat([mem_vals, targets[remember]])
     new_ids, inverse = torch.unique(all_ids, return_inverse=True)
     # this batch's entries come after the old ones: keep the last entry of each id
     order = torch.arange(all_ids.numel(), device=all_ids.device)
     latest = torch.full((new_ids.numel(),), -1, dtype=torch.int64, device=all_ids.device)
     latest = latest.scatter_reduce(0, inverse, order, reduce="amax")
-    new_vals = all_vals[latest]
-    return lstar, new_ids, new_vals
+    return targets, new_ids, all_vals[latest]
 
 
 def lead_step(
@@ -369,91 +394,79 @@ def lead_step(
     *,
     config: LeadConfig,
     state: LeadState | None = None,
+    problem_ids: torch.Tensor | None = None,
 ) -> LeadOutput:
-    """One LEAD step: targets, efficiency reward, group-normalized advantages and weights.
+    """One LEAD step: length reward, group-normalized advantages and weights.
 
     ``lengths`` (tokens), ``correctness`` (scores in [0, 1], correct when > 0.5) and ``group_ids``
-    (int64 prompt labels, any values, any order) are 1-D tensors of equal length N.
+    (int64 labels, any values, any order; one group per prompt row of the batch) are 1-D tensors of
+    equal length N. ``problem_ids`` (default: ``group_ids``) keys the target memory, so a problem
+    drawn twice in a batch forms two groups but shares one remembered target.
 
-    ``decoupled`` (normalize-then-combine): ``A = w_c * norm_g(r_corr) + w_e * norm_g(r_eff)``.
-    ``combined`` (GRPO baseline): ``A = norm_g(w_c * r_corr + w_e * r_eff)``.
-    Weights: ``psi`` EMA of PSI's target weights from (0.5, 0.5), ``w_c = max(ema_c, lambda_min)``,
-    ``w_e = 1 - w_c``; ``static`` ``w_c = config.w_corr``; ``schedule`` ``scheduled_w_corr``.
+    ``r_len = LENGTH_REWARDS[config.length_reward](..., **config.reward_params)``;
+    ``decoupled``: ``A = w_c * norm_g(r_corr) + w_e * norm_g(r_len)``;
+    ``combined``: ``A = norm_g(w_c * r_corr + w_e * r_len)``. The weights come from
+    ``config.weighting`` (PSI's statistics use the reward's range for the efficiency potential).
     """
     state = state if state is not None else LeadState()
-    lengths, correctness, group_ids = (torch.as_tensor(t) for t in (lengths, correctness, group_ids))
-    for name, t in (("lengths", lengths), ("correctness", correctness), ("group_ids", group_ids)):
-        if t.dim() != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    n = lengths.numel()
-    if correctness.numel() != n or group_ids.numel() != n:
-        raise ValueError(
-            f"lengths, correctness and group_ids must have equal length, got {n}, "
-            f"{correctness.numel()}, {group_ids.numel()}"
-        )
-    if n == 0:
-        raise ValueError("empty batch: lengths, correctness and group_ids have no elements")
-    if group_ids.dtype.is_floating_point or group_ids.dtype == torch.bool:
-        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
-
+    lengths, correctness, group_ids = check_batch(lengths, correctness, group_ids)
     dtype = torch.float64
-    lengths_f = lengths.to(dtype)
     r_corr = correctness.to(dtype)
-    correct = r_corr > 0.5
-    group_labels, group_index = torch.unique(group_ids.to(torch.int64), return_inverse=True)
-    num_groups = group_labels.numel()
-
-    lstar, solved = target_lengths(lengths_f, correct, group_index, num_groups, config)
+    batch = RewardBatch(lengths.to(dtype), r_corr > 0.5, Groups.of(group_ids))
+    groups, correct = batch.groups, batch.correct
     new_state = LeadState(step=state.step + 1, w_corr_ema=state.w_corr_ema, w_eff_ema=state.w_eff_ema)
+    new_state.memory_ids, new_state.memory_lstar = state.memory_ids, state.memory_lstar
     if config.lstar_memory > 0:
-        lstar, new_state.memory_ids, new_state.memory_lstar = _remember_targets(
-            lstar, solved, group_labels, state, config
-        )
-    else:
-        new_state.memory_ids, new_state.memory_lstar = state.memory_ids, state.memory_lstar
-    targets = lstar[group_index]
-    r_eff = efficiency_reward(lengths_f, targets, correct, config)
+        keys = group_ids if problem_ids is None else torch.as_tensor(problem_ids, device=group_ids.device)
+        per_group_keys = torch.zeros(groups.num_groups, dtype=torch.int64, device=keys.device)
+        per_group_keys = per_group_keys.scatter(0, groups.index, keys.to(torch.int64))
 
-    stats = psi_statistics(r_corr, r_eff, correct, group_index, num_groups, config)
-    if config.weighting == "psi":
-        target_c, target_e = stats["psi_target_w_corr"], stats["psi_target_w_eff"]
-        ema_c = config.beta * state.w_corr_ema + (1 - config.beta) * target_c
-        ema_e = config.beta * state.w_eff_ema + (1 - config.beta) * target_e
-        w_c = ema_c.clamp(min=config.lambda_min)
-    else:
-        fixed = config.w_corr if config.weighting == "static" else scheduled_w_corr(state.step, config)
-        target_c = torch.tensor(fixed, dtype=dtype, device=r_corr.device)
-        target_e = 1 - target_c
-        ema_c = ema_e = None
-        w_c = target_c
+        def blend(per_group: torch.Tensor, solved: torch.Tensor) -> torch.Tensor:
+            blended, new_state.memory_ids, new_state.memory_lstar = _remember_targets(
+                per_group, solved, per_group_keys, state, config.lstar_memory
+            )
+            return blended
+
+        batch.blend = blend
+    reward = LENGTH_REWARDS[config.length_reward]
+    r_eff = reward.compute(batch, **config.reward_params)
+
+    weighting = config.weighting
+    psi = weighting if isinstance(weighting, PsiWeighting) else PsiWeighting()
+    stats = psi_statistics(r_corr, r_eff, correct, groups, (reward.low, reward.high), psi)
+    chosen = weighting.weights(stats, state)
+    w_c = chosen.w_corr
     w_e = 1 - w_c
 
-    adv_corr = group_normalize(r_corr, group_index, num_groups)
-    adv_eff = group_normalize(r_eff, group_index, num_groups)
-    if config.normalization == "decoupled":
+    adv_corr = group_normalize(r_corr, groups)
+    adv_eff = group_normalize(r_eff, groups)
+    if weighting.normalization == "decoupled":
         advantages = w_c * adv_corr + w_e * adv_eff
     else:
-        advantages = group_normalize(w_c * r_corr + w_e * r_eff, group_index, num_groups)
+        advantages = group_normalize(w_c * r_corr + w_e * r_eff, groups)
 
-    unsolved_rollouts = ~solved[group_index]
-    num_unsolved = (~solved).sum().to(dtype)
+    solved = batch.solved()
+    unsolved_rollouts = ~solved[groups.index]
+    nan = torch.tensor(math.nan, dtype=dtype, device=r_corr.device)
+    lstar = batch.targets
+    ema_c, ema_e = chosen.ema or (torch.tensor(state.w_corr_ema, dtype=dtype), torch.tensor(state.w_eff_ema, dtype=dtype))
     scalars = {
         **stats,
-        "target_w_corr": target_c,
-        "target_w_eff": target_e,
+        "target_w_corr": chosen.target_w_corr,
+        "target_w_eff": chosen.target_w_eff,
         "w_corr": w_c,
         "w_eff": w_e,
-        "w_corr_ema": ema_c if ema_c is not None else torch.tensor(state.w_corr_ema, dtype=dtype),
-        "w_eff_ema": ema_e if ema_e is not None else torch.tensor(state.w_eff_ema, dtype=dtype),
+        "w_corr_ema": ema_c,
+        "w_eff_ema": ema_e,
         "reward_correctness": r_corr.mean(),
         "reward_efficiency": r_eff.mean(),
-        "lstar_mean": lstar.mean(),
-        "lstar_mean_solvable": (lstar * solved).sum() / solved.sum(),
-        "num_unsolved_prompts": num_unsolved,
-        # the sym reward on unsolved prompts is l / bmax: it pays longer attempts (reference behaviour)
+        "lstar_mean": lstar.mean() if lstar is not None else nan,
+        "lstar_mean_solvable": (lstar * solved).sum() / solved.sum() if lstar is not None else nan,
+        "num_unsolved_prompts": (~solved).sum().to(dtype),
+        # LEAD's sym reward on unsolved prompts is l / bmax: it pays longer attempts (reference behaviour)
         "r_eff_mean_unsolved": (r_eff * unsolved_rollouts).sum() / unsolved_rollouts.sum(),
         # validation flags, fetched with the metrics in one host round trip
-        "_bad_lengths": ((lengths_f < 0) | lengths_f.isnan()).any(),
+        "_bad_lengths": ((batch.lengths < 0) | batch.lengths.isnan()).any(),
         "_bad_scores": ((r_corr < 0) | (r_corr > 1) | r_corr.isnan()).any(),
     }
     values = torch.stack([v.to(device=r_corr.device, dtype=dtype) for v in scalars.values()]).tolist()
@@ -462,11 +475,11 @@ def lead_step(
         raise ValueError("lengths must be finite and non-negative (found a negative or NaN length)")
     if metrics.pop("_bad_scores"):
         raise ValueError("correctness scores must lie in [0, 1] (found one outside it or NaN)")
-    metrics["num_prompts"] = float(num_groups)
-    if ema_c is not None:
+    metrics["num_prompts"] = float(groups.num_groups)
+    if chosen.ema is not None:
         new_state.w_corr_ema, new_state.w_eff_ema = metrics["w_corr_ema"], metrics["w_eff_ema"]
     return LeadOutput(
-        targets=targets,
+        targets=lstar[groups.index] if lstar is not None else None,
         r_corr=r_corr,
         r_eff=r_eff,
         adv_corr=adv_corr,

@@ -7,6 +7,7 @@ Every training step emits at least ``STEP_METRICS``; every evaluation emits at l
 TRAIN_ACCURACY = "train/accuracy"
 TRAIN_RESPONSE_LENGTH = "train/response_length"
 TRAIN_TRUNCATED_FRACTION = "train/truncated_fraction"
+TRAIN_BUDGET = "train/budget"  # the step's response budget (it moves under a budget schedule)
 TRAIN_REWARD_CORRECTNESS = "train/reward_correctness"
 TRAIN_REWARD_EFFICIENCY = "train/reward_efficiency"
 LOSS_POLICY = "loss/policy"
@@ -36,7 +37,7 @@ LEAD_REPORTED = (
 )
 
 STEP_METRICS = (
-    TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_REWARD_CORRECTNESS,
+    TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_BUDGET, TRAIN_REWARD_CORRECTNESS,
     TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
     PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND,
 )

@@ -1,6 +1,6 @@
 """Tasks the trainer takes: ``build_task(config.task)`` gives the synthetic sums or a math data set.
 
-Every task offers ``train_problems(step, count, seed)``, ``eval_problems()``,
+Every task offers ``config``, ``train_problems(step, count, seed)``, ``eval_problems()``,
 ``prompt_ids(problem, tokenizer)``, ``grade(responses, problems)`` and ``response_features(text)``.
 """
 
@@ -15,3 +15,12 @@ def build_task(config):
     from trainers.tasks.synthetic import SyntheticTask
 
     return SyntheticTask(config)
+
+
+def grade_rollouts(task, texts: list[str], problems: list, truncated) -> list[float]:
+    """``task.grade`` of each response against its problem; with ``task.truncated_is_wrong`` a
+    response the budget cut off (``truncated``, one bool per response) scores 0."""
+    scores = task.grade(texts, problems)
+    if task.config.truncated_is_wrong:
+        scores = [0.0 if cut else score for score, cut in zip(scores, truncated.tolist())]
+    return scores

@@ -64,6 +64,7 @@ class MathTaskConfig(BaseModel):
     system_prompt: str | None = None
     grader: GraderConfig = GraderConfig()
     eval_seed: int = 1234
+    truncated_is_wrong: bool = Field(False, description="a response cut off by the budget counts as incorrect (ThinkPrune)")
 
     @field_validator("train_files", "eval_files")
     @classmethod

@@ -43,6 +43,7 @@ class SyntheticTaskConfig(BaseModel):
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of all problems in the eval split")
     eval_size: int = Field(500, ge=1, description="eval problems drawn from the eval split")
     eval_seed: int = 1234
+    truncated_is_wrong: bool = Field(False, description="a response cut off by the budget counts as incorrect (ThinkPrune)")
     # verbose traces of the SFT data
     rederive_prob: float = Field(0.6, ge=0.0, le=1.0)
     shortcut_prob: float = Field(0.25, ge=0.0, le=1.0)
