@@ -1,8 +1,10 @@
 """What a study shows, computed from the runs table of ``analysis.load``.
 
-- ``arm_summary``: per (arm, variant), over seeds, the mean and sample std (ddof 1) of the final
-  eval accuracy, length and AES;
-- ``psi_versus_best_static``: the best static variant by mean AES and PSI's gap to it;
+- ``arm_summary``: per (arm, variant), with its length reward, weighting and normalization (the
+  trial runs' tags), over seeds, the mean and sample std (ddof 1) of the final eval accuracy,
+  length and AES;
+- ``psi_versus_best_other``: the best arm not weighted by PSI (static grids, schedules, GRPO
+  baselines, any reward), by mean AES, and each PSI arm's gap to it;
 - ``pareto_front``: the (arm, variant) pairs no other pair beats on both accuracy (higher) and
   length (lower);
 - ``series`` / ``weight_shape``: a metric's trajectory per trial, and where PSI's weight went
@@ -16,38 +18,37 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trainers import metrics as M
+
 FINAL = {"accuracy": "final/eval/accuracy", "length": "final/eval/response_length", "aes": "final/eval/aes"}
 
 
 def arm_summary(runs: pa.Table) -> pa.Table:
-    """One row per (arm, variant): ``seeds`` and ``<metric>_mean`` / ``<metric>_std``, sorted by arm."""
-    columns = ["arm", "variant", "param.lead.weighting", *FINAL.values()]
-    table = runs.select([c for c in columns if c in runs.column_names])
+    """One row per (arm, variant): its reward, weighting and normalization, ``seeds`` and
+    ``<metric>_mean`` / ``<metric>_std``, sorted by arm."""
+    keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_NORMALIZATION]
+    table = runs.select([c for c in [*keys, *FINAL.values()] if c in runs.column_names])
     aggregations = [("arm", "count")]
     for column in FINAL.values():
         aggregations += [(column, "mean"), (column, "stddev", pc.VarianceOptions(ddof=1))]
-    grouped = table.group_by(["arm", "variant", "param.lead.weighting"]).aggregate(aggregations)
-    out = {
-        "arm": grouped["arm"],
-        "variant": grouped["variant"],
-        "weighting": grouped["param.lead.weighting"],
-        "seeds": grouped["arm_count"],
-    }
+    grouped = table.group_by(keys).aggregate(aggregations)
+    out = {key: grouped[key] for key in keys}
+    out["seeds"] = grouped["arm_count"]
     for name, column in FINAL.items():
         out[f"{name}_mean"] = grouped[f"{column}_mean"]
         out[f"{name}_std"] = grouped[f"{column}_stddev"]
     return pa.table(out).sort_by([("arm", "ascending"), ("variant", "ascending")])
 
 
-def psi_versus_best_static(summary: pa.Table) -> dict:
-    """The best static variant by mean AES, PSI's mean AES and the gap (None where one is missing)."""
-    rows = summary.to_pylist()
-    static = [r for r in rows if r["weighting"] == "static" and r["aes_mean"] is not None]
-    psi = [r for r in rows if r["weighting"] == "psi" and r["aes_mean"] is not None]
-    best = max(static, key=lambda r: r["aes_mean"]) if static else None
-    psi_best = max(psi, key=lambda r: r["aes_mean"]) if psi else None
-    gap = psi_best["aes_mean"] - best["aes_mean"] if best and psi_best else None
-    return {"best_static": best, "psi": psi_best, "psi_minus_best_static_aes": gap}
+def psi_versus_best_other(summary: pa.Table) -> dict:
+    """``best_other``: the best evaluated (arm, variant) not weighted by PSI, by mean AES (None if
+    there is none); ``psi``: every evaluated PSI (arm, variant), LEAD's own reward first, then by
+    mean AES, each with ``gap``, its mean AES minus the best other's (None without one)."""
+    rows = [r for r in summary.to_pylist() if r["aes_mean"] is not None]
+    others = [r for r in rows if r[M.TAG_WEIGHTING] != "psi"]
+    best = max(others, key=lambda r: r["aes_mean"]) if others else None
+    psi = sorted((r for r in rows if r[M.TAG_WEIGHTING] == "psi"), key=lambda r: (r[M.TAG_REWARD] != "lead", -r["aes_mean"]))
+    return {"best_other": best, "psi": [{**r, "gap": r["aes_mean"] - best["aes_mean"] if best else None} for r in psi]}
 
 
 def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
@@ -64,10 +65,8 @@ def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
 
 
 def weightings(runs: pa.Table) -> dict[str, str | None]:
-    """trial -> its ``lead.weighting`` (psi, static, schedule; None where the run has no such param)."""
-    column = "param.lead.weighting"
-    values = runs[column].to_pylist() if column in runs.column_names else [None] * runs.num_rows
-    return dict(zip(runs["trial"].to_pylist(), values))
+    """trial -> its weighting tag (psi, static, schedule; None where the run has no such tag)."""
+    return dict(zip(runs["trial"].to_pylist(), runs[M.TAG_WEIGHTING].to_pylist()))
 
 
 def moving_weight_trials(runs: pa.Table) -> set[str]:

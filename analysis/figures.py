@@ -30,12 +30,15 @@ def _labels(runs: pa.Table) -> dict[str, str]:
     }
 
 
+STATIC_W_CORR = "param.lead.weighting.w_corr"  # a static arm's weight, as the tracker flattens its config
+
+
 def _static_levels(runs: pa.Table) -> list[float]:
-    if "param.lead.w_corr" not in runs.column_names:
+    if STATIC_W_CORR not in runs.column_names:
         return []
     weighting = weightings(runs)
     return sorted(
-        {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs["param.lead.w_corr"].to_pylist())
+        {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs[STATIC_W_CORR].to_pylist())
          if weighting.get(trial) == "static" and w is not None}
     )
 
@@ -63,28 +66,28 @@ def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, legend_size: 
     return fig
 
 
+MARKERS = {"psi": "*", "static": "o", "schedule": "s"}  # by weighting; colour by length reward
+
+
 def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
-    fig = Figure(figsize=(6.4, 4.6))
+    """Every (arm, variant): colour by its length reward, marker by its weighting."""
+    fig = Figure(figsize=(7.6, 5.0))
     ax = fig.subplots()
     rows = [r for r in summary.to_pylist() if r["accuracy_mean"] is not None and r["length_mean"] is not None]
-    static = [r for r in rows if r["weighting"] == "static"]
-    cmap = matplotlib.colormaps["viridis"]
-    for i, r in enumerate(static):
-        ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
-                    fmt="o", color=cmap(i / max(len(static) - 1, 1)), capsize=3, label=f"static {r['variant']}")
+    rewards = sorted({str(r["reward"]) for r in rows})
+    cmap = matplotlib.colormaps["tab10"]
     for r in rows:
-        if r["weighting"] == "static":
-            continue
-        marker, color = ("*", "crimson") if r["weighting"] == "psi" else ("s", None)
+        marker = MARKERS.get(r["weighting"], "D")
+        label = r["arm"] if r["arm"] == r["variant"] else f"{r['arm']} {r['variant']}"
         ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
-                    fmt=marker, markersize=12 if marker == "*" else 7, color=color, capsize=3,
-                    label=r["variant"] if r["arm"] == r["variant"] else f"{r['arm']} {r['variant']}")
+                    fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(rewards.index(str(r["reward"])) % 10),
+                    capsize=3, label=f"{label} ({r['reward']}, {r['weighting']})")
     on_front = sorted((r for r in rows if (r["arm"], r["variant"]) in set(front)), key=lambda r: r["length_mean"])
     if len(on_front) > 1:
         ax.plot([r["length_mean"] for r in on_front], [r["accuracy_mean"] for r in on_front],
                 "--", color="grey", linewidth=1, label="Pareto front")
     return _finish(fig, ax, "final eval response length (tokens)", "final eval accuracy",
-                   "Accuracy against length (mean ± std over seeds)", legend_size=7)
+                   "Accuracy against length (mean ± std over seeds)", legend_size=6)
 
 
 def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:

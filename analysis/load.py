@@ -1,6 +1,7 @@
 """Load a study from MLflow into two pyarrow tables.
 
-- ``runs``: one row per trial (run id, trial, arm, variant, seed, status, every param as
+- ``runs``: one row per trial (run id, trial, arm, variant, seed, the method tags reward, weighting,
+  normalization and whiten, status, every param as
   ``param.<name>``, and for each ``eval/*`` metric its final and best value);
 - ``history``: the long metric history (run_id, trial, key, step, value);
 - ``problems``: every per-problem evaluation table the trials logged (run_id, trial, step,
@@ -30,6 +31,8 @@ import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+
+from trainers import metrics as M
 
 LOWER_IS_BETTER = ("eval/response_length", "eval/truncated_fraction")
 HISTORY_ARTIFACT = "history/metrics.parquet"  # one trial's whole history: key, step, value
@@ -258,6 +261,7 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         "arm": [r.data.tags.get("arm") for r in trials],
         "variant": [r.data.tags.get("variant") for r in trials],
         "seed": [int(r.data.tags.get("seed", -1)) for r in trials],
+        **{tag: [r.data.tags.get(tag) for r in trials] for tag in M.METHOD_TAGS},
         "status": [r.info.status for r in trials],
         "steps": [int(last_step.get(r.info.run_id, 0)) for r in trials],
     }

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures
 from analysis.compute import (
-    arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_static, weight_shape,
+    arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_other, weight_shape,
 )
 from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
 
@@ -116,32 +116,45 @@ def trial_status(data: StudyData) -> tuple[str, list[dict]]:
     return text, not_done
 
 
+def _arm_label(row: dict) -> str:
+    return row["arm"] if row["arm"] == row["variant"] else f"{row['arm']}/{row['variant']}"
+
+
 def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[str, pa.Table]]:
     """Every section of the report (figures saved under ``folder/figures``) and the derived tables."""
     summary = arm_summary(data.runs)
     front = pareto_front(summary)
-    versus = psi_versus_best_static(summary)
+    versus = psi_versus_best_other(summary)
     shapes = weight_shape(data.history, moving_weight_trials(data.runs))
     lstar = lstar_versus_minimal(data.problems, data.runs)
     status_text, not_done = trial_status(data)
 
     sections = [Section("Trials", status_text, table=not_done or None)]
-    best, psi, gap = versus["best_static"], versus["psi"], versus["psi_minus_best_static_aes"]
-    if best and psi:
+    best, psi_rows = versus["best_other"], versus["psi"]
+    if best and psi_rows:
+        psi, gap = psi_rows[0], psi_rows[0]["gap"]
         verdict = (
-            f"PSI ({psi['variant']}): AES {psi['aes_mean']:.4g}, accuracy {psi['accuracy_mean']:.4g}, "
-            f"length {psi['length_mean']:.4g}.\nBest static arm by AES ({best['variant']}): AES {best['aes_mean']:.4g}, "
-            f"accuracy {best['accuracy_mean']:.4g}, length {best['length_mean']:.4g}.\n"
-            f"PSI minus best static AES: {gap:+.4g} ({'PSI ahead' if gap > 0 else 'PSI behind' if gap < 0 else 'a tie'})."
+            f"PSI ({_arm_label(psi)}, reward {psi['reward']}): AES {psi['aes_mean']:.4g}, accuracy "
+            f"{psi['accuracy_mean']:.4g}, length {psi['length_mean']:.4g}.\nBest arm without PSI by AES "
+            f"({_arm_label(best)}, reward {best['reward']}, {best['weighting']} weights, {best['normalization']} "
+            f"normalization): AES {best['aes_mean']:.4g}, accuracy {best['accuracy_mean']:.4g}, length "
+            f"{best['length_mean']:.4g}.\nPSI minus best non-PSI AES: {gap:+.4g} "
+            f"({'PSI ahead' if gap > 0 else 'PSI behind' if gap < 0 else 'a tie'}; a difference of means over "
+            f"{psi['seeds']} and {best['seeds']} seed(s), without an interval)."
         )
     else:
-        verdict = "No comparison: the study has no evaluated PSI arm and static arm to set against each other."
-    sections.append(Section("PSI against the best static weights", verdict))
+        verdict = "No comparison: the study has no evaluated PSI arm and non-PSI arm to set against each other."
+    table = [
+        {"arm": r["arm"], "variant": r["variant"], "reward": r["reward"], "aes_mean": r["aes_mean"], "gap_to_best_other": r["gap"]}
+        for r in psi_rows
+    ]
+    sections.append(Section("PSI against the best arm without PSI", verdict, table=table if len(table) > 1 else None))
     sections.append(Section("Per arm, over seeds (final evaluation)", table=summary.to_pylist() or None))
     sections.append(Section(
         "Accuracy against length",
         "On the Pareto front (nothing else is both more accurate and shorter): "
-        + (", ".join(f"{arm}/{variant}" for arm, variant in front) or "none yet") + ".",
+        + (", ".join(f"{arm}/{variant}" for arm, variant in front) or "none yet") + ". Colour: the length "
+        "reward; marker: the weighting (star PSI, circle static, square schedule).",
         figure=_save(figures.pareto(summary, front), folder, "pareto.png"),
     ))
     sections.append(Section(

@@ -144,12 +144,15 @@ class MLflowTracker(tune.Callback):
         run_id = find_run(self.client, self.experiment_id, tags)
         if run_id is None:
             plan = self.plans[trial.config["trial"]]
+            config = apply_search(plan.config, trial.config.get("search", {}))
             run_id = self.client.create_run(
                 self.experiment_id,
                 run_name=str(trial),
-                tags={**tags, "study": self.study, "arm": plan.arm, "variant": plan.variant, "seed": str(plan.seed)},
+                tags={
+                    **tags, "study": self.study, "arm": plan.arm, "variant": plan.variant, "seed": str(plan.seed),
+                    **M.method_tags(config["lead"]),
+                },
             ).info.run_id
-            config = apply_search(plan.config, trial.config.get("search", {}))
             flat = flatten(config)
             for start in range(0, len(flat), 100):
                 chunk = list(flat.items())[start : start + 100]

@@ -1,29 +1,32 @@
-"""Per-arm statistics, PSI against the best static arm, and the Pareto frontier, worked by hand."""
+"""Per-arm statistics, PSI against the best arm without PSI, and the Pareto frontier, worked by hand."""
 
 import math
 
 import pyarrow as pa
 import pytest
 
-from analysis.compute import arm_summary, pareto_front, psi_versus_best_static
+from analysis.compute import arm_summary, pareto_front, psi_versus_best_other
 
 
 def runs_table():
     rows = [
-        # arm, variant, weighting, accuracy, length, aes
-        ("psi", "psi", "psi", 0.80, 50.0, 1.2),
-        ("psi", "psi", "psi", 0.90, 40.0, 1.6),
-        ("static", "ratio0", "static", 0.85, 60.0, 1.0),
-        ("static", "ratio0", "static", 0.75, 70.0, 0.6),
-        ("static", "ratio1", "static", 0.60, 30.0, 0.5),
-        ("grpo", "wc0.5", "static", 0.50, 80.0, -1.0),
+        # arm, variant, reward, weighting, normalization, accuracy, length, aes
+        ("psi", "psi", "lead", "psi", "decoupled", 0.80, 50.0, 1.2),
+        ("psi", "psi", "lead", "psi", "decoupled", 0.90, 40.0, 1.6),
+        ("static", "ratio0", "lead", "static", "decoupled", 0.85, 60.0, 1.0),
+        ("static", "ratio0", "lead", "static", "decoupled", 0.75, 70.0, 0.6),
+        ("static", "ratio1", "lead", "static", "decoupled", 0.60, 30.0, 0.5),
+        ("grpo", "wc0.5", "threshold", "static", "combined", 0.50, 80.0, -1.0),
+        ("psi-kimi", "psi", "kimi", "psi", "decoupled", 0.70, 40.0, 1.9),
     ]
-    arm, variant, weighting, acc, length, aes = zip(*rows)
+    arm, variant, reward, weighting, normalization, acc, length, aes = zip(*rows)
     return pa.table(
         {
             "arm": list(arm),
             "variant": list(variant),
-            "param.lead.weighting": list(weighting),
+            "reward": list(reward),
+            "weighting": list(weighting),
+            "normalization": list(normalization),
             "final/eval/accuracy": list(acc),
             "final/eval/response_length": list(length),
             "final/eval/aes": list(aes),
@@ -41,17 +44,24 @@ def test_arm_summary_means_and_sample_std_over_seeds():
     assert list(rows) == sorted(rows)
 
 
-def test_psi_against_the_best_static_arm():
-    result = psi_versus_best_static(arm_summary(runs_table()))
-    # static means: ratio0 0.8, ratio1 0.5, grpo -1.0 -> best ratio0; PSI mean 1.4 -> gap 0.6
-    assert (result["best_static"]["arm"], result["best_static"]["variant"]) == ("static", "ratio0")
-    assert result["psi_minus_best_static_aes"] == pytest.approx(0.6)
+def test_psi_against_the_best_arm_without_psi():
+    result = psi_versus_best_other(arm_summary(runs_table()))
+    # non-PSI means: ratio0 0.8, ratio1 0.5, grpo -1.0 -> best ratio0
+    assert (result["best_other"]["arm"], result["best_other"]["variant"]) == ("static", "ratio0")
+    # PSI arms, LEAD's reward first: psi 1.4 -> gap 0.6; psi-kimi 1.9 -> gap 1.1
+    assert [(r["arm"], r["reward"]) for r in result["psi"]] == [("psi", "lead"), ("psi-kimi", "kimi")]
+    assert [r["gap"] for r in result["psi"]] == pytest.approx([0.6, 1.1])
+
+
+def test_the_summary_keeps_each_arms_reward_and_normalization():
+    rows = {r["arm"]: r for r in arm_summary(runs_table()).to_pylist()}
+    assert (rows["grpo"]["reward"], rows["grpo"]["weighting"], rows["grpo"]["normalization"]) == ("threshold", "static", "combined")
 
 
 def test_pareto_front_keeps_only_undominated_arms():
-    # means: psi (0.85, 45), static ratio0 (0.80, 65), ratio1 (0.60, 30), grpo (0.50, 80)
-    # ratio0 and grpo are dominated by psi; ratio1 is the shortest
-    assert pareto_front(arm_summary(runs_table())) == [("psi", "psi"), ("static", "ratio1")]
+    # means: psi (0.85, 45), static ratio0 (0.80, 65), ratio1 (0.60, 30), grpo (0.50, 80), psi-kimi (0.70, 40)
+    # ratio0 and grpo are dominated by psi; ratio1 is the shortest; psi-kimi is shorter than psi, more accurate than ratio1
+    assert pareto_front(arm_summary(runs_table())) == [("psi", "psi"), ("psi-kimi", "psi"), ("static", "ratio1")]
 
 
 def test_weight_shape_finds_the_first_fall_and_the_settled_value():

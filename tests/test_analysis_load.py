@@ -22,12 +22,13 @@ def store(tmp_path):
     trials = {}
     for name, arm, aes_values in (("psi-s0", "psi", [0.2, 0.9, 0.7]), ("static-wc1-s0", "static", [0.1, float("nan"), 0.3])):
         run = client.create_run(
-            exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "variant": arm, "seed": "0"}
+            exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "variant": arm, "seed": "0",
+                                      "reward": "lead", "weighting": arm, "normalization": "decoupled", "whiten": "true"}
         ).info.run_id
         metrics = [Metric("train/accuracy", 0.1 * s, 0, s) for s in range(1, 31)]
         metrics += [Metric("eval/aes", v, 0, 10 * (i + 1)) for i, v in enumerate(aes_values)]
         metrics += [Metric("eval/response_length", 90 - 10 * i, 0, 10 * (i + 1)) for i in range(3)]
-        client.log_batch(run, metrics=metrics, params=[Param("lead.weighting", arm)])
+        client.log_batch(run, metrics=metrics, params=[Param("lead.weighting.kind", arm)])
         client.set_terminated(run)
         trials[name] = run
     client.create_experiment("empty", artifact_location=(tmp_path / "mlruns").as_uri())
@@ -44,7 +45,8 @@ def test_runs_and_history_tables(store, tmp_path):
     assert psi["final/eval/aes"] == pytest.approx(0.7) and psi["best/eval/aes"] == pytest.approx(0.9)
     assert static["best/eval/aes"] == pytest.approx(0.3)  # NaN is not a best value
     assert psi["best/eval/response_length"] == 70  # shorter is better
-    assert psi["param.lead.weighting"] == "psi"
+    assert (psi["reward"], psi["weighting"], psi["normalization"], psi["whiten"]) == ("lead", "psi", "decoupled", "true")
+    assert static["weighting"] == "static" and psi["param.lead.weighting.kind"] == "psi"
     assert data.history.num_rows == 2 * (30 + 3 + 3)
     nan_rows = [r for r in data.history.to_pylist() if r["trial"] == "static-wc1-s0" and r["key"] == "eval/aes"]
     assert [r["step"] for r in nan_rows] == [10, 20, 30] and math.isnan(nan_rows[1]["value"])

@@ -43,11 +43,11 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
 
     markdown = (out / "report.md").read_text()
     assert "7 of 7 planned trials have runs: 7 finished." in markdown
-    for heading in ("PSI against the best static weights", "Per arm, over seeds", "Accuracy against length",
+    for heading in ("PSI against the best arm without PSI", "Per arm, over seeds", "Accuracy against length",
                     "Where PSI's weights went", "Evaluation over training", "Target lengths over training",
                     "Target lengths per problem against the minimal length"):
         assert f"## {heading}" in markdown
-    assert re.search(r"\| psi \| psi \| psi \| 1 \|", markdown)
+    assert re.search(r"\| psi \| psi \| lead \| psi \| decoupled \| 1 \|", markdown)
     for figure in FIGURES:
         assert f"(figures/{figure})" in markdown
 
@@ -82,7 +82,7 @@ def test_the_notebook_runs_against_a_smoke_study(smoke_study):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 6  # five report figures and the custom one
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
-    assert "7 trials" in printed and "best static:" in printed
+    assert "7 trials" in printed and "best arm without PSI:" in printed
 
 
 def rest(url: str, endpoint: str, **params):
@@ -127,14 +127,14 @@ def partial_study(tmp_path):
     log_json(client, parent, "planned_trials.json", ["psi-s0", "static-wc0.5-s0", "psi-s1", "static-wc0.5-s1"])
     for name, arm, status, steps in (("psi-s0", "psi", "FINISHED", 4), ("static-wc0.5-s0", "static", "FAILED", 1),
                                      ("psi-s1", "psi", "RUNNING", 3)):
-        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm,
+        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "weighting": arm,
                                                           "variant": "psi" if arm == "psi" else "wc0.5", "seed": name[-1]}).info.run_id
         metrics = [Metric(k, v, 0, s) for s in range(1, steps + 1)
                    for k, v in (("train/accuracy", 0.1 * s), ("lead/w_corr", 1 - 0.1 * s), ("lead/target_w_corr", 0.5),
                                 ("lead/lstar_mean", 60 - s))]
         if steps >= 2:
             metrics += [Metric(k, v, 0, 2) for k, v in (("eval/accuracy", 0.5), ("eval/response_length", 40.0), ("eval/aes", 0.3))]
-        client.log_batch(run, metrics=metrics, params=[Param("lead.weighting", arm)])
+        client.log_batch(run, metrics=metrics, params=[Param("lead.weighting.kind", arm)])
         written = metrics if status != "RUNNING" else [m for m in metrics if m.step <= 2]
         write_history_artifact(client, run, [(m.key, m.step, m.value) for m in written], max(m.step for m in written))
         client.set_tag(run, LOGGED_STEP_TAG, str(steps))

@@ -42,3 +42,22 @@ STEP_METRICS = (
     PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
+
+
+# The MLflow tags naming a trial's method (written by study.tracking, read by analysis.load).
+TAG_REWARD = "reward"  # the length reward's name in trainers.rewards.LENGTH_REWARDS
+TAG_WEIGHTING = "weighting"  # psi | static | schedule
+TAG_NORMALIZATION = "normalization"  # decoupled (normalize-then-combine) | combined (combine-then-normalize)
+TAG_WHITEN = "whiten"  # true | false: token advantages whitened over the batch
+METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_NORMALIZATION, TAG_WHITEN)
+
+
+def method_tags(lead: dict) -> dict[str, str]:
+    """The method tags of a trial from its ``lead`` settings (``LeadConfig.model_dump()``)."""
+    weighting = lead["weighting"]
+    return {
+        TAG_REWARD: lead["length_reward"],
+        TAG_WEIGHTING: weighting["kind"],
+        TAG_NORMALIZATION: weighting["normalization"],
+        TAG_WHITEN: str(weighting["whiten"]).lower(),
+    }
