@@ -87,3 +87,51 @@ def test_kl_penalties():
     assert kl_penalty(logp, ref, "mse").tolist() == pytest.approx([0.125, 0.0])
     # k3: exp(-.5) - (-.5) - 1
     assert kl_penalty(logp, ref, "low_var_kl").tolist() == pytest.approx([math.exp(-0.5) - 0.5, 0.0])
+
+
+def test_token_advantages_are_whitened_over_tokens_or_left_as_they_are():
+    from trainers.grpo import token_advantages
+
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    raw = token_advantages(torch.tensor([2.0, -1.0]), mask, whiten=False)
+    assert raw.tolist() == [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]  # the release's GRPO: no whitening
+    # tokens 2, 2, -1: mean 1, unbiased var (1 + 1 + 4) / 2 = 3
+    z = 1 / math.sqrt(3 + 1e-8)
+    whitened = token_advantages(torch.tensor([2.0, -1.0]), mask, whiten=True)
+    assert whitened.flatten().tolist() == pytest.approx([z, z, 0.0, -2 * z, 0.0, 0.0])
+
+
+def test_an_upper_clip_of_its_own():
+    from trainers.grpo import clipped_objective
+
+    ratio, adv = torch.tensor([1.25, 0.7]), torch.tensor([1.0, -1.0])
+    # symmetric 0.2: 1.25 -> 1.2 (positive advantage: min(1.25, 1.2) wins); 0.7 -> 0.8 for a negative advantage
+    pg, clipped = clipped_objective(ratio, adv, 0.2, None)
+    assert pg.tolist() == pytest.approx([-1.2, 0.8]) and clipped.tolist() == [True, True]
+    # clip-higher 0.28: 1.25 stays inside 1.28
+    pg, clipped = clipped_objective(ratio, adv, 0.2, 0.28)
+    assert pg.tolist() == pytest.approx([-1.25, 0.8]) and clipped.tolist() == [False, True]
+
+
+def test_a_shrinking_budget_where_a_cut_off_response_counts_as_wrong(tiny_model_dir, cache_dir, tmp_path):
+    """ThinkPrune: the budget follows its schedule, every truncated rollout scores 0, evaluation
+    uses the largest budget; here under the release's GRPO (threshold reward, combine-then-normalize,
+    no whitening, clip-higher)."""
+    config = tiny_config(
+        cache_dir,
+        rollout={"max_new_tokens": [[0, 48], [2, 12]]},
+        task={"truncated_is_wrong": True},
+        train={"clip_ratio_high": 0.28},
+        lead={
+            "length_reward": "threshold", "length_params": {"threshold": 20},
+            "weighting": {"kind": "static", "w_corr": 0.5, "normalization": "combined", "whiten": False},
+        },
+    )
+    assert config.lead.bmax == 48 and config.eval_sampling.max_new_tokens == 48
+    reports, _ = run(config, tmp_path)
+    assert [r.metrics[M.TRAIN_BUDGET] for r in reports] == [48.0, 48.0, 12.0, 12.0]
+    for r in reports:
+        assert r.metrics[M.TRAIN_RESPONSE_LENGTH] <= r.metrics[M.TRAIN_BUDGET]
+        assert r.metrics[M.TRAIN_ACCURACY] <= 1 - r.metrics[M.TRAIN_TRUNCATED_FRACTION] + 1e-12
+    assert reports[-1].metrics[M.TRAIN_TRUNCATED_FRACTION] > 0  # 12 tokens cut the tiny model's traces
+    assert all(r.metrics[M.lead("w_corr")] == 0.5 for r in reports)

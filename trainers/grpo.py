@@ -104,6 +104,22 @@ def token_logprobs(model, input_ids: torch.Tensor, temperature: float) -> tuple[
     return logp, entropy
 
 
+def token_advantages(advantages: torch.Tensor, mask: torch.Tensor, whiten: bool) -> torch.Tensor:
+    """Each rollout's advantage on each of its response tokens, shape of ``mask`` (0 elsewhere);
+    whitened over every response token of the batch when ``whiten`` (``masked_whiten``)."""
+    token_adv = advantages.float()[:, None].expand_as(mask)
+    return masked_whiten(token_adv, mask) if whiten else token_adv * mask
+
+
+def clipped_objective(
+    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped loss per token, ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` (``clip_high``
+    None: ``clip_low``, a symmetric clip), and where the clip bound the ratio."""
+    clipped = ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
+    return torch.maximum(-adv * ratio, -adv * clipped), ratio != clipped
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token KL estimate to the reference: ``mse`` = 0.5 (logp - ref)^2;
     ``low_var_kl`` = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10] (k3 estimator)."""
@@ -260,8 +276,7 @@ def train(
         state = out.state
         # 4. token advantages, whitened over every response token of the batch (unless told not to)
         input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
-        token_adv = out.advantages.float()[:, None].expand_as(mask)
-        token_adv = masked_whiten(token_adv, mask) if config.lead.weighting.whiten else token_adv * mask
+        token_adv = token_advantages(out.advantages, mask, config.lead.weighting.whiten)
         # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
         losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
 
@@ -356,9 +371,7 @@ def policy_update(model, reference, optimizer, input_ids, mask, token_adv, confi
                 logp, entropy = token_logprobs(model, input_ids[idx, :w], temperature)
                 old = logp.detach() if old_logp is None else old_logp[idx, : w - 1]
                 ratio = torch.exp(logp - old)
-                adv = token_adv[idx, : w - 1]
-                clipped = ratio.clamp(1 - opt.clip_ratio, 1 + (opt.clip_ratio_high or opt.clip_ratio))
-                pg = torch.maximum(-adv * ratio, -adv * clipped)
+                pg, clipped = clipped_objective(ratio, token_adv[idx, : w - 1], opt.clip_ratio, opt.clip_ratio_high)
                 if ref_logp is not None:
                     kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type)
                 else:
@@ -369,7 +382,7 @@ def policy_update(model, reference, optimizer, input_ids, mask, token_adv, confi
                     sums["policy"] += float((pg * m).sum() / mb_tokens)
                     sums["kl"] += float((kl * m).sum() / mb_tokens)
                     sums["entropy"] += float((entropy * m).sum() / mb_tokens)
-                    sums["clip"] += float(((ratio != clipped).float() * m).sum() / mb_tokens)
+                    sums["clip"] += float((clipped.float() * m).sum() / mb_tokens)
             sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip))
             optimizer.step()
             updates += 1
