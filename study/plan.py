@@ -36,10 +36,10 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 
 def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | None = None) -> list[TrialPlan]:
     """One trial per (arm, weight variant, seed). ``fixed`` is merged last (e.g. the model path)."""
-    shared = spec.shared_settings(smoke)
+    last = spec.last_settings(smoke)
     trials = []
     for arm in spec.arms:
-        variants = arm.settings(shared)
+        variants = arm.settings(spec.base, last)
         for variant, settings in variants:
             for seed in spec.seeds:
                 settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_error, load_validated
+from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_error, load_validated
 from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
 from trainers.rewards import LENGTH_REWARDS
 
@@ -145,15 +145,17 @@ class Arm(_Strict):
     weighting: ArmWeighting
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings for this arm only")
 
-    def settings(self, shared: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def settings(self, shared: dict[str, Any], last: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """(variant, trainer settings) for each weight variant: the shared settings, then the arm's
-        length reward, then its weighting (replacing any other), then its overrides."""
+        length reward, then its weighting (replacing any other), then its overrides, then ``last``
+        (a smoke test's settings, which win over the arm's)."""
         settings = deep_merge(shared, {"lead": self.reward.lead_settings()})
-        steps = deep_merge(settings, self.overrides).get("train", {}).get("steps", OptimConfig().steps)
-        return [
-            (variant, deep_merge({**settings, "lead": {**settings["lead"], "weighting": weighting.model_dump()}}, self.overrides))
-            for variant, weighting in self.weighting.variants(steps)
-        ]
+        steps = deep_merge(deep_merge(settings, self.overrides), last or {}).get("train", {}).get("steps", OptimConfig().steps)
+        out = []
+        for variant, weighting in self.weighting.variants(steps):
+            lead = {**settings["lead"], "weighting": weighting.model_dump()}
+            out.append((variant, deep_merge(deep_merge({**settings, "lead": lead}, self.overrides), last or {})))
+        return out
 
 
 class Uniform(_Strict):
@@ -205,7 +207,9 @@ class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every trial")
-    smoke: dict[str, Any] = Field(default_factory=dict, description="extra settings applied by --smoke-test")
+    smoke: dict[str, Any] = Field(
+        default_factory=dict, description="extra settings applied by --smoke-test, over every arm's own"
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     arms: list[Arm] = Field(min_length=1)
     search: Search = Search()
@@ -213,11 +217,10 @@ class StudySpec(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
 
-    def shared_settings(self, smoke: bool) -> dict[str, Any]:
-        """The trainer settings every trial shares: the base, then (smoke) the smoke shrink and settings."""
-        if not smoke:
-            return self.base
-        return deep_merge(TrainConfig.model_validate(self.base).smoke().model_dump(mode="json"), self.smoke)
+    def last_settings(self, smoke: bool) -> dict[str, Any]:
+        """What is merged over every trial's settings last: under --smoke-test, the smoke shrink
+        (``SMOKE_SETTINGS``) and then the spec's ``smoke`` settings; otherwise nothing."""
+        return deep_merge(SMOKE_SETTINGS, self.smoke) if smoke else {}
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -238,14 +241,14 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
     """Every arm's trainer settings, normal and smoke, must form valid TrainConfigs (errors name the
     arm); the search space must name settings that exist."""
     for where, smoke in (("base", False), ("smoke", True)):
+        last = spec.last_settings(smoke)
         try:
-            shared = spec.shared_settings(smoke)
-            TrainConfig.model_validate(shared)
+            TrainConfig.model_validate(deep_merge(spec.base, last))
         except ValidationError as exc:
             raise ConfigError(f"{path}: {format_error(exc, prefix=where)}") from None
         for i, arm in enumerate(spec.arms):
             try:
-                for _, settings in arm.settings(shared):
+                for _, settings in arm.settings(spec.base, last):
                     TrainConfig.model_validate(settings)
             except ValidationError as exc:
                 raise ConfigError(f"{path}: {format_error(exc, prefix=f'arms[{i}]')}") from None

@@ -93,15 +93,54 @@ def history_artifact_matches(client, run) -> bool:
         ("lstar_mode_ablation", "lstar_mode_ablation-smoke", 3),
         ("schedule_vs_psi", "schedule_vs_psi-smoke", 4),
         ("psi_tuning_optuna", "psi_tuning_optuna-smoke", 8),
+        ("length_rewards", "length_rewards-smoke", 14),
     ],
 )
 def test_every_shipped_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path, spec, experiment, trials):
     assert main(study_args(ROOT / f"search_spaces/{spec}.yaml", tmp_path, "--smoke-test")) == 0
     client, parents, children = child_runs(tmp_path, experiment)
     assert len(parents) == 1 and len(children) == trials
+    assert all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs" / experiment / "report" / "report.md").is_file()
     if spec == "psi_tuning_optuna":  # Optuna sampled distinct PSI settings
-        assert len({r.data.params["lead.lambda_min"] for r in children}) == trials
+        assert len({r.data.params["lead.weighting.lambda_min"] for r in children}) == trials
+    if spec == "length_rewards":
+        check_method_tags(children)
+        report = (tmp_path / "runs" / experiment / "report" / "report.md").read_text()
+        assert "Best arm without PSI by AES" in report or "No comparison" in report
+
+
+def check_method_tags(children):
+    """Each trial's run names its method in tags: the arm's reward, weighting, normalization, whitening."""
+    tags = {r.data.tags["arm"]: tuple(r.data.tags[t] for t in ("reward", "weighting", "normalization", "whiten"))
+            for r in children}
+    assert tags["psi"] == ("lead", "psi", "decoupled", "true")
+    assert tags["kimi"] == ("kimi", "static", "combined", "false")
+    assert tags["psi-kimi"] == ("kimi", "psi", "decoupled", "true")
+    assert tags["grpo-threshold"] == ("threshold", "static", "combined", "false")
+    assert tags["thinkprune"] == ("lead", "static", "combined", "false")
+
+
+def test_the_paper_scale_comparison_runs_in_smoke_mode_on_a_tiny_chat_model(ray_cluster, study_cache, tmp_path, monkeypatch):
+    """search_spaces/paper_table2_r1_1p5b.yaml end to end on CPU: its smoke settings shrink the
+    budgets over every arm's own (the ThinkPrune schedule included); a tiny chat model stands in for R1."""
+    from tests.test_math_task import FIXTURE, verl_parquet
+    from trainers.models.tiny_chat import build_tiny_chat_model
+
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    (tmp_path / "data" / "math").mkdir(parents=True)
+    for name in ("train", "test"):
+        verl_parquet(tmp_path / "data" / "math" / f"{name}.parquet", rows)
+    monkeypatch.setenv("LEAD_MODEL_PATH", str(build_tiny_chat_model(tmp_path / "chat", [FIXTURE])))
+    monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
+    assert main(quiet_args(ROOT / "search_spaces/paper_table2_r1_1p5b.yaml", tmp_path, "--smoke-test")) == 0
+    client, parents, children = child_runs(tmp_path, "paper_table2_r1_1p5b-smoke")
+    assert len(children) == 21 and all(r.info.status == "FINISHED" for r in children)
+    check_method_tags(children)
+    params = {r.data.tags["arm"]: r.data.params for r in children}
+    assert (params["psi"]["train.lr"], params["psi"]["train.clip_ratio_high"]) == ("2e-06", "0.2")
+    assert (params["kimi"]["train.lr"], params["kimi"]["train.clip_ratio_high"]) == ("1e-06", "0.28")
+    assert params["thinkprune"]["rollout.max_new_tokens"] == "24"  # the smoke budget wins over the schedule
 
 
 def small_spec(tmp_path, cache_dir, **changes):

@@ -172,18 +172,17 @@ class TrainConfig(_Strict):
         return SamplingParams(self.eval.temperature, self.eval.top_p, budget)
 
     def smoke(self) -> "TrainConfig":
-        """The same run, shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems."""
-        return self.model_validate(
-            deep_merge(
-                self.model_dump(),
-                {
-                    "train": {"steps": 2, "prompts_per_step": 2, "mini_batch_size": 4, "micro_batch_size": 4},
-                    "rollout": {"n": 2},
-                    "eval": {"every": 2, "n_samples": 1, "num_problems": 16},
-                    "checkpoint": {"every": 1},
-                },
-            )
-        )
+        """The same run, shrunk to a quick check (``SMOKE_SETTINGS``)."""
+        return self.model_validate(deep_merge(self.model_dump(), SMOKE_SETTINGS))
+
+
+# A run shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems.
+SMOKE_SETTINGS = {
+    "train": {"steps": 2, "prompts_per_step": 2, "mini_batch_size": 4, "micro_batch_size": 4},
+    "rollout": {"n": 2},
+    "eval": {"every": 2, "n_samples": 1, "num_problems": 16},
+    "checkpoint": {"every": 1},
+}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

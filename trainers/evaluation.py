@@ -17,7 +17,6 @@ import torch
 from trainers.lead import LeadConfig
 from trainers.rewards import target_lengths
 from trainers.segments import Groups
-from trainers.tasks import grade_rollouts
 from trainers.rollout.base import RolloutEngine, SamplingParams
 
 
@@ -89,7 +88,7 @@ def evaluate(
         prompts = [task.prompt_ids(problem, tokenizer) for problem in chunk]
         rollouts = engine.generate(prompts, n_samples, sampling, seed=seed + start)
         texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-        scores += grade_rollouts(task, texts, [problem for problem in chunk for _ in range(n_samples)], rollouts.truncated)
+        scores += task.grade(texts, [problem for problem in chunk for _ in range(n_samples)])
         lengths.append(rollouts.lengths.cpu())
         truncated.append(rollouts.truncated.cpu())
         for text in texts:

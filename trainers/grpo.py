@@ -33,7 +33,7 @@ from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
 from trainers.rollout.hf import HFRolloutEngine
-from trainers.tasks import build_task, grade_rollouts
+from trainers.tasks import build_task, grade_rollouts, task_identity
 
 CHECKPOINT_FILE = "trainer_state.pt"
 TARGET_FIELDS = {"aggregator", "floor", "bmax"}  # the LEAD settings an evaluation depends on (its lstar column)
@@ -190,7 +190,7 @@ class Evaluator:
     def cache_key(self) -> dict:
         """What a result depends on besides the weights."""
         return {
-            "task": self.config.task.model_dump(mode="json"),
+            "task": task_identity(self.config.task),
             "problems": len(self.problems),
             "sampling": self.sampling,
             "n_samples": self.config.eval.n_samples,

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from trainers.tasks import task_identity
 from trainers.tasks.synthetic import VOCAB, SyntheticTaskConfig, sample_problem, verbose_response
 
 BUILD_FORMAT = 1  # bump when the build procedure changes, so old caches are not reused
@@ -65,7 +66,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def settings_hash(task: SyntheticTaskConfig, model: TinyModelConfig) -> str:
     payload = json.dumps(
-        {"format": BUILD_FORMAT, "task": task.model_dump(), "model": model.model_dump()}, sort_keys=True
+        {"format": BUILD_FORMAT, "task": task_identity(task), "model": model.model_dump()}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -168,7 +169,7 @@ def train_base_model(task: SyntheticTaskConfig, config: TinyModelConfig, out_dir
         "sft_response_tokens_per_second": round(tokens / seconds),
         "final_loss_ema": round(loss_ema, 4),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "task": task.model_dump(),
+        "task": task_identity(task),
         "model": config.model_dump(),
     }
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=2))

@@ -17,9 +17,19 @@ def build_task(config):
     return SyntheticTask(config)
 
 
+TRAINING_ONLY = {"truncated_is_wrong"}  # task settings that shape the training reward only
+
+
+def task_identity(config) -> dict:
+    """A task config's settings that decide its problems and grading (what base models and base
+    evaluations are cached under): all of them but the training-reward ones, ``TRAINING_ONLY``."""
+    return config.model_dump(mode="json", exclude=TRAINING_ONLY)
+
+
 def grade_rollouts(task, texts: list[str], problems: list, truncated) -> list[float]:
-    """``task.grade`` of each response against its problem; with ``task.truncated_is_wrong`` a
-    response the budget cut off (``truncated``, one bool per response) scores 0."""
+    """The training reward's grades: ``task.grade`` of each response against its problem, and with
+    ``task.truncated_is_wrong`` a response the budget cut off (``truncated``, one bool per response)
+    scores 0. Evaluation grades with ``task.grade`` alone, the same for every arm of a study."""
     scores = task.grade(texts, problems)
     if task.config.truncated_is_wrong:
         scores = [0.0 if cut else score for score, cut in zip(scores, truncated.tolist())]
