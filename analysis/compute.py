@@ -25,7 +25,7 @@ FINAL = {"accuracy": "final/eval/accuracy", "length": "final/eval/response_lengt
 
 def arm_summary(runs: pa.Table) -> pa.Table:
     """One row per (arm, variant): its reward, weighting and normalization, ``seeds`` and
-    ``<metric>_mean`` / ``<metric>_std``, sorted by arm."""
+    ``<metric>_mean`` / ``<metric>_std``, grouped by (reward, weighting), then sorted by arm."""
     keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_NORMALIZATION]
     table = runs.select([c for c in [*keys, *FINAL.values()] if c in runs.column_names])
     aggregations = [("arm", "count")]
@@ -37,7 +37,8 @@ def arm_summary(runs: pa.Table) -> pa.Table:
     for name, column in FINAL.items():
         out[f"{name}_mean"] = grouped[f"{column}_mean"]
         out[f"{name}_std"] = grouped[f"{column}_stddev"]
-    return pa.table(out).sort_by([("arm", "ascending"), ("variant", "ascending")])
+    order = [M.TAG_REWARD, M.TAG_WEIGHTING, "arm", "variant"]  # arms grouped by (reward, weighting)
+    return pa.table(out).sort_by([(key, "ascending") for key in order])
 
 
 def psi_versus_best_other(summary: pa.Table) -> dict:

@@ -44,7 +44,7 @@ def main() -> None:
     minimal = pc.mean(table["minimal_length"]).as_py()
     print(
         f"{len(problems)} eval problems, T={config.eval.temperature} top-p={config.eval.top_p}, budget "
-        f"{config.rollout.max_new_tokens}: pass@1 {result.accuracy:.3f}, mean length {result.response_length:.1f} "
+        f"{config.rollout.max_budget}: pass@1 {result.accuracy:.3f}, mean length {result.response_length:.1f} "
         f"({result.response_length / minimal:.2f}x the minimal {minimal:.1f}), truncated {result.truncated_fraction:.3f} "
         f"[{seconds:.1f} s]"
     )

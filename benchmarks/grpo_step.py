@@ -77,7 +77,7 @@ def time_trl(config, steps: int) -> float:
             per_device_train_batch_size=micro,
             gradient_accumulation_steps=config.train.prompts_per_step * n // micro,
             num_generations=n,
-            max_completion_length=config.rollout.max_new_tokens,
+            max_completion_length=config.rollout.max_budget,
             temperature=config.rollout.temperature,
             learning_rate=config.train.lr,
             beta=config.train.kl_coef,
@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_train_config(args.config)
     ours = time_lead_study(config, args.steps)
-    shape = f"{config.train.prompts_per_step} prompts x {config.rollout.n} rollouts, budget {config.rollout.max_new_tokens}"
+    shape = f"{config.train.prompts_per_step} prompts x {config.rollout.n} rollouts, budget {config.rollout.max_budget}"
     print(f"lead-study GRPO step ({shape}), median over {args.steps - 3} steps on CPU:")
     print(f"  step seconds          {ours['step_seconds']:.2f}")
     print(f"  rollout seconds       {ours['rollout_seconds']:.2f}")

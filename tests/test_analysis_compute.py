@@ -41,7 +41,8 @@ def test_arm_summary_means_and_sample_std_over_seeds():
     assert psi["accuracy_mean"] == pytest.approx(0.85) and psi["length_mean"] == pytest.approx(45.0)
     assert psi["aes_std"] == pytest.approx(math.sqrt(2 * 0.2**2))  # values 1.2, 1.6: sample std = 0.2828
     assert rows[("static", "ratio1")]["aes_std"] is None  # one seed: no spread
-    assert list(rows) == sorted(rows)
+    # grouped by (reward, weighting): kimi/psi, lead/psi, lead/static, threshold/static
+    assert list(rows) == [("psi-kimi", "psi"), ("psi", "psi"), ("static", "ratio0"), ("static", "ratio1"), ("grpo", "wc0.5")]
 
 
 def test_psi_against_the_best_arm_without_psi():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pydantic import Field
 
 from benchmarks.lead_step import BENCH_PARAMS, LOOP_REWARDS, loop_lead_step, make_batch
+from tests.test_lead_properties import batches
 from trainers.lead import LeadConfig, LeadState, PsiWeighting, StaticWeighting, lead_step
 from trainers.rewards import LENGTH_REWARDS, RewardBatch, register_length_reward
 
@@ -188,18 +189,6 @@ def test_lead_step_over_each_reward_agrees_with_the_loop(name, weighting):
 
 
 # --------------------------------------------------------------------------- properties
-
-
-@st.composite
-def batches(draw):
-    """1..6 groups of 1..8 rollouts, arbitrary int64 labels, mixed scores and lengths 0..400."""
-    sizes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=6))
-    labels = draw(st.lists(st.integers(-(2**40), 2**40), min_size=len(sizes), max_size=len(sizes), unique=True))
-    n = sum(sizes)
-    lengths = draw(st.lists(st.integers(0, 400), min_size=n, max_size=n))
-    scores = draw(st.lists(st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]), min_size=n, max_size=n))
-    group_ids = [label for label, size in zip(labels, sizes) for _ in range(size)]
-    return T(lengths, dtype=torch.float64), T(scores, dtype=torch.float64), T(group_ids, dtype=torch.int64)
 
 
 @settings(max_examples=80, deadline=None)
