@@ -135,3 +135,23 @@ def test_a_shrinking_budget_where_a_cut_off_response_counts_as_wrong(tiny_model_
         assert r.metrics[M.TRAIN_ACCURACY] <= 1 - r.metrics[M.TRAIN_TRUNCATED_FRACTION] + 1e-12
     assert reports[-1].metrics[M.TRAIN_TRUNCATED_FRACTION] > 0  # 12 tokens cut the tiny model's traces
     assert all(r.metrics[M.lead("w_corr")] == 0.5 for r in reports)
+
+
+def test_resume_never_runs_a_pickle_planted_in_the_checkpoint(tiny_model_dir, cache_dir, tmp_path):
+    """Checkpoints load with ``weights_only=True``: a checkpoint file that would run code when
+    unpickled (a shared output dir is writable by others) is refused, and the code does not run."""
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    planted = tmp_path / "checkpoints" / "step_000002"
+    planted.mkdir(parents=True)
+    (planted / "trainer_state.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(pickle.UnpicklingError):
+        run(tiny_config(cache_dir), tmp_path / "out", resume_from=planted)
+    assert not marker.exists()

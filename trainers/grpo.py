@@ -245,7 +245,7 @@ def train(
 
     state, start = LeadState(), 0
     if resume_from is not None:
-        saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = LeadState.from_state_dict(saved["lead_state"])
