@@ -43,12 +43,13 @@ def arm_summary(runs: pa.Table) -> pa.Table:
 
 def psi_versus_best_other(summary: pa.Table) -> dict:
     """``best_other``: the best evaluated (arm, variant) not weighted by PSI, by mean AES (None if
-    there is none); ``psi``: every evaluated PSI (arm, variant), LEAD's own reward first, then by
-    mean AES, each with ``gap``, its mean AES minus the best other's (None without one)."""
+    there is none); ``psi``: every evaluated PSI (arm, variant), best mean AES first (so the two
+    sides are compared alike, best against best), each with ``gap``, its mean AES minus the best
+    other's (None without one)."""
     rows = [r for r in summary.to_pylist() if r["aes_mean"] is not None]
     others = [r for r in rows if r[M.TAG_WEIGHTING] != "psi"]
     best = max(others, key=lambda r: r["aes_mean"]) if others else None
-    psi = sorted((r for r in rows if r[M.TAG_WEIGHTING] == "psi"), key=lambda r: (r[M.TAG_REWARD] != "lead", -r["aes_mean"]))
+    psi = sorted((r for r in rows if r[M.TAG_WEIGHTING] == "psi"), key=lambda r: -r["aes_mean"])
     return {"best_other": best, "psi": [{**r, "gap": r["aes_mean"] - best["aes_mean"] if best else None} for r in psi]}
 
 

@@ -134,11 +134,11 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
     if best and psi_rows:
         psi, gap = psi_rows[0], psi_rows[0]["gap"]
         verdict = (
-            f"PSI ({_arm_label(psi)}, reward {psi['reward']}): AES {psi['aes_mean']:.4g}, accuracy "
+            f"Best PSI arm by AES ({_arm_label(psi)}, reward {psi['reward']}): AES {psi['aes_mean']:.4g}, accuracy "
             f"{psi['accuracy_mean']:.4g}, length {psi['length_mean']:.4g}.\nBest arm without PSI by AES "
             f"({_arm_label(best)}, reward {best['reward']}, {best['weighting']} weights, {best['normalization']} "
             f"normalization): AES {best['aes_mean']:.4g}, accuracy {best['accuracy_mean']:.4g}, length "
-            f"{best['length_mean']:.4g}.\nPSI minus best non-PSI AES: {gap:+.4g} "
+            f"{best['length_mean']:.4g}.\nBest PSI minus best non-PSI AES: {gap:+.4g} "
             f"({'PSI ahead' if gap > 0 else 'PSI behind' if gap < 0 else 'a tie'}; a difference of means over "
             f"{psi['seeds']} and {best['seeds']} seed(s), without an interval)."
         )

@@ -145,6 +145,19 @@ def trial_resources(spec: StudySpec):
     return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
 
 
+def check_trial_fits(spec: StudySpec) -> None:
+    """A trial that asks for more than the whole Ray cluster has would wait forever: say so now."""
+    import ray
+
+    bundles = spec.resources.bundles or [{"CPU": spec.resources.cpus, "GPU": spec.resources.gpus}]
+    asked = {kind: sum(b.get(kind, 0.0) for b in bundles) for kind in ("CPU", "GPU")}
+    have = ray.cluster_resources()
+    short = [f"{asked[k]:g} {k}s (the cluster has {have.get(k, 0.0):g})" for k in asked if asked[k] > have.get(k, 0.0)]
+    if short:
+        hint = " (smoke_resources: sets what a --smoke-test trial asks for)" if spec.smoke_resources is None else ""
+        raise UsageError(f"resources: a trial asks for {' and '.join(short)}; it could never start{hint}")
+
+
 def trainable(spec: StudySpec, plans: list[TrialPlan]):
     """The trial function with its resources; the plans travel once, through Ray's object store."""
     from ray import tune
@@ -253,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         with files_unchecked() if args.dry_run else contextlib.nullcontext([]) as unchecked:
             spec = load_spec(args.spec)
             plans = plan_trials(spec, smoke=args.smoke_test)
+            spec = spec.for_smoke() if args.smoke_test else spec
         if args.dry_run:
             for plan in plans:
                 print(f"{plan.name}: {plan.config}")
@@ -273,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not Tuner.can_restore(str(experiment_dir)):
             raise UsageError(f"--resume: no restorable study at {experiment_dir}")
         connect_ray(args.address, num_cpus=os.cpu_count() or 1)
+        check_trial_fits(spec)
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

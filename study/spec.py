@@ -215,7 +215,17 @@ class StudySpec(_Strict):
     search: Search = Search()
     resources: Resources = Resources()
     max_concurrent_trials: int | None = Field(None, ge=1)
+    smoke_resources: Resources | None = Field(
+        None, description="under --smoke-test: the resources per trial instead (and no max_concurrent_trials), "
+        "so a GPU study's smoke test runs on a CPU machine",
+    )
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
+
+    def for_smoke(self) -> "StudySpec":
+        """This spec as --smoke-test runs it: ``smoke_resources`` (if given) replace the resources."""
+        if self.smoke_resources is None:
+            return self
+        return self.model_copy(update={"resources": self.smoke_resources, "max_concurrent_trials": None})
 
     def last_settings(self, smoke: bool) -> dict[str, Any]:
         """What is merged over every trial's settings last: under --smoke-test, the smoke shrink

@@ -49,9 +49,9 @@ def test_psi_against_the_best_arm_without_psi():
     result = psi_versus_best_other(arm_summary(runs_table()))
     # non-PSI means: ratio0 0.8, ratio1 0.5, grpo -1.0 -> best ratio0
     assert (result["best_other"]["arm"], result["best_other"]["variant"]) == ("static", "ratio0")
-    # PSI arms, LEAD's reward first: psi 1.4 -> gap 0.6; psi-kimi 1.9 -> gap 1.1
-    assert [(r["arm"], r["reward"]) for r in result["psi"]] == [("psi", "lead"), ("psi-kimi", "kimi")]
-    assert [r["gap"] for r in result["psi"]] == pytest.approx([0.6, 1.1])
+    # PSI arms, best first: psi-kimi 1.9 -> gap 1.1; psi 1.4 -> gap 0.6
+    assert [(r["arm"], r["reward"]) for r in result["psi"]] == [("psi-kimi", "kimi"), ("psi", "lead")]
+    assert [r["gap"] for r in result["psi"]] == pytest.approx([1.1, 0.6])
 
 
 def test_the_summary_keeps_each_arms_reward_and_normalization():

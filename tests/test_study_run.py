@@ -61,7 +61,8 @@ def test_default_study_smoke_test_end_to_end_in_mlflow(smoke_study):
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
         assert steps_of(client, run) == [1, 2] and steps_of(client, run, "eval/aes") == [2]
-        assert run.data.params["lead.weighting"] in ("psi", "static")
+        assert run.data.tags["weighting"] in ("psi", "static")
+        assert run.data.params["lead.weighting.kind"] == run.data.tags["weighting"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval_problems")}
         assert artifacts == {"eval_problems/step_000002.parquet"}
         assert history_artifact_matches(client, run)
@@ -266,3 +267,12 @@ def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, r
         ids = devices.split(",")
         assert len(ids) == ids_per_trial and set(ids) <= {"0", "1", "2", "3"}, (trial, devices)
     assert len(set(report["seen"].values())) <= max_distinct  # fractional trials are packed onto shared GPUs
+
+
+def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_starts(ray_cluster, cache_dir, tmp_path, capsys):
+    """A GPU spec on a CPU cluster would leave every trial pending forever: one line, exit 2."""
+    spec = small_spec(tmp_path, cache_dir, resources={"cpus": 1, "gpus": 1})
+    assert main(quiet_args(spec, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: resources: a trial asks for 1 GPUs (the cluster has 0)") and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "fault").exists()
