@@ -213,6 +213,7 @@ def build_tuner(spec: StudySpec, study_name: str, plans: list[TrialPlan], storag
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
+            reuse_actors=True,  # a trial after the first in a worker skips its start-up (imports, process)
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),

@@ -14,6 +14,7 @@ one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -216,7 +217,8 @@ def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Pa
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
     engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, build_task(config.task)))
+    with contextlib.closing(build_task(config.task)) as task:
+        return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, task))
 
 
 def train(
@@ -229,99 +231,99 @@ def train(
     """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval)."""
     output_dir = Path(output_dir)
     torch.manual_seed(config.seed)
-    task = build_task(config.task)
-    model_path = base_model_path(config, log=log)
-    model, tokenizer = load_model(model_path, config)
-    device = next(model.parameters()).device
-    reference = None
-    if config.train.kl_coef > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    evaluator = Evaluator(config, engine, tokenizer, task)
-    base = base_evaluation(model_path, evaluator)
-    base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
-    log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
+    with contextlib.closing(build_task(config.task)) as task:  # a reused worker (Tune reuse_actors) keeps none of it
+        model_path = base_model_path(config, log=log)
+        model, tokenizer = load_model(model_path, config)
+        device = next(model.parameters()).device
+        reference = None
+        if config.train.kl_coef > 0:
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+        evaluator = Evaluator(config, engine, tokenizer, task)
+        base = base_evaluation(model_path, evaluator)
+        base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
+        log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
 
-    state, start = LeadState(), 0
-    if resume_from is not None:
-        saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = LeadState.from_state_dict(saved["lead_state"])
-        torch.set_rng_state(saved["torch_rng"])
-        start = saved["step"]
-        log(f"resumed from {resume_from} at step {start}")
+        state, start = LeadState(), 0
+        if resume_from is not None:
+            saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = LeadState.from_state_dict(saved["lead_state"])
+            torch.set_rng_state(saved["torch_rng"])
+            start = saved["step"]
+            log(f"resumed from {resume_from} at step {start}")
 
-    last: dict[str, float] = dict(base_metrics)
-    for step in range(start, config.train.steps):
-        step_start = time.perf_counter()
-        # 1. roll out
-        problems = task.train_problems(step, config.train.prompts_per_step, config.seed)
-        prompts = [task.prompt_ids(problem, tokenizer) for problem in problems]
-        n = config.rollout.n
-        rollouts = engine.generate(prompts, n, config.rollout_sampling(step), seed=step_seed(config.seed, step, 0))
-        rollout_seconds = time.perf_counter() - step_start
-        # 2. grade
-        texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-        scores = grade_rollouts(task, texts, [problem for problem in problems for _ in range(n)], rollouts.truncated)
-        # 3. LEAD: length reward, advantages, weights; one group per prompt row of the batch
-        group_ids = torch.arange(len(problems), device=device).repeat_interleave(n)
-        problem_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
-        lengths = rollouts.lengths.to(torch.float64)
-        out = lead_step(
-            lengths, torch.tensor(scores, dtype=torch.float64, device=device), group_ids,
-            config=config.lead, state=state, problem_ids=problem_ids,
-        )
-        state = out.state
-        # 4. token advantages, whitened over every response token of the batch (unless told not to)
-        input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
-        token_adv = token_advantages(out.advantages, mask, config.lead.weighting.whiten)
-        # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
-        losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
-
-        step_metrics = {
-            M.TRAIN_ACCURACY: sum(scores) / len(scores),
-            M.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
-            M.TRAIN_TRUNCATED_FRACTION: float(rollouts.truncated.float().mean()),
-            M.TRAIN_BUDGET: float(config.rollout.budget_at(step)),
-            M.TRAIN_REWARD_CORRECTNESS: out.metrics["reward_correctness"],
-            M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
-            **{M.lead(name): value for name, value in out.metrics.items()},
-            **losses,
-            M.PERF_ROLLOUT_SECONDS: rollout_seconds,
-            M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
-        }
-        done = step + 1 == config.train.steps
-        tables = {}
-        if (step + 1) % config.eval.every == 0 or done:
-            result = evaluator()
-            step_metrics.update(result.metrics("eval"))
-            step_metrics.update(base_metrics)
-            step_metrics[M.EVAL_AES] = (
-                aes(result.accuracy, result.response_length, base.accuracy, base.response_length)
-                if base.accuracy > 0
-                else math.nan
+        last: dict[str, float] = dict(base_metrics)
+        for step in range(start, config.train.steps):
+            step_start = time.perf_counter()
+            # 1. roll out
+            problems = task.train_problems(step, config.train.prompts_per_step, config.seed)
+            prompts = [task.prompt_ids(problem, tokenizer) for problem in problems]
+            n = config.rollout.n
+            rollouts = engine.generate(prompts, n, config.rollout_sampling(step), seed=step_seed(config.seed, step, 0))
+            rollout_seconds = time.perf_counter() - step_start
+            # 2. grade
+            texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
+            scores = grade_rollouts(task, texts, [problem for problem in problems for _ in range(n)], rollouts.truncated)
+            # 3. LEAD: length reward, advantages, weights; one group per prompt row of the batch
+            group_ids = torch.arange(len(problems), device=device).repeat_interleave(n)
+            problem_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
+            lengths = rollouts.lengths.to(torch.float64)
+            out = lead_step(
+                lengths, torch.tensor(scores, dtype=torch.float64, device=device), group_ids,
+                config=config.lead, state=state, problem_ids=problem_ids,
             )
-            tables["eval_problems"] = result.table
-        checkpoint_dir = None
-        if (step + 1) % config.checkpoint.every == 0 or tables:  # every evaluation is a checkpoint too
-            checkpoint_dir = save_checkpoint(
-                output_dir / "checkpoints" / f"step_{step + 1:06d}",
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lead_state": state.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step + 1,
-                    "data_cursor": step + 1,  # the next training batch is task.train_problems(step + 1, ...)
-                },
-                config.checkpoint.keep_last,
-            )
-        step_metrics[M.PERF_STEP_SECONDS] = time.perf_counter() - step_start
-        last.update(step_metrics)
-        report(StepReport(step + 1, step_metrics, tables, checkpoint_dir, done))
-    return last
+            state = out.state
+            # 4. token advantages, whitened over every response token of the batch (unless told not to)
+            input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
+            token_adv = token_advantages(out.advantages, mask, config.lead.weighting.whiten)
+            # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
+            losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
+
+            step_metrics = {
+                M.TRAIN_ACCURACY: sum(scores) / len(scores),
+                M.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
+                M.TRAIN_TRUNCATED_FRACTION: float(rollouts.truncated.float().mean()),
+                M.TRAIN_BUDGET: float(config.rollout.budget_at(step)),
+                M.TRAIN_REWARD_CORRECTNESS: out.metrics["reward_correctness"],
+                M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
+                **{M.lead(name): value for name, value in out.metrics.items()},
+                **losses,
+                M.PERF_ROLLOUT_SECONDS: rollout_seconds,
+                M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
+            }
+            done = step + 1 == config.train.steps
+            tables = {}
+            if (step + 1) % config.eval.every == 0 or done:
+                result = evaluator()
+                step_metrics.update(result.metrics("eval"))
+                step_metrics.update(base_metrics)
+                step_metrics[M.EVAL_AES] = (
+                    aes(result.accuracy, result.response_length, base.accuracy, base.response_length)
+                    if base.accuracy > 0
+                    else math.nan
+                )
+                tables["eval_problems"] = result.table
+            checkpoint_dir = None
+            if (step + 1) % config.checkpoint.every == 0 or tables:  # every evaluation is a checkpoint too
+                checkpoint_dir = save_checkpoint(
+                    output_dir / "checkpoints" / f"step_{step + 1:06d}",
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "lead_state": state.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": step + 1,
+                        "data_cursor": step + 1,  # the next training batch is task.train_problems(step + 1, ...)
+                    },
+                    config.checkpoint.keep_last,
+                )
+            step_metrics[M.PERF_STEP_SECONDS] = time.perf_counter() - step_start
+            last.update(step_metrics)
+            report(StepReport(step + 1, step_metrics, tables, checkpoint_dir, done))
+        return last
 
 
 def policy_update(model, reference, optimizer, input_ids, mask, token_adv, config: TrainConfig, step: int) -> dict:

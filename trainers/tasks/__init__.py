@@ -1,7 +1,8 @@
 """Tasks the trainer takes: ``build_task(config.task)`` gives the synthetic sums or a math data set.
 
 Every task offers ``config``, ``train_problems(step, count, seed)``, ``eval_problems()``,
-``prompt_ids(problem, tokenizer)``, ``grade(responses, problems)`` and ``response_features(text)``.
+``prompt_ids(problem, tokenizer)``, ``grade(responses, problems)``, ``response_features(text)`` and
+``close()`` (release what it holds, such as grading processes).
 """
 
 from __future__ import annotations

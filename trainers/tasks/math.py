@@ -218,6 +218,10 @@ class MathTask:
     def grade(self, responses: list[str], problems: list[MathProblem]) -> list[float]:
         return self.grader.grade(responses, [p.answer for p in problems], self.config.grader.timeout_s)
 
+    def close(self) -> None:
+        """Stop the grading processes."""
+        self.grader.close()
+
     def response_features(self, response: str) -> dict[str, int]:
         """Per response: whether it boxed an answer, and whether it closed its ``<think>`` block."""
         return {"boxed": int(last_boxed(response) is not None), "think_closed": int("</think>" in response)}

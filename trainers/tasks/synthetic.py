@@ -170,6 +170,9 @@ class SyntheticTask:
     def response_features(self, response: str) -> dict[str, int]:
         return count_features(response)
 
+    def close(self) -> None:
+        """Nothing to release: the task is pure Python."""
+
 
 def grade(response: str, problem: Problem) -> float:
     """1.0 when the response ends with the answer line ``A:<sum>`` (exact), else 0.0."""
