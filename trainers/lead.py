@@ -445,7 +445,7 @@ def lead_step(
     else:
         advantages = group_normalize(w_c * r_corr + w_e * r_eff, groups)
 
-    solved = batch.solved()
+    solved = batch.solved
     unsolved_rollouts = ~solved[groups.index]
     nan = torch.tensor(math.nan, dtype=dtype, device=r_corr.device)
     lstar = batch.targets

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Callable, Literal
 
 import torch
@@ -80,13 +81,14 @@ class RewardBatch:
         lengths, correctness, group_ids = check_batch(lengths, correctness, group_ids)
         return cls(lengths.to(torch.float64), correctness.to(torch.float64) > 0.5, Groups.of(group_ids))
 
+    @cached_property
     def solved(self) -> torch.Tensor:
-        """Per group: has at least one correct rollout."""
+        """Per group: has at least one correct rollout (computed once per batch)."""
         return self.groups.sum(self.correct.to(torch.int64)) > 0
 
     def target(self, per_group: torch.Tensor) -> torch.Tensor:
         """Record ``per_group`` (after ``blend``) as this batch's targets; returns it per rollout."""
-        self.targets = self.blend(per_group, self.solved())
+        self.targets = self.blend(per_group, self.solved)
         return self.targets[self.groups.index]
 
 
@@ -225,7 +227,7 @@ def shorter_better(batch: RewardBatch, *, bmax: Positive) -> torch.Tensor:
     ``SOL_g`` is the shortest correct length in group g, or the mean of all its lengths when none
     is correct. The clamp at -1 only acts when ``bmax`` is below the response budget."""
     groups, lengths = batch.groups, batch.lengths
-    sol = torch.where(batch.solved(), groups.amin(lengths, batch.correct), groups.mean_popvar(lengths)[1])
+    sol = torch.where(batch.solved, groups.amin(lengths, batch.correct), groups.mean_popvar(lengths)[1])
     return (-(lengths - batch.target(sol)).abs() / bmax).clamp(min=-1.0)
 
 
