@@ -81,16 +81,12 @@ class StaticArm(_Grid):
         ]
 
 
-class CombinedArm(_Grid):
+class CombinedArm(StaticArm):
     """The GRPO baseline: combine the rewards with static weights, then normalize once per group
     (static weights with ``normalization: combined``; ``whiten: false`` is the release's estimator)."""
 
     kind: Literal["combined"]
-
-    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
-        return [
-            (label, StaticWeighting(w_corr=w, normalization="combined", whiten=self.whiten)) for label, w in self.grid()
-        ]
+    normalization: Literal["combined"] = "combined"
 
 
 class ScheduleArm(ScheduleWeighting):
