@@ -29,6 +29,10 @@ from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWei
 from trainers.rewards import LENGTH_REWARDS
 
 
+# letters, digits, "_", "." and "-", not starting with "." (so never "." or "..": names become folders)
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -136,7 +140,7 @@ class ArmReward(BaseModel):
 
 
 class Arm(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
     weighting: ArmWeighting
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings for this arm only")
@@ -200,7 +204,7 @@ class Resources(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every trial")
     smoke: dict[str, Any] = Field(
@@ -233,6 +237,12 @@ class StudySpec(_Strict):
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be unique, got {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: must be distinct, got {self.seeds} (a repeated seed is the same trial twice)")
+        for i, arm in enumerate(self.arms):
+            labels = [label for label, _ in arm.weighting.grid()] if isinstance(arm.weighting, _Grid) else []
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"arms[{i}].weighting: grid values must be distinct, got {labels}")
         if self.search.mode == "optuna":
             if len(self.arms) != 1 or len(self.seeds) != 1:
                 raise ValueError("search.mode optuna takes exactly one arm and one seed (Ray Tune cannot mix a grid with a searcher)")
