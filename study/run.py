@@ -168,7 +168,9 @@ def trainable(spec: StudySpec, plans: list[TrialPlan]):
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
-def build_tuner(spec: StudySpec, study_name: str, plans: list[TrialPlan], storage: Path, tracker, max_concurrent):
+def build_tuner(
+    spec: StudySpec, study_name: str, plans: list[TrialPlan], storage: Path, tracker, max_concurrent, smoke: bool = False
+):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -213,7 +215,9 @@ def build_tuner(spec: StudySpec, study_name: str, plans: list[TrialPlan], storag
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
-            reuse_actors=True,  # a trial after the first in a worker skips its start-up (imports, process)
+            # a smoke test's trials are mostly start-up: there, a trial after the first in a worker skips it.
+            # A real study gives each trial a fresh process (a finished trial is on record before the next starts).
+            reuse_actors=smoke,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
     else:
         tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
-        tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials)
+        tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials, args.smoke_test)
     results = tuner.fit()
     rows = summary_rows(results, plans)
     failed = any(row["status"] != "OK" for row in rows)
