@@ -16,8 +16,10 @@ study, a crash between the two writes) is read through MLflow's metric-history A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import tempfile
 import urllib.parse
 import urllib.request
@@ -50,6 +52,42 @@ def default_tracking_uri() -> str:
 
 class StudyError(ValueError):
     """An unknown or empty study, or a store that cannot be read (one line)."""
+
+
+def check_store(uri: str, writing: bool) -> str:
+    """The tracking URI, checked and with a SQLite path made absolute, or StudyError in one line.
+
+    ``sqlite:///PATH``: an existing file must be an MLflow store (not a corrupted or foreign file);
+    a reader (``writing=False``) never turns a missing or empty file into a new store. ``http(s)://``:
+    the server must answer. Other database URIs (``postgresql://``...) must connect now, not after
+    Ray and the base model started. A plain path is refused (MLflow 3 has no default file store)."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+        return uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if not db.is_file() or db.stat().st_size == 0:
+            if not writing:
+                raise StudyError(f"no MLflow store at {db}")
+            if not os.access(db.parent, os.W_OK) or not db.parent.is_dir():
+                raise StudyError(f"cannot write {db}")
+            return f"sqlite:///{db}"
+        try:
+            with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
+        except sqlite3.Error as exc:
+            raise StudyError(f"{db} is not a readable MLflow store ({exc})") from None
+        if "experiments" not in tables:
+            raise StudyError(f"{db} is a SQLite file but not an MLflow store (no experiments table)")
+        return f"sqlite:///{db}"
+    if "://" not in uri:
+        raise StudyError(f"'{uri}' is a plain path: use sqlite:///{Path(uri).expanduser().resolve()}"
+                         " (a SQLite store) or http://HOST:PORT (an MLflow server)")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # a missing driver, a refused connection, bad credentials: all one line
+        raise StudyError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return uri
 
 
 @dataclass
@@ -216,10 +254,7 @@ def _fetch_history_bulk(uri: str, trials: list, workers: int) -> pa.Table:
 
 def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     """The study's trials and metric histories (see the module docstring)."""
-    if tracking_uri.startswith(("http://", "https://")):
-        _check_server(tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise StudyError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')}")  # MLflow would create one
+    tracking_uri = check_store(tracking_uri, writing=False)
     client = MlflowClient(tracking_uri)
     try:
         experiment = client.get_experiment_by_name(study)

@@ -29,6 +29,7 @@ from analysis.compute import (
     arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_other, weight_shape,
 )
 from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
+from trainers.outputs import MARKER, check_writable_dir, is_empty, owner, replace_owned
 
 REPORT_ARTIFACT = "report"
 
@@ -186,9 +187,14 @@ def _save(fig, folder: Path, name: str) -> str:
 
 
 def write_report(tracking_uri: str, study: str, out: Path, log_artifacts: bool = True) -> Path:
-    """Build the report into ``out`` (replacing an earlier one whole) and return ``out/report.html``."""
-    data = load_study(tracking_uri, study)
+    """Build the report into ``out`` and return ``out/report.html``. An earlier report there is
+    replaced whole; any other non-empty folder is refused (ValueError) before anything is read."""
     out = out.expanduser().resolve()
+    if out.exists() and not is_empty(out) and owner(out) != "report":
+        raise ValueError(f"--out: {out} exists and is not a report folder of lead-study (no {MARKER} marker); "
+                         "refusing to replace it")
+    check_writable_dir(out.parent)
+    data = load_study(tracking_uri, study)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -205,11 +211,7 @@ def write_report(tracking_uri: str, study: str, out: Path, log_artifacts: bool =
         title = f"Study {study}"
         (folder / "report.md").write_text(render_markdown(title, sections))
         (folder / "report.html").write_text(render_html(title, sections, folder))
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            out.rename(old)
-        folder.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_owned(folder, out, "report")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write_report(tracking_uri, args.study, args.out or Path("reports") / args.study, not args.no_log)
     except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

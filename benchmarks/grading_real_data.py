@@ -1,22 +1,25 @@
 """Every ground truth of every file in ../shared/data, graded by ``trainers.grading``:
 
-    python benchmarks/grading_real_data.py [--data-dir ../shared/data] [--workers 2]
+    python benchmarks/grading_real_data.py [--data-dir ../shared/data] [--workers 2] [--load N]
 
-Per file: the share of answers that match themselves, the share of ``\\boxed{answer}`` responses
-judged correct, the share of neighbouring problems' (different) answers judged wrong, and the
-pool's throughput in graded pairs per second.
+Per file: the share of answers that match themselves (graded in the pool, as training grades), the
+share of ``\\boxed{answer}`` responses judged correct, the share of neighbouring problems'
+(different) answers judged wrong, and the pool's throughput in graded pairs per second.
+``--load N`` runs N busy processes (one core each) the whole time: the shares must not move.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from trainers.grading import Grader, answers_match
+from trainers.grading import Grader
 
 
 def ground_truths(data_dir: Path) -> dict[str, list[str]]:
@@ -31,12 +34,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--load", type=int, default=0, help="busy processes running while grading")
     args = parser.parse_args()
     grader = Grader(workers=args.workers)
     grader.grade(["\\boxed{1}"], ["1"])
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        grade_files(grader, args.data_dir, args.load)
+    finally:
+        for hog in hogs:
+            hog.kill()
+        grader.close()
+
+
+def grade_files(grader: Grader, data_dir: Path, load: int) -> None:
+    print(f"busy processes: {load}")
     print(f"{'file':32} {'rows':>6} {'self':>8} {'boxed':>8} {'wrong->0':>9} {'pairs/s':>8}")
-    for name, answers in ground_truths(args.data_dir).items():
-        self_match = [a for a in answers if not answers_match(a, a)]
+    for name, answers in ground_truths(data_dir).items():
+        self_match = [a for a, s in zip(answers, grader.grade([f"\\boxed{{{a}}}" for a in answers], answers)) if not s]
         start = time.perf_counter()
         boxed = grader.grade([f"The answer is \\boxed{{{a}}}." for a in answers], answers)
         rate = len(answers) / (time.perf_counter() - start)
@@ -52,8 +67,7 @@ def main() -> None:
                 print(f"    boxed judged wrong: {answer!r}")
         for wrong_answer, truth in judged_right:
             print(f"    {wrong_answer!r} judged equal to {truth!r}")
-    print(f"hard-limit timeouts: {grader.timeouts}, errors: {grader.errors}")
-    grader.close()
+    print(f"timeouts: {grader.timeouts}, errors: {grader.errors}")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from analysis.load import default_tracking_uri
+from analysis.load import StudyError, check_store, default_tracking_uri
 from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
 from trainers import metrics as M
 from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge
+from trainers.outputs import check_writable_dir
 
 
 class UsageError(ValueError):
@@ -48,31 +49,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_output_dir(path: Path) -> Path:
     path = path.expanduser().resolve()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir: {path} is not writable")
+    try:
+        check_writable_dir(path)
+    except ValueError as exc:
+        raise UsageError(f"--output-dir: {exc}") from None
     return path
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    uri = uri or default_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-        except OSError as exc:
-            raise UsageError(f"--tracking-uri: cannot reach the MLflow server at {uri} ({exc})") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-        if not os.access(db.parent, os.W_OK):
-            raise UsageError(f"--tracking-uri: cannot write {db}")
-        uri = f"sqlite:///{db}"
-    elif "://" not in uri:  # a plain folder (file store)
-        uri = str(Path(uri).expanduser().resolve())
-    return uri
+    try:
+        return check_store(uri or default_tracking_uri(), writing=True)
+    except StudyError as exc:
+        raise UsageError(f"--tracking-uri: {exc}") from None
 
 
 def check_ray_address(address: str) -> None:

@@ -34,7 +34,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STUDY_DIR_TAG = "lead_study.study_dir"
 TRIAL_TAG = "lead_study.trial_id"
 STEP_KEY = M.TRAIN_ACCURACY  # every step logs it: its history tells the last logged step
-EVERY_STEP = ("train/", "lead/", "loss/", "perf/")
+EVERY_STEP = ("train/", "lead/", "loss/", "perf/", "grader/")
 ON_EVALUATION = ("eval/",)
 
 

@@ -1,13 +1,17 @@
 """``python -m trainers.train``: a smoke run end to end, and one-line errors with exit code 2."""
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
+
+from trainers.outputs import owner
 
 from tests.conftest import TINY
 
@@ -43,8 +47,44 @@ def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache
     assert [line["step"] for line in lines] == [1, 2]
     assert "eval/accuracy" in lines[-1]
     assert pq.read_table(tmp_path / "out/eval_problems/step_000002.parquet").num_rows == 16
-    assert json.loads((tmp_path / "out/summary.json").read_text())["eval/accuracy"] == lines[-1]["eval/accuracy"]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["eval/accuracy"] == lines[-1]["eval/accuracy"]
+    assert summary["versions"]["torch"] == torch.__version__ and summary["versions"]["lead-study"].startswith("0.")
     assert "GRPO" in result.stderr  # the progress bar
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700 and owner(tmp_path / "out") == "run"
+
+    # the same command again must not wipe the finished run: it needs --resume or --overwrite
+    before = (tmp_path / "out/metrics.jsonl").read_text()
+    again = cli(config, "--smoke-test", "--output-dir", tmp_path / "out")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert "holds a run: pass --resume to continue it or --overwrite to replace it" in again.stderr
+    assert (tmp_path / "out/metrics.jsonl").read_text() == before
+    done = cli(config, "--smoke-test", "--output-dir", tmp_path / "out", "--resume")
+    assert done.returncode == 0 and "is complete (step 2)" in done.stdout and "eval accuracy nan" not in done.stdout
+
+    # a resume with other settings is refused (the checkpoint carries its config's hash)
+    other = write_config(tmp_path, cache_dir, train={"lr": 5e-4, "steps": 3})
+    refused = cli(other, "--smoke-test", "--output-dir", tmp_path / "out", "--resume")
+    assert refused.returncode == 2 and "belongs to a run with other settings" in refused.stderr, refused.stderr
+
+
+def test_a_folder_this_tool_did_not_make_is_never_written_into(tmp_path, cache_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        result = cli(write_config(tmp_path, cache_dir), "--output-dir", mine, *flags)
+        assert result.returncode == 2 and "is not a run folder of lead-study" in result.stderr, result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    result = cli(write_config(tmp_path, cache_dir), "--output-dir", "/proc/lead-study-run")
+    assert result.returncode == 2 and "cannot write in /proc" in result.stderr, result.stderr
+
+
+def test_smoke_and_full_runs_default_to_different_folders():
+    from trainers.train import default_output_dir
+
+    assert default_output_dir(Path("configs/exp.yaml"), smoke=False) == Path("runs/exp")
+    assert default_output_dir(Path("configs/exp.yaml"), smoke=True) == Path("runs/exp-smoke")
 
 
 def test_the_shipped_example_config_is_valid():

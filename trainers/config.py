@@ -172,8 +172,10 @@ class TrainConfig(_Strict):
         return SamplingParams(self.eval.temperature, self.eval.top_p, budget)
 
     def smoke(self) -> "TrainConfig":
-        """The same run, shrunk to a quick check (``SMOKE_SETTINGS``)."""
-        return self.model_validate(deep_merge(self.model_dump(), SMOKE_SETTINGS))
+        """The same run, shrunk to a quick check (``SMOKE_SETTINGS``); a run that builds its own
+        base model builds a small one on shorter sums (``SMOKE_BASE_MODEL``: seconds, not minutes)."""
+        shrink = SMOKE_SETTINGS if self.model.path else deep_merge(SMOKE_SETTINGS, SMOKE_BASE_MODEL)
+        return self.model_validate(deep_merge(self.model_dump(), shrink))
 
 
 # A run shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems.
@@ -182,6 +184,12 @@ SMOKE_SETTINGS = {
     "rollout": {"n": 2},
     "eval": {"every": 2, "n_samples": 1, "num_problems": 16},
     "checkpoint": {"every": 1},
+}
+
+
+SMOKE_BASE_MODEL = {
+    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "sft_steps": 250}},
+    "task": {"max_terms": 5},
 }
 
 

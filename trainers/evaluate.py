@@ -12,15 +12,18 @@ here), prompts from the model's chat template with the paper's suffix, grades fr
 Writes to ``--out`` (default ``evaluations/<model dir name>``): ``samples.parquet`` (benchmark,
 problem id, sample, response length, truncated, extracted answer, correct), and ``results.json``
 (per benchmark and overall: accuracy, mean length, truncation; AES against ``--base-results``,
-another run's ``results.json``). Problems are evaluated in chunks, each saved as it finishes: an
+another run's ``results.json``; the grader's error and timeout counts; the library versions). Problems are evaluated in chunks, each saved as it finishes: an
 interrupted evaluation run again with the same arguments resumes after its last saved chunk.
-Bad input: one line naming the flag, file or row, exit code 2.
+Bad input: every problem found, one line each naming the flag, file or row, exit code 2, before
+anything is loaded or generated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +35,9 @@ import torch
 from tqdm import tqdm
 
 from trainers.evaluation import aes
+from trainers.fingerprint import versions
 from trainers.grading import Grader, extract_answer
+from trainers.outputs import check_writable_dir
 from trainers.rollout.base import SamplingParams
 from trainers.tasks.math import DatasetError, chat_prompt_ids, load_problems
 
@@ -57,10 +62,6 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
-class EvaluationError(ValueError):
-    """Bad flags or files, in one line."""
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a local Hugging Face model directory")
@@ -81,24 +82,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_benchmarks(spec: str, data_dir: Path) -> dict[str, tuple[Path, int]]:
-    """name -> (file, samples per problem), checked to exist."""
-    chosen = {}
+def resolve_benchmarks(spec: str, data_dir: Path) -> tuple[dict[str, tuple[Path, int]], list[str]]:
+    """name -> (file, samples per problem), checked to exist; and every problem found, one line each."""
+    chosen, errors = {}, []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         if "=" in item:  # NAME=FILE[:N]
             name, _, target = item.partition("=")
             file, _, n = target.partition(":")
-            chosen[name] = (Path(file), int(n) if n else 3)
+            if not name or not file:
+                errors.append(f"--benchmarks: '{item}': expected NAME=FILE.jsonl|.parquet[:N]")
+                continue
+            if n and not (n.isdigit() and int(n) >= 1):
+                errors.append(f"--benchmarks: {name}: samples per problem ':{n}' must be a whole number of at least 1")
+                continue
+            entry = (Path(file), int(n) if n else 3)
         elif item in BENCHMARKS:
-            chosen[item] = (data_dir / BENCHMARKS[item].file, BENCHMARKS[item].n_samples)
+            name, entry = item, (data_dir / BENCHMARKS[item].file, BENCHMARKS[item].n_samples)
         else:
-            raise EvaluationError(f"--benchmarks: unknown benchmark '{item}' (known: {', '.join(BENCHMARKS)}, or NAME=FILE)")
-    if not chosen:
-        raise EvaluationError("--benchmarks: none given")
-    for name, (file, _) in chosen.items():
-        if not file.is_file():
-            raise EvaluationError(f"--benchmarks: {name}: no file at {file} (check --data-dir)")
-    return chosen
+            errors.append(f"--benchmarks: unknown benchmark '{item}' (known: {', '.join(BENCHMARKS)}, or NAME=FILE)")
+            continue
+        if name in chosen:
+            errors.append(f"--benchmarks: '{name}' is named twice")
+        elif not entry[0].is_file():
+            errors.append(f"--benchmarks: {name}: no file at {entry[0]} (check --data-dir)")
+        else:
+            chosen[name] = entry
+    if not chosen and not errors:
+        errors.append("--benchmarks: none given")
+    return chosen, errors
+
+
+def check_flags(args: argparse.Namespace) -> list[str]:
+    """Every bad number or name among the flags, one line each (before anything is loaded)."""
+    errors = []
+    positive = {"--max-tokens": args.max_tokens, "--batch-size": args.batch_size}
+    if args.limit is not None:
+        positive["--limit"] = args.limit
+    errors += [f"{flag}: must be at least 1, got {value}" for flag, value in positive.items() if value < 1]
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        errors.append(f"--temperature: must be a finite number >= 0, got {args.temperature}")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        errors.append(f"--top-p: must be in (0, 1], got {args.top_p}")
+    if not (math.isfinite(args.grading_timeout) and args.grading_timeout > 0):
+        errors.append(f"--grading-timeout: must be a positive number of seconds, got {args.grading_timeout}")
+    if args.seed < 0:
+        errors.append(f"--seed: must be >= 0, got {args.seed}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        errors.append(f"--device: must be auto, cpu, cuda or cuda:N, got '{args.device}'")
+    elif args.device.startswith("cuda") and not torch.cuda.is_available():
+        errors.append(f"--device: {args.device} asked for, but this machine has no CUDA device")
+    return errors
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -155,26 +188,40 @@ def with_aes(results: dict, base: dict | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    errors = check_flags(args)
+    benchmarks, benchmark_errors = resolve_benchmarks(args.benchmarks, args.data_dir)
+    errors += benchmark_errors
+    problems = {}
+    for name, (file, _) in benchmarks.items():
+        try:
+            problems[name] = load_problems(file)[: args.limit]
+        except DatasetError as exc:
+            errors.append(f"--benchmarks: {name}: {exc}")
+    if not (args.model / "config.json").is_file():
+        errors.append(f"--model: {args.model} is not a model directory (no config.json)")
+    base = None
+    if args.base_results:
+        try:
+            base = json.loads(args.base_results.read_text())
+            if not isinstance(base, dict) or "benchmarks" not in base:
+                raise ValueError
+        except (OSError, ValueError):
+            errors.append(f"--base-results: {args.base_results} is not a readable results.json of this tool")
+    out = (args.out or Path("evaluations") / args.model.resolve().name).resolve()
+    settings = {"model": str(args.model.resolve()), "max_tokens": args.max_tokens, "temperature": args.temperature,
+                "top_p": args.top_p, "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
+                "benchmarks": {name: [str(file), n] for name, (file, n) in benchmarks.items()}}
+    settings_file = out / "settings.json"
     try:
-        benchmarks = resolve_benchmarks(args.benchmarks, args.data_dir)
-        problems = {name: load_problems(file)[: args.limit] for name, (file, _) in benchmarks.items()}
-        if not (args.model / "config.json").is_file():
-            raise EvaluationError(f"--model: {args.model} is not a model directory (no config.json)")
-        base = json.loads(args.base_results.read_text()) if args.base_results else None
-        if base is not None and "benchmarks" not in base:
-            raise EvaluationError(f"--base-results: {args.base_results} is not a results.json of this tool")
-        out = args.out or Path("evaluations") / args.model.resolve().name
-        settings = {"model": str(args.model.resolve()), "max_tokens": args.max_tokens, "temperature": args.temperature,
-                    "top_p": args.top_p, "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
-                    "benchmarks": {name: [str(file), n] for name, (file, n) in benchmarks.items()}}
-        settings_file = out / "settings.json"
         if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-            raise EvaluationError(f"--out: {out} holds an evaluation with other settings; choose another --out")
-    except (EvaluationError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            errors.append(f"--out: {out} holds an evaluation with other settings; choose another --out")
+        else:
+            check_writable_dir(out)
+    except (OSError, ValueError) as exc:
+        errors.append(f"--out: {out}: {exc}")
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings, indent=2))
@@ -204,13 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(pq.read_table(path))
     finally:
         grader.close()
+    if grader.timeouts or grader.errors:
+        print(f"grader: {grader.timeouts} responses hit the grading limit, {grader.errors} raised (scored 0)")
     samples = pa.concat_tables(tables)
     _write_atomic(samples, out / "samples.parquet")
     per_benchmark = {name: summarize(samples.filter(pa.compute.equal(samples["benchmark"], name))) for name in benchmarks}
     overall = {key: sum(r[key] for r in per_benchmark.values()) / len(per_benchmark)
                for key in ("accuracy", "response_length", "truncated_fraction")}  # the mean over benchmarks
     results = with_aes({"model": settings["model"], "settings": settings, "benchmarks": per_benchmark,
-                        "overall": overall}, base)
+                        "overall": overall, "grader": grader.counts(), "versions": versions()}, base)
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out / "results.json")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -31,12 +33,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trainers import metrics as M
 from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
+from trainers.fingerprint import EVALUATION_CODE, fingerprint
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
 from trainers.rollout.hf import HFRolloutEngine
 from trainers.tasks import build_task, grade_rollouts, task_identity
 
 CHECKPOINT_FILE = "trainer_state.pt"
+CHECKPOINT_INFO = "checkpoint.json"  # {"step": N, "config_hash": ...}: read without loading the weights
 TARGET_FIELDS = {"aggregator", "floor", "bmax"}  # the LEAD settings an evaluation depends on (its lstar column)
 
 
@@ -45,7 +49,7 @@ class StepReport:
     step: int  # steps completed so far (1-based)
     metrics: dict[str, float]
     tables: dict[str, pa.Table] = field(default_factory=dict)  # "eval_problems" on evaluation steps
-    checkpoint_dir: Path | None = None  # set when this step wrote a checkpoint
+    checkpoint_dir: Path | None = None  # this step's checkpoint, staged: readable during the report call only
     done: bool = False
 
 
@@ -145,23 +149,63 @@ def build_sequences(prompts: list[list[int]], n: int, rollouts, pad_token_id: in
     return ids, mask
 
 
-def save_checkpoint(directory: Path, payload: dict, keep_last: int) -> Path:
-    """Write ``directory`` atomically (temporary folder, then rename) and prune older ones."""
-    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(payload, tmp / CHECKPOINT_FILE)
+def stage_checkpoint(directory: Path, payload: dict) -> Path:
+    """Write the checkpoint meant for ``directory`` into a hidden sibling folder and return it;
+    ``publish_checkpoint`` moves it into place once the step's metrics are on record."""
+    staged = directory.with_name(f".staged-{directory.name}-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    torch.save(payload, staged / CHECKPOINT_FILE)
+    (staged / CHECKPOINT_INFO).write_text(json.dumps({"step": payload["step"], "config_hash": payload.get("config_hash")}))
+    return staged
+
+
+def checkpoint_step(directory: Path) -> int:
+    return int(directory.name.removeprefix("step_"))
+
+
+def publish_checkpoint(staged: Path, directory: Path, keep_last: int) -> Path:
+    """Rename the staged checkpoint to ``directory`` and prune all but the ``keep_last`` latest by
+    step number (the one just written always stays)."""
     shutil.rmtree(directory, ignore_errors=True)
-    os.rename(tmp, directory)
-    siblings = sorted(p for p in directory.parent.glob("step_*") if p.is_dir())
-    for old in siblings[:-keep_last]:
+    os.rename(staged, directory)
+    others = sorted((p for p in directory.parent.glob("step_*") if p.is_dir() and p != directory), key=checkpoint_step)
+    for old in others[: max(0, len(others) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted((Path(output_dir) / "checkpoints").glob(f"step_*/{CHECKPOINT_FILE}"))
-    return found[-1].parent if found else None
+    found = [p.parent for p in (Path(output_dir) / "checkpoints").glob(f"step_*/{CHECKPOINT_FILE}")]
+    return max(found, key=checkpoint_step) if found else None
+
+
+# Settings a resumed run may change: how long it runs and how often it evaluates and saves.
+RESUMABLE_CHANGES = {"train": {"steps"}, "eval": {"every"}, "checkpoint": True}
+
+
+def config_hash(config: TrainConfig) -> str:
+    """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES``."""
+    payload = config.model_dump_json(exclude=RESUMABLE_CHANGES)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written by a run with other settings (one line)."""
+
+
+def check_checkpoint(directory: Path, config: TrainConfig) -> None:
+    """Raise CheckpointMismatch unless the checkpoint in ``directory`` belongs to ``config``
+    (read from its small ``CHECKPOINT_INFO`` file, not from the weights)."""
+    try:
+        saved = json.loads((Path(directory) / CHECKPOINT_INFO).read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved != config_hash(config):
+        raise CheckpointMismatch(
+            f"{directory} belongs to a run with other settings (config hash {saved}, this run's "
+            f"{config_hash(config)}): resume with that run's config, or start afresh with --overwrite"
+        )
 
 
 @dataclass
@@ -206,6 +250,7 @@ def base_evaluation(model_path: Path, evaluator: Evaluator) -> EvalResult:
     key = {
         "model": str(model_path),
         "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
+        "code": fingerprint(EVALUATION_CODE, libraries=("torch", "transformers", "tokenizers", "math-verify")),
         **evaluator.cache_key,
     }
     cache_dir = Path(evaluator.config.model.cache_dir or default_cache_dir()).expanduser() / "evaluations"
@@ -247,6 +292,7 @@ def train(
 
         state, start = LeadState(), 0
         if resume_from is not None:
+            check_checkpoint(resume_from, config)
             saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -266,7 +312,9 @@ def train(
             rollout_seconds = time.perf_counter() - step_start
             # 2. grade
             texts = tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-            scores = grade_rollouts(task, texts, [problem for problem in problems for _ in range(n)], rollouts.truncated)
+            scores, grading_failures = grade_rollouts(
+                task, texts, [problem for problem in problems for _ in range(n)], rollouts.truncated
+            )
             # 3. LEAD: length reward, advantages, weights; one group per prompt row of the batch
             group_ids = torch.arange(len(problems), device=device).repeat_interleave(n)
             problem_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
@@ -291,6 +339,7 @@ def train(
                 M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
                 **{M.lead(name): value for name, value in out.metrics.items()},
                 **losses,
+                **grading_failures,
                 M.PERF_ROLLOUT_SECONDS: rollout_seconds,
                 M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
             }
@@ -306,9 +355,9 @@ def train(
                     else math.nan
                 )
                 tables["eval_problems"] = result.table
-            checkpoint_dir = None
+            staged = None
             if (step + 1) % config.checkpoint.every == 0 or tables:  # every evaluation is a checkpoint too
-                checkpoint_dir = save_checkpoint(
+                staged = stage_checkpoint(
                     output_dir / "checkpoints" / f"step_{step + 1:06d}",
                     {
                         "model": model.state_dict(),
@@ -317,12 +366,15 @@ def train(
                         "torch_rng": torch.get_rng_state(),
                         "step": step + 1,
                         "data_cursor": step + 1,  # the next training batch is task.train_problems(step + 1, ...)
+                        "config_hash": config_hash(config),
                     },
-                    config.checkpoint.keep_last,
                 )
             step_metrics[M.PERF_STEP_SECONDS] = time.perf_counter() - step_start
             last.update(step_metrics)
-            report(StepReport(step + 1, step_metrics, tables, checkpoint_dir, done))
+            # the step's metrics and tables are on record before the checkpoint that covers them appears
+            report(StepReport(step + 1, step_metrics, tables, staged, done))
+            if staged is not None:
+                publish_checkpoint(staged, output_dir / "checkpoints" / f"step_{step + 1:06d}", config.checkpoint.keep_last)
         return last
 
 

@@ -18,6 +18,8 @@ LOSS_GRAD_NORM = "loss/grad_norm"
 PERF_STEP_SECONDS = "perf/step_seconds"
 PERF_ROLLOUT_SECONDS = "perf/rollout_seconds"
 PERF_ROLLOUT_TOKENS_PER_SECOND = "perf/rollout_tokens_per_second"
+GRADER_ERRORS = "grader/errors"  # responses whose grading raised inside the grader this step (scored 0)
+GRADER_TIMEOUTS = "grader/timeouts"  # responses stopped by the grading limit this step (scored 0)
 
 EVAL_ACCURACY = "eval/accuracy"
 EVAL_RESPONSE_LENGTH = "eval/response_length"
@@ -39,7 +41,7 @@ LEAD_REPORTED = (
 STEP_METRICS = (
     TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_BUDGET, TRAIN_REWARD_CORRECTNESS,
     TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
-    PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND,
+    PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, GRADER_ERRORS, GRADER_TIMEOUTS,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
 

@@ -1,11 +1,15 @@
 """One training run without Ray:
 
-    python -m trainers.train CONFIG.yaml [--output-dir DIR] [--smoke-test] [--resume]
+    python -m trainers.train CONFIG.yaml [--output-dir DIR] [--smoke-test] [--resume | --overwrite]
 
-Writes under the output directory: ``metrics.jsonl`` (one line per step), ``eval/step_N.parquet``
-(per-problem tables), ``checkpoints/step_N/`` and ``summary.json``; prints a final summary line.
-Bad input (an unreadable config, unknown keys, wrong types, a missing model directory) prints one
-line naming the file and field and exits with code 2.
+Writes under the output directory (default ``runs/<config name>``, ``runs/<config name>-smoke``
+for a smoke test; created private, mode 0700): ``metrics.jsonl`` (one line per step),
+``eval_problems/step_N.parquet`` (per-problem tables), ``checkpoints/step_N/`` and
+``summary.json`` (with the library versions); prints a final summary line. A step's metrics are
+written before the checkpoint that covers it, so a kill never loses a step a resume skips.
+A folder that holds a run needs ``--resume`` or ``--overwrite``; one this tool did not make is
+never written into. Bad input (an unreadable config, unknown keys, wrong types, a missing model
+directory, a checkpoint of other settings) prints one line naming the file and field, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from tqdm import tqdm
 
 from trainers import metrics as M
 from trainers.config import ConfigError, load_train_config
-from trainers.grpo import ModelLoadError, StepReport, latest_checkpoint, train
+from trainers.fingerprint import versions
+from trainers.grpo import (
+    CheckpointMismatch, ModelLoadError, StepReport, check_checkpoint, checkpoint_step, latest_checkpoint, train,
+)
+from trainers.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 
 
 class RunFiles:
@@ -30,14 +41,21 @@ class RunFiles:
 
     def __init__(self, output_dir: Path, total_steps: int, first_step: int):
         self.output_dir = output_dir
-        self.metrics_path = output_dir / "metrics.jsonl"
+        self.metrics_path = output_dir / METRICS_FILE
         self._drop_steps_after(first_step)  # a resumed run rewrites what came after its checkpoint
         self.bar = tqdm(total=total_steps, initial=first_step, desc="GRPO", unit="step", dynamic_ncols=True)
 
     def _drop_steps_after(self, step: int) -> None:
+        """Keep the lines up to ``step``; a line torn by a kill mid-write is dropped too."""
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.metrics_path)
@@ -73,12 +91,35 @@ def summary_line(final: dict[str, float]) -> str:
     )
 
 
+def default_output_dir(config: Path, smoke: bool) -> Path:
+    """``runs/<config name>``, or ``runs/<config name>-smoke``: a smoke test never lands in a real run's folder."""
+    return Path("runs") / (config.stem + ("-smoke" if smoke else ""))
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run needs an empty (or new) folder; a non-empty one must be a run folder of this
+    tool and needs ``--resume`` or ``--overwrite``. Raises ValueError (one line)."""
+    check_writable_dir(output_dir)
+    if not is_empty(output_dir):
+        if owner(output_dir) != "run":
+            raise ValueError(f"{output_dir} is not empty and is not a run folder of lead-study (no {MARKER} "
+                             "marker); choose another --output-dir")
+        if overwrite:
+            clear_owned(output_dir, "run")
+        elif not resume:
+            raise ValueError(f"{output_dir} holds a run: pass --resume to continue it or --overwrite to replace it")
+    make_private_dir(output_dir, "run")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description="One GRPO + LEAD run, no Ray.")
     parser.add_argument("config", type=Path, help="a fully resolved run config (YAML)")
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: runs/<config name>")
-    parser.add_argument("--smoke-test", action="store_true", help="2 steps, tiny batches, one evaluation")
-    parser.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: runs/<config name>[-smoke]")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="2 steps, tiny batches, one evaluation, a small base model: about a minute")
+    both = parser.add_mutually_exclusive_group()
+    both.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
+    both.add_argument("--overwrite", action="store_true", help="replace the run in the output dir")
     args = parser.parse_args(argv)
     try:
         config = load_train_config(args.config)
@@ -87,30 +128,42 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    output_dir = (args.output_dir or Path("runs") / args.config.stem).resolve()
+    output_dir = (args.output_dir or default_output_dir(args.config, args.smoke_test)).expanduser().resolve()
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: --output-dir: cannot create {output_dir}: {exc.strerror}", file=sys.stderr)
+        prepare_output_dir(output_dir, args.resume, args.overwrite)
+    except (ValueError, OSError) as exc:
+        print(f"error: --output-dir: {exc}", file=sys.stderr)
         return 2
     resume_from = latest_checkpoint(output_dir) if args.resume else None
-    first_step = 0
-    if resume_from is not None:
-        first_step = int(resume_from.name.removeprefix("step_"))
-    elif (output_dir / "metrics.jsonl").exists():
-        (output_dir / "metrics.jsonl").unlink()  # a fresh run in an old folder starts a fresh log
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    first_step = checkpoint_step(resume_from) if resume_from is not None else 0
+    try:
+        if resume_from is not None:
+            check_checkpoint(resume_from, config)
+    except CheckpointMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if first_step >= config.train.steps and (output_dir / SUMMARY_FILE).exists():
+        print(f"the run in {output_dir} is complete (step {first_step}); its summary:")
+        print(summary_line(json.loads((output_dir / SUMMARY_FILE).read_text())))
+        return 0
+    write_atomic(output_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     files = RunFiles(output_dir, config.train.steps, first_step)
     log = lambda message: tqdm.write(message, file=sys.stderr)  # noqa: E731
     try:
         final = train(config, output_dir, report=files, resume_from=resume_from, log=log)
-    except ModelLoadError as exc:
+    except (ModelLoadError, CheckpointMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (output_dir / "summary.json").write_text(json.dumps(final, indent=2))
+    write_atomic(output_dir / SUMMARY_FILE, json.dumps({**final, "versions": versions()}, indent=2))
     print(summary_line(final))
     print(f"outputs: {output_dir}")
     return 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

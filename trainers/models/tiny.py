@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from trainers.fingerprint import BASE_MODEL_CODE, fingerprint, versions
 from trainers.tasks import task_identity
 from trainers.tasks.synthetic import VOCAB, SyntheticTaskConfig, sample_problem, verbose_response
 
-BUILD_FORMAT = 1  # bump when the build procedure changes, so old caches are not reused
 
 
 class TinyModelConfig(BaseModel):
@@ -65,8 +65,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def settings_hash(task: SyntheticTaskConfig, model: TinyModelConfig) -> str:
+    """The cache key of a base model: its settings and the fingerprint of the code and library
+    versions that build it (other SFT code or another transformers builds anew)."""
     payload = json.dumps(
-        {"format": BUILD_FORMAT, "task": task_identity(task), "model": model.model_dump()}, sort_keys=True
+        {"code": fingerprint(BASE_MODEL_CODE), "task": task_identity(task), "model": model.model_dump()}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -171,6 +173,7 @@ def train_base_model(task: SyntheticTaskConfig, config: TinyModelConfig, out_dir
         "parameters": sum(p.numel() for p in model.parameters()),
         "task": task_identity(task),
         "model": config.model_dump(),
+        "versions": versions(),
     }
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=2))
     return info

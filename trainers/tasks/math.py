@@ -48,7 +48,7 @@ class GraderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fallbacks: list[Literal[FALLBACKS]] = Field(default_factory=list, description="where else to look without a box")
-    timeout_s: float = Field(5.0, gt=0.0, description="hard limit per graded response")
+    timeout_s: float = Field(5.0, gt=0.0, description="CPU-seconds per graded response (a pathological output stops there and counts as wrong)")
     workers: int | None = Field(None, ge=1, description="grading processes (None: up to 4)")
 
 
@@ -112,6 +112,8 @@ def _read_jsonl(path: Path) -> list[MathProblem]:
         for key in ("problem", "answer"):
             if key not in record:
                 raise DatasetError(f"{path}:{row}: missing '{key}'")
+            if isinstance(record[key], bool) or not isinstance(record[key], str | int | float):
+                raise DatasetError(f"{path}:{row}: '{key}' is {json.dumps(record[key])[:40]}, not text")
         problem, answer = (_LOST_ESCAPES.sub(lambda m: "\\f" if m.group(0) == "\x0c" else "\\t", str(record[k]))
                            for k in ("problem", "answer"))
         problems.append(_checked(path, row, problem, answer, path.name, record.get("meta") or {}))
@@ -221,6 +223,10 @@ class MathTask:
     def close(self) -> None:
         """Stop the grading processes."""
         self.grader.close()
+
+    def grading_counts(self) -> dict[str, int]:
+        """Responses whose grading raised or hit the limit so far (see ``Grader``)."""
+        return self.grader.counts()
 
     def response_features(self, response: str) -> dict[str, int]:
         """Per response: whether it boxed an answer, and whether it closed its ``<think>`` block."""

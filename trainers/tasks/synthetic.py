@@ -173,6 +173,10 @@ class SyntheticTask:
     def close(self) -> None:
         """Nothing to release: the task is pure Python."""
 
+    def grading_counts(self) -> dict[str, int]:
+        """Exact string matching never fails nor times out."""
+        return {"errors": 0, "timeouts": 0}
+
 
 def grade(response: str, problem: Problem) -> float:
     """1.0 when the response ends with the answer line ``A:<sum>`` (exact), else 0.0."""

@@ -1,0 +1,60 @@
+"""What produced a result: the project's code and the libraries it ran on.
+
+``versions()`` is recorded in every MLflow run and every ``summary.json`` / ``results.json``;
+``fingerprint(parts)`` is part of every cache key, so a base model or a base evaluation made by
+other code or another library version is built anew, never reused silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding trainers/
+LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "ray", "mlflow", "math-verify")
+
+# The code each cache depends on (paths under PACKAGE_ROOT; folders mean every .py file in them).
+BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py")  # the tiny model and its SFT data
+EVALUATION_CODE = ("trainers/models", "trainers/rollout", "trainers/tasks", "trainers/evaluation.py",
+                   "trainers/grading.py")  # sampling, grading, and what an evaluation computes
+
+
+def library_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@functools.cache
+def project_version() -> str:
+    """The package version, with the git commit (``+dirty`` for uncommitted changes) where there is one."""
+    version = library_version("lead-study")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+{commit}{'.dirty' if dirty else ''}"
+
+
+def versions() -> dict[str, str]:
+    """``{"lead-study": "0.1.0+abc123", "torch": "2.13.0", ...}``: the project and ``LIBRARIES``."""
+    return {"lead-study": project_version(), **{name: library_version(name) for name in LIBRARIES}}
+
+
+def fingerprint(parts: tuple[str, ...], libraries: tuple[str, ...] = ("torch", "transformers", "tokenizers")) -> str:
+    """A hash of the source files under ``parts`` and of the versions of ``libraries``."""
+    digest = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        path = PACKAGE_ROOT / part
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(PACKAGE_ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
+    for name in libraries:
+        digest.update(f"{name}={library_version(name)}\0".encode())
+    return digest.hexdigest()

@@ -1,0 +1,80 @@
+"""Output folders this project writes: checked before anything starts, created private, marked,
+and replaced or cleared only when they carry this project's marker.
+
+A run folder (``trainers.train``), a study's Ray results folder and a report folder each hold
+``MARKER``, a small JSON file naming what made them. ``--out .`` or ``--out ~`` can never delete a
+folder this project did not make. Folders are created with mode 0700: checkpoints are loaded with
+``torch.load(weights_only=True)``, but a private folder keeps others from planting files at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = ".lead-study"
+
+
+def check_writable_dir(path: Path) -> None:
+    """Raise ValueError unless ``path`` is (or can be made) a folder we can write in: a file is
+    really created in its nearest existing folder (``/proc`` and ``/sys`` pass ``os.access``)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise ValueError(f"cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def owner(path: Path) -> str | None:
+    """What made ``path`` ("run", "report", "study"), or None when it carries no marker."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_empty(path: Path) -> bool:
+    return not Path(path).exists() or not any(Path(path).iterdir())
+
+
+def make_private_dir(path: Path, kind: str) -> Path:
+    """Create ``path`` (mode 0700, parents as usual) and mark it as ``kind``; an existing folder
+    must be empty or already carry that marker."""
+    path = Path(path)
+    if not is_empty(path) and owner(path) != kind:
+        raise ValueError(f"{path} is not empty and is not a {kind} folder of lead-study (no {MARKER} marker)")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not (path / MARKER).exists():
+        os.chmod(path, 0o700)
+        (path / MARKER).write_text(json.dumps({"kind": kind, "made_by": "lead-study"}) + "\n")
+    return path
+
+
+def clear_owned(path: Path, kind: str) -> None:
+    """Delete everything in ``path`` but its marker; refuses a folder that is not ``kind``'s."""
+    if owner(path) != kind:
+        raise ValueError(f"refusing to clear {path}: it is not a {kind} folder of lead-study (no {MARKER} marker)")
+    for child in Path(path).iterdir():
+        if child.name != MARKER:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def replace_owned(built: Path, target: Path, kind: str) -> None:
+    """Put the finished folder ``built`` (a sibling of ``target``) at ``target``, replacing an
+    earlier one only if it is empty or carries ``kind``'s marker."""
+    if target.exists() and not is_empty(target) and owner(target) != kind:
+        raise ValueError(f"{target} exists and is not a {kind} folder of lead-study (no {MARKER} marker); "
+                         "refusing to replace it")
+    (built / MARKER).write_text(json.dumps({"kind": kind, "made_by": "lead-study"}) + "\n")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    built.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
