@@ -41,6 +41,9 @@ HISTORY_ARTIFACT = "history/metrics.parquet"  # one trial's whole history: key, 
 HISTORY_SCHEMA = pa.schema([("key", pa.string()), ("step", pa.int64()), ("value", pa.float64())])
 LOGGED_STEP_TAG = "lead_study.logged_step"  # the last step whose metrics reached MLflow
 HISTORY_STEP_TAG = "lead_study.history_step"  # the last step HISTORY_ARTIFACT holds
+STUDY_RUN_TAG = "lead_study.study_run"  # on a trial run: the id of its study's run (trials are not nested,
+# so the MLflow UI lists and charts them without expanding a parent; older stores nested them instead)
+ROLE_TAG = "lead_study.role"  # "study" on a study's own run
 PLANNED_ARTIFACT = "planned_trials.json"  # on the parent run: every trial the study will run
 PROBLEMS_FOLDER = "eval_problems"  # on a trial run: step_<step>.parquet per evaluation
 
@@ -218,7 +221,7 @@ def _check_server(uri: str) -> None:
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
     except OSError as exc:
-        raise StudyError(f"cannot read the MLflow store at {uri}: {exc}") from None
+        raise StudyError(f"cannot reach the MLflow server at {uri} ({exc})") from None
 
 
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # the MLflow UI's own bulk read
@@ -263,11 +266,11 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     if experiment is None:
         raise StudyError(f"no study named '{study}' in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], max_results=50_000)
-    parents = sorted((r for r in runs if r.data.tags.get("lead_study.role") == "study"), key=lambda r: r.info.start_time)
+    parents = sorted((r for r in runs if r.data.tags.get(ROLE_TAG) == "study"), key=lambda r: r.info.start_time)
     parent = parents[-1] if parents else None  # a study run again under the same name: its latest run
     trials = sorted(
         (r for r in runs if "arm" in r.data.tags
-         and (parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)),
+         and (parent is None or r.data.tags.get(STUDY_RUN_TAG, r.data.tags.get("mlflow.parentRunId")) == parent.info.run_id)),
         key=lambda r: r.info.run_name or "",
     )
     if not trials:

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from analysis.load import StudyError, check_store, default_tracking_uri
+from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
 from trainers import metrics as M
 from trainers.checks import files_unchecked
-from trainers.config import ConfigError, TrainConfig, deep_merge
-from trainers.outputs import check_writable_dir
+from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
+from trainers.outputs import check_writable_dir, is_empty
 
 
 class UsageError(ValueError):
@@ -80,8 +81,6 @@ def connect_ray(address: str | None, num_cpus: int) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_ray_address(address)
     if ray.is_initialized():  # a caller (a notebook, a test) already connected
         return
     try:
@@ -252,40 +251,77 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_flags(args: argparse.Namespace) -> tuple[Path | None, str | None, list[str]]:
+    """The output folder and the tracking URI, checked, and every problem with the flags, one line each."""
+    errors, output_dir, tracking_uri = [], None, None
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        errors.append("--max-concurrent-trials: must be at least 1")
+    try:
+        output_dir = check_output_dir(args.output_dir or Path("runs"))
+    except UsageError as exc:
+        errors.append(str(exc))
+    try:
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    except UsageError as exc:
+        errors.append(str(exc))
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            check_ray_address(address)
+    except UsageError as exc:
+        errors.append(str(exc))
+    return output_dir, tracking_uri, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
+    errors = []
+    spec, plans = None, []
     try:
         with files_unchecked() if args.dry_run else contextlib.nullcontext([]) as unchecked:
             spec = load_spec(args.spec)
             plans = plan_trials(spec, smoke=args.smoke_test)
             spec = spec.for_smoke() if args.smoke_test else spec
-        if args.dry_run:
-            for plan in plans:
-                print(f"{plan.name}: {plan.config}")
-            print(f"{len(plans)} trials")
-            for path in unchecked:
-                print(f"not found on this machine (a dry run does not require it): {path}")
-            return 0
-        output_dir = check_output_dir(args.output_dir or Path("runs"))
-        study_name = spec.name + ("-smoke" if args.smoke_test else "")
-        experiment_dir = output_dir / study_name
-        if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
-            raise UsageError("--max-concurrent-trials: must be at least 1")
-        tracking_uri = resolve_tracking_uri(args.tracking_uri)
-        from ray.tune import Tuner
+    except ConfigError as exc:
+        errors += exc.lines
+    if args.dry_run and not errors:
+        for plan in plans:
+            print(f"{plan.name}: {plan.config}")
+        print(f"{len(plans)} trials")
+        for path in unchecked:
+            print(f"not found on this machine (a dry run does not require it): {path}")
+        return 0
+    output_dir, tracking_uri, flag_errors = check_flags(args)
+    if errors or flag_errors:
+        return print_errors(UsageError("\n".join(errors + flag_errors)))
+    study_name = spec.name + ("-smoke" if args.smoke_test else "")
+    experiment_dir = output_dir / study_name
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(study_lock(study_name, output_dir, tracking_uri))  # before any look at the folder
+            from ray.tune import Tuner
 
-        if experiment_dir.exists() and not args.resume:
-            raise UsageError(f"{experiment_dir} exists: pass --resume to continue it, or another --output-dir")
-        if args.resume and not Tuner.can_restore(str(experiment_dir)):
-            raise UsageError(f"--resume: no restorable study at {experiment_dir}")
-        connect_ray(args.address, num_cpus=os.cpu_count() or 1)
-        check_trial_fits(spec)
-    except (ConfigError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            restorable = Tuner.can_restore(str(experiment_dir))
+            if args.resume and not restorable:
+                raise UsageError(f"--resume: no restorable study at {experiment_dir}")
+            if not args.resume and not is_empty(experiment_dir):
+                raise UsageError(f"{experiment_dir} exists: pass --resume to continue it, or another --output-dir")
+            connect_ray(args.address, num_cpus=os.cpu_count() or 1)
+            check_trial_fits(spec)
+        except (UsageError, StudyLocked) as exc:
+            return print_errors(exc)
+        experiment_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return run_study(args, spec, plans, study_name, output_dir, experiment_dir, tracking_uri, log)
 
-    from study.tracking import MLflowTracker, finish_study_run, start_study_run
+
+def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Path, experiment_dir: Path,
+              tracking_uri: str, log) -> int:
+    """Prepare the base models, run every trial, mark the study's run FINISHED, FAILED (a trial
+    failed, or the driver crashed) or KILLED (Ctrl-C), and print the table and the report."""
+    from ray.tune import Tuner
+
+    from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
     fixed_models, base_metrics = prepare_base_models(plans, log)
     plans = [
@@ -295,20 +331,30 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans]
     )
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
-    if args.resume:
-        tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
-    else:
-        tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
-        tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials, args.smoke_test)
-    results = tuner.fit()
-    rows = summary_rows(results, plans)
+    try:
+        if args.resume:
+            tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
+        else:
+            tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
+            tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials, args.smoke_test)
+        results = tuner.fit()
+        rows = summary_rows(results, plans)
+    except KeyboardInterrupt:
+        finish_study_run(tracking_uri, parent_id, [], status="KILLED")
+        raise
+    except BaseException:
+        finish_study_run(tracking_uri, parent_id, [], status="FAILED")
+        raise
     failed = any(row["status"] != "OK" for row in rows)
     finish_study_run(tracking_uri, parent_id, rows, status="FAILED" if failed else "FINISHED")
     print()
     print(format_table(rows))
     print()
-    ui = f"mlflow ui --backend-store-uri {tracking_uri}" if "://" in tracking_uri or tracking_uri.startswith("/") else "mlflow ui"
-    print(f"Look next: {ui}   (experiment '{study_name}')")
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"Look next: {trials_view_url(tracking_uri, experiment_id)}")
+    else:
+        print(f"Look next: mlflow ui --backend-store-uri {tracking_uri}")
+        print(f"           then open {trials_view_url('http://127.0.0.1:5000', experiment_id)}")
     print(f"Ray results and checkpoints: {experiment_dir}")
     if args.no_report:
         return 1 if failed else 0

@@ -19,12 +19,15 @@ Unknown keys are errors; every error names its key path (``arms[1].weighting.w_c
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_error, load_validated
+from trainers import metrics as M
+from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_errors, load_validated
 from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
 from trainers.rewards import LENGTH_REWARDS
 
@@ -158,25 +161,58 @@ class Arm(_Strict):
         return out
 
 
+def _finite_range(bounds: tuple[float, float], positive: bool = False) -> tuple[float, float]:
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"needs finite bounds with low < high, got [{low}, {high}]")
+    if positive and low <= 0:
+        raise ValueError(f"needs bounds above 0, got [{low}, {high}]")
+    return bounds
+
+
 class Uniform(_Strict):
     uniform: tuple[float, float]
 
-    def example(self) -> float:
-        return self.uniform[0]
+    @field_validator("uniform")
+    @classmethod
+    def _range(cls, bounds):
+        return _finite_range(bounds)
+
+    def extremes(self) -> tuple[float, ...]:
+        return self.uniform
 
 
 class LogUniform(_Strict):
     loguniform: tuple[float, float]
 
-    def example(self) -> float:
-        return self.loguniform[0]
+    @field_validator("loguniform")
+    @classmethod
+    def _range(cls, bounds):
+        return _finite_range(bounds, positive=True)
+
+    def extremes(self) -> tuple[float, ...]:
+        return self.loguniform
 
 
 class Choice(_Strict):
     choice: list[Any] = Field(min_length=1)
 
-    def example(self) -> Any:
-        return self.choice[0]
+    def extremes(self) -> tuple[Any, ...]:
+        return tuple(self.choice)
+
+
+def _distribution_kind(value: Any) -> str | None:
+    """The distribution a mapping names by its one key (``{uniform: [a, b]}``)."""
+    if isinstance(value, dict):
+        return next((key for key in ("uniform", "loguniform", "choice") if key in value), None)
+    return next((key for key in ("uniform", "loguniform", "choice") if hasattr(value, key)), None)
+
+
+Distribution = Annotated[
+    Annotated[Uniform, Tag("uniform")] | Annotated[LogUniform, Tag("loguniform")] | Annotated[Choice, Tag("choice")],
+    Discriminator(_distribution_kind, custom_error_type="distribution",
+                  custom_error_message="expected one of {uniform: [low, high]}, {loguniform: [low, high]}, {choice: [...]}"),
+]
 
 
 class Asha(_Strict):
@@ -189,7 +225,7 @@ class Search(_Strict):
     metric: str = "eval/aes"
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
-    space: dict[str, Uniform | LogUniform | Choice] = Field(
+    space: dict[str, Distribution] = Field(
         default_factory=dict, description="optuna: dotted TrainConfig keys, e.g. lead.weighting.lambda_min"
     )
     asha: Asha | None = None
@@ -255,25 +291,36 @@ class StudySpec(_Strict):
 
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
     """Every arm's trainer settings, normal and smoke, must form valid TrainConfigs (errors name the
-    arm); the search space must name settings that exist."""
+    arm); every value the search space can draw must be a valid setting; the metric must be one
+    the trainer reports. All problems are raised together, one line each."""
+    lines, seen = [], set()
+
+    def check(settings: dict, prefix: str) -> None:
+        """Add each problem once: one in ``base`` is not repeated for every arm and the smoke settings."""
+        try:
+            TrainConfig.model_validate(settings)
+        except ValidationError as exc:
+            for line in format_errors(exc):
+                if line not in seen:
+                    seen.add(line)
+                    lines.append(f"{path}: {prefix}{line}")
+
     for where, smoke in (("base", False), ("smoke", True)):
         last = spec.last_settings(smoke)
-        try:
-            TrainConfig.model_validate(deep_merge(spec.base, last))
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {format_error(exc, prefix=where)}") from None
+        check(deep_merge(spec.base, last), f"{where}.")
         for i, arm in enumerate(spec.arms):
-            try:
-                for _, settings in arm.settings(spec.base, last):
-                    TrainConfig.model_validate(settings)
-            except ValidationError as exc:
-                raise ConfigError(f"{path}: {format_error(exc, prefix=f'arms[{i}]')}") from None
+            for _, settings in arm.settings(spec.base, last):
+                check(settings, f"arms[{i}].")
     for key, distribution in spec.search.space.items():
-        try:
+        for value in distribution.extremes():
             for _, settings in spec.arms[0].settings(spec.base):
-                TrainConfig.model_validate(deep_merge(settings, dotted(key, distribution.example())))
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: search.space.{key}: not a valid TrainConfig setting ({format_error(exc)})") from None
+                check(deep_merge(settings, dotted(key, value)), f"search.space.{key} = {value!r}: ")
+    if spec.search.metric not in M.REPORTED:
+        close = difflib.get_close_matches(spec.search.metric, M.REPORTED, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (a name the trainer reports, e.g. eval/aes)"
+        lines.append(f"{path}: search.metric: '{spec.search.metric}' is not a reported metric{hint}")
+    if lines:
+        raise ConfigError(lines)
 
 
 def load_spec(path: str | Path) -> StudySpec:

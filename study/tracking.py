@@ -14,6 +14,7 @@ per trial instead of one request per metric key.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +27,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from analysis.load import HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG, PLANNED_ARTIFACT
+from analysis.load import (
+    HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG, PLANNED_ARTIFACT, ROLE_TAG, STUDY_RUN_TAG,
+)
 from study.trial import EVALUATED, REPORT_FILE, apply_search
 from trainers import metrics as M
+from trainers.fingerprint import versions
 
-PARENT_TAG = "mlflow.parentRunId"
 STUDY_DIR_TAG = "lead_study.study_dir"
 TRIAL_TAG = "lead_study.trial_id"
 STEP_KEY = M.TRAIN_ACCURACY  # every step logs it: its history tells the last logged step
@@ -49,10 +52,17 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_PLAIN_VALUE = re.compile(r"[\w.:/-]*")
+
+
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
-    return runs[0].info.run_id if runs else None
+    """The run carrying all of ``tags``. Values with quotes or other specials (a folder named
+    ``it's``) are compared here, never spliced into MLflow's filter string."""
+    plain = {k: v for k, v in tags.items() if _PLAIN_VALUE.fullmatch(v)}
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in plain.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=50_000)
+    found = [r for r in runs if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    return found[0].info.run_id if found else None
 
 
 def log_json(client: MlflowClient, run_id: str, name: str, content) -> None:
@@ -81,6 +91,36 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+def version_tags() -> dict[str, str]:
+    """``version.torch`` etc.: what the run was made with (``trainers.fingerprint.versions``)."""
+    return {f"version.{name}": version for name, version in versions().items()}
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI opens a model-training experiment on its runs, not a GenAI overview
+TRIALS_VIEW = "lead-study-trials"  # a shared view state of the MLflow UI (an experiment tag)
+TRIALS_VIEW_STATE = {
+    "searchFilter": "",
+    "orderByKey": "attributes.run_name",
+    "orderByAsc": True,
+    "runsHiddenMode": "SHOW_ALL",
+    "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+    "groupsExpanded": {},
+    "useGroupedValuesInCharts": False,
+    "hideEmptyCharts": True,
+}
+
+
+def trials_view_url(ui_url: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows the study's trials, charted and grouped by arm."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?viewStateShareKey={TRIALS_VIEW}&compareRunsMode=CHART"
+
+
+def configure_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Mark the study's experiment as model training and store the trials view (see ``trials_view_url``)."""
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW}", json.dumps(TRIALS_VIEW_STATE))
+
+
 def start_study_run(
     tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str]
 ) -> tuple[str, str]:
@@ -90,12 +130,13 @@ def start_study_run(
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         study, artifact_location=artifact_location(tracking_uri)
     )
-    run_id = find_run(client, experiment_id, {STUDY_DIR_TAG: str(study_dir), "lead_study.role": "study"})
+    configure_experiment(client, experiment_id)
+    run_id = find_run(client, experiment_id, {STUDY_DIR_TAG: str(study_dir), ROLE_TAG: "study"})
     if run_id is None:
         run = client.create_run(
             experiment_id,
-            run_name=study,
-            tags={STUDY_DIR_TAG: str(study_dir), "lead_study.role": "study", "study": study},
+            run_name=f"{study} (study)",
+            tags={STUDY_DIR_TAG: str(study_dir), ROLE_TAG: "study", "study": study, **version_tags()},
         )
         run_id = run.info.run_id
         client.log_artifact(run_id, str(spec_path), artifact_path="spec")
@@ -107,8 +148,10 @@ def start_study_run(
 
 
 def finish_study_run(tracking_uri: str, run_id: str, summary_rows: list[dict], status: str) -> None:
+    """End the study's run with ``status``; with trial rows, log them as ``summary.json`` (with the versions)."""
     client = MlflowClient(tracking_uri)
-    log_json(client, run_id, "summary.json", summary_rows)
+    if summary_rows:
+        log_json(client, run_id, "summary.json", {"trials": summary_rows, "versions": versions()})
     client.set_terminated(run_id, status=status)
 
 
@@ -140,7 +183,7 @@ class MLflowTracker(tune.Callback):
         trial_id = trial.trial_id
         if trial_id in self._runs:
             return self._runs[trial_id]
-        tags = {TRIAL_TAG: trial_id, PARENT_TAG: self.parent_run_id}
+        tags = {TRIAL_TAG: trial_id, STUDY_RUN_TAG: self.parent_run_id}
         run_id = find_run(self.client, self.experiment_id, tags)
         if run_id is None:
             plan = self.plans[trial.config["trial"]]
@@ -150,7 +193,7 @@ class MLflowTracker(tune.Callback):
                 run_name=str(trial),
                 tags={
                     **tags, "study": self.study, "arm": plan.arm, "variant": plan.variant, "seed": str(plan.seed),
-                    **M.method_tags(config["lead"]),
+                    **M.method_tags(config["lead"]), **version_tags(),
                 },
             ).info.run_id
             flat = flatten(config)

@@ -61,7 +61,7 @@ def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path)
         load_study(uri, "nope")
     with pytest.raises(StudyError, match="study 'empty' has no trials yet"):
         load_study(uri, "empty")
-    with pytest.raises(StudyError, match="cannot read the MLflow store"):
+    with pytest.raises(StudyError, match="cannot reach the MLflow server"):
         load_study("http://127.0.0.1:9", "demo")
 
 

@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_and_exit_code_2_with_nothing_written(partial_stud
         (["--study", "nope", "--tracking-uri", partial_study], "error: no study named 'nope' in"),
         (["--study", "empty", "--tracking-uri", partial_study], "error: study 'empty' has no trials yet"),
         (["--study", "x", "--tracking-uri", f"sqlite:///{tmp_path}/absent.db"], f"error: no MLflow store at {tmp_path}/absent.db"),
-        (["--study", "x", "--tracking-uri", "http://127.0.0.1:9"], "error: cannot read the MLflow store at http://127.0.0.1:9"),
+        (["--study", "x", "--tracking-uri", "http://127.0.0.1:9"], "error: cannot reach the MLflow server at http://127.0.0.1:9"),
     ]
     for args, message in cases:
         proc = run_cli(*args, "--out", str(out), cwd=tmp_path)

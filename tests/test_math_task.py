@@ -155,6 +155,7 @@ def test_evaluate_cli_end_to_end_and_resume(chat_model, tmp_path):
                                     "extracted_answer", "correct"]
     results = json.loads((out / "results.json").read_text())
     assert set(results["benchmarks"]) == {"fix", "mini"} and results["benchmarks"]["fix"]["samples"] == 24
+    assert results["grader"] == {"errors": 0, "timeouts": 0} and results["versions"]["transformers"] != "not installed"
     assert 0 < results["overall"]["response_length"] <= 16
     chunk = out / "chunks/fix/000005.parquet"
     saved = pq.read_table(chunk)
@@ -182,6 +183,24 @@ def test_evaluate_cli_bad_input(chat_model, tmp_path):
         assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_evaluate_reports_every_bad_flag_at_once_before_loading_anything(chat_model, tmp_path):
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "x", "answer": null}\n')
+    proc = run_evaluate("--model", str(chat_model), "--benchmarks", f"n={nulls},f={FIXTURE}:abc", "--limit", "-1",
+                        "--max-tokens", "0", "--batch-size", "0", "--temperature", "nan", "--top-p", "2",
+                        "--grading-timeout", "0", "--device", "tpu", "--out", "/proc/lead-study-eval", cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2
+    for expected in ("--max-tokens: must be at least 1, got 0", "--batch-size: must be at least 1, got 0",
+                     "--limit: must be at least 1, got -1", "--temperature: must be a finite number >= 0, got nan",
+                     "--top-p: must be in (0, 1], got 2.0", "--grading-timeout: must be a positive number",
+                     "--device: must be auto, cpu, cuda or cuda:N, got 'tpu'",
+                     "--benchmarks: f: samples per problem ':abc' must be a whole number", f"{nulls}:2: 'answer' is null, not text",
+                     "--out: /proc/lead-study-eval: cannot write in /proc"):
+        assert sum(expected in line for line in lines) == 1, (expected, lines)
+    assert all(line.startswith("error: ") for line in lines) and len(lines) == 10
 
 
 def test_grpo_trains_on_the_math_task(chat_model, tmp_path):

@@ -91,7 +91,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
     "data, message",
     [
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static", "w_corr": 1.5}}]),
-         "arms[1].weighting.static.w_corr[0]: Input should be less than or equal to 1"),
+         "arms[1].weighting.w_corr[0]: Input should be less than or equal to 1"),
         (minimal(arms=[{"name": "a", "reward": {"kind": "kimmy"}, "weighting": {"kind": "psi"}}]),
          "arms[0].reward: kind: unknown length reward 'kimmy'"),
         (minimal(arms=[{"name": "a", "reward": {"kind": "overlong", "max_len": 100}, "weighting": {"kind": "psi"}}]),
@@ -101,7 +101,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(arms=[{"name": "a", "reward": {"kind": "threshold", "threshold": -3}, "weighting": {"kind": "psi"}}]),
          "arms[0].lead: length_params.threshold: Input should be greater than 0 (length reward threshold)"),
         (minimal(base={"rollout": {"max_new_tokens": [[5, 100]]}}), "base.rollout.max_new_tokens"),
-        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi", "lamda_min": 0.2}}]), "arms[0].weighting.psi.lamda_min: unknown key"),
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi", "lamda_min": 0.2}}]), "arms[0].weighting.lamda_min: unknown key"),
         (minimal(colour="red"), "colour: unknown key"),
         (minimal(seeds=[0, 0]), "seeds: must be distinct, got [0, 0]"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "ratios": [1, 1.0]}}]),
@@ -193,5 +193,53 @@ def test_environment_defaults_expand(tmp_path, monkeypatch):
     from trainers.config import expand_environment
 
     monkeypatch.setenv("A", "x")
-    data = {"p": "${A}/y", "q": ["${B:-z}", 3], "r": {"s": "${A}${B:-}"}}
-    assert expand_environment(data, tmp_path) == {"p": "x/y", "q": ["z", 3], "r": {"s": "x"}}
+    data = {"path": "${A}/y", "train_files": ["${B:-z}", 3], "r": {"cache_dir": "${A}${B:-}"}}
+    assert expand_environment(data, tmp_path) == {"path": "x/y", "train_files": ["z", 3], "r": {"cache_dir": "x"}}
+
+
+def test_environment_variables_expand_only_in_path_settings(tmp_path, monkeypatch):
+    """A secret in the environment must not reach a prompt, and from there an MLflow param."""
+    from trainers.config import ConfigError, expand_environment
+
+    monkeypatch.setenv("API_KEY", "s3cret")
+    with pytest.raises(ConfigError, match=r"base.task.system_prompt: \$\{...\} expands only in path settings") as info:
+        expand_environment({"base": {"task": {"system_prompt": "key ${API_KEY}"}}}, tmp_path)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"name: \xff\xfe\n", "not UTF-8 text"),
+        (b"a: &x [*x]\n", "line 1: YAML aliases (*x) are not supported"),
+        (b"a: &a [1, 1]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: [*c, *c, *c]\n", "line 2: YAML aliases (*a)"),  # a bomb's start
+        (b"name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_unreadable_yaml_is_one_line(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    assert message in str(info.value) and len(info.value.lines) == 1
+
+
+def test_every_problem_of_a_spec_is_reported(tmp_path):
+    data = minimal(base={"train": {"lr": -1, "steps": 0}}, search={"metric": "eval/aess"})
+    with pytest.raises(ConfigError) as info:
+        load_spec(write(tmp_path, data))
+    text = str(info.value)
+    assert len(info.value.lines) == 3, text
+    assert "base.train.lr: Input should be greater than 0" in text and "base.train.steps:" in text
+    assert "search.metric: 'eval/aess' is not a reported metric (did you mean 'eval/aes'?)" in text
+
+
+def test_search_space_bounds_are_checked_at_both_ends(tmp_path):
+    space = {"lead.weighting.beta": {"uniform": [0.5, 1.5]}}
+    with pytest.raises(ConfigError) as info:
+        load_spec(write(tmp_path, minimal(search={"mode": "optuna", "space": space})))
+    assert info.value.lines == [f"{tmp_path / 'spec.yaml'}: search.space.lead.weighting.beta = 1.5: "
+                                "lead.weighting.beta: Input should be less than or equal to 1"]
+    space = {"train.lr": {"loguniform": [0.0, 1e-3]}}
+    with pytest.raises(ConfigError, match=r"search.space.train.lr.loguniform.loguniform: needs bounds above 0"):
+        load_spec(write(tmp_path, minimal(search={"mode": "optuna", "space": space})))

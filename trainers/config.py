@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.checks import must_exist
-from trainers.lead import LeadConfig
+from trainers.lead import LeadConfig, Weighting
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout.base import SamplingParams
 from trainers.tasks.math import MathTaskConfig
@@ -208,37 +210,71 @@ def dotted(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def format_error(error: ValidationError, prefix: str = "") -> str:
-    """One line naming the first failing field path (``arms[1].weighting.w_corr: ...``)."""
-    first = error.errors()[0]
-    path = prefix
-    loc = list(first["loc"])
-    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASK_KINDS:  # the union's tag is not a key the user wrote
-        del loc[1]
+def _field_path(loc: tuple, prefix: str) -> str:
+    """``task.math.train_files`` -> ``task.train_files``: a tagged union's tag is not a key the user wrote."""
+    path, loc = prefix, list(loc)
+    unions = {"task": TASK_KINDS, "weighting": typing.get_args(Weighting.__origin__)}
+    loc = [part for i, part in enumerate(loc) if not (i and loc[i - 1] in unions and part in _tags(unions[loc[i - 1]]))]
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    return f"{path}: {message}" if path else message
+    return path
+
+
+def _tags(members) -> set[str]:
+    return {m if isinstance(m, str) else m.model_fields["kind"].default for m in members}
+
+
+def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per failing field path (``arms[1].weighting.w_corr: ...``); a union's alternatives
+    that fail on the same path give one line, not one per alternative."""
+    lines = []
+    for detail in error.errors():
+        path = _field_path(detail["loc"], prefix)
+        message = "unknown key" if detail["type"] == "extra_forbidden" else detail["msg"].removeprefix("Value error, ")
+        line = f"{path}: {message}" if path else message
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def format_error(error: ValidationError, prefix: str = "") -> str:
+    """The first line of ``format_errors``."""
+    return format_errors(error, prefix)[0]
 
 
 class ConfigError(ValueError):
-    """A config problem, already phrased as one line naming the file and field."""
+    """Config problems, each already phrased as one line naming the file and field (``lines``)."""
+
+    def __init__(self, lines: str | list[str]):
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
 
 
+def print_errors(error: Exception) -> int:
+    """Print each line of ``error`` as ``error: ...`` on stderr; returns the CLI exit code, 2."""
+    for line in str(error).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+# ``${NAME}`` / ``${NAME:-default}`` expand only in settings that hold paths: a secret never reaches
+# a prompt, a tag or an MLflow param by way of the environment.
+ENV_KEYS = frozenset({"path", "cache_dir", "train_files", "eval_files"})
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_environment(data: Any, path: Path, where: str = "") -> Any:
-    """``${NAME}`` and ``${NAME:-default}`` in string values, from the environment (machine-specific
-    paths in a shared spec); an unset name without a default is a ConfigError naming the key."""
+def expand_environment(data: Any, path: Path, where: str = "", key: str = "") -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in path settings (``ENV_KEYS``), from the environment
+    (machine-specific paths in a shared spec); an unset name without a default, or ``${...}``
+    anywhere else, is a ConfigError naming the key."""
     if isinstance(data, dict):
-        return {k: expand_environment(v, path, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+        return {k: expand_environment(v, path, f"{where}.{k}" if where else str(k), str(k)) for k, v in data.items()}
     if isinstance(data, list):
-        return [expand_environment(v, path, f"{where}[{i}]") for i, v in enumerate(data)]
-    if not isinstance(data, str):
+        return [expand_environment(v, path, f"{where}[{i}]", key) for i, v in enumerate(data)]
+    if not isinstance(data, str) or not _ENV.search(data):
         return data
+    if key not in ENV_KEYS:
+        raise ConfigError(f"{path}: {where}: ${{...}} expands only in path settings ({', '.join(sorted(ENV_KEYS))})")
 
     def value(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
@@ -251,22 +287,37 @@ def expand_environment(data: Any, path: Path, where: str = "") -> Any:
     return _ENV.sub(value, data)
 
 
-def load_validated(path: str | Path, model: type[BaseModel]):
-    """Read a YAML mapping and validate it as ``model``; any problem raises ConfigError, one line."""
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data, or ConfigError in one line: unreadable, not UTF-8, not YAML, or using
+    aliases (``*name``: a loop or an alias bomb would hang or crash whatever walks the data)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                line = event.start_mark.line + 1
+                raise ConfigError(f"{path}: line {line}: YAML aliases (*{event.anchor}) are not supported; "
+                                  "write the settings out (a spec's base: holds what arms share)")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def load_validated(path: str | Path, model: type[BaseModel]):
+    """Read a YAML mapping and validate it as ``model``; problems raise ConfigError, one line each."""
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     data = expand_environment(data, path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_error(exc)}") from None
+        raise ConfigError([f"{path}: {line}" for line in format_errors(exc)]) from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             problems[name] = load_problems(file)[: args.limit]
         except DatasetError as exc:
-            errors.append(f"--benchmarks: {name}: {exc}")
+            errors.append(str(exc))
     if not (args.model / "config.json").is_file():
         errors.append(f"--model: {args.model} is not a model directory (no config.json)")
     base = None

@@ -44,6 +44,12 @@ STEP_METRICS = (
     PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, GRADER_ERRORS, GRADER_TIMEOUTS,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
+# Every name a study may select or rank trials by (``search.metric``): the per-step ones, the
+# evaluation's, the losses and the LEAD internals.
+REPORTED = tuple(dict.fromkeys((
+    *STEP_METRICS, *EVAL_METRICS, "eval/truncated_fraction", PERF_ROLLOUT_SECONDS, LOSS_ENTROPY,
+    LOSS_CLIP_FRACTION, LOSS_GRAD_NORM,
+)))
 
 
 # The MLflow tags naming a trial's method (written by study.tracking, read by analysis.load).

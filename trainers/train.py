@@ -25,7 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from trainers import metrics as M
-from trainers.config import ConfigError, load_train_config
+from trainers.config import ConfigError, load_train_config, print_errors
 from trainers.fingerprint import versions
 from trainers.grpo import (
     CheckpointMismatch, ModelLoadError, StepReport, check_checkpoint, checkpoint_step, latest_checkpoint, train,
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke_test:
             config = config.smoke()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_errors(exc)
     output_dir = (args.output_dir or default_output_dir(args.config, args.smoke_test)).expanduser().resolve()
     try:
         prepare_output_dir(output_dir, args.resume, args.overwrite)
