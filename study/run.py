@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Path, experiment_dir: Path,
               tracking_uri: str, log) -> int:
     """Prepare the base models, run every trial, mark the study's run FINISHED, FAILED (a trial
-    failed, or the driver crashed) or KILLED (Ctrl-C), and print the table and the report."""
+    failed, or the driver crashed) or KILLED (Ctrl-C: exit code 130), and print the table and the report."""
     from ray.tune import Tuner
 
     from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
@@ -337,19 +337,24 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         else:
             tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
             tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials, args.smoke_test)
-        results = tuner.fit()
+        results = tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         rows = summary_rows(results, plans)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C
         finish_study_run(tracking_uri, parent_id, [], status="KILLED")
         raise
     except BaseException:
         finish_study_run(tracking_uri, parent_id, [], status="FAILED")
         raise
+    interrupted = results.num_terminated + results.num_errors < len(results)  # some trials never ended
     failed = any(row["status"] != "OK" for row in rows)
-    finish_study_run(tracking_uri, parent_id, rows, status="FAILED" if failed else "FINISHED")
+    status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
+    finish_study_run(tracking_uri, parent_id, rows, status=status)
     print()
     print(format_table(rows))
     print()
+    if interrupted:
+        print(f"Interrupted: continue with python -m study.run {args.spec} --resume (same flags)")
+        return 130
     if tracking_uri.startswith(("http://", "https://")):
         print(f"Look next: {trials_view_url(tracking_uri, experiment_id)}")
     else:

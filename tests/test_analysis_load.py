@@ -7,7 +7,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.load import LOGGED_STEP_TAG, StudyError, load_study
+from analysis.load import LOGGED_STEP_TAG, STUDY_RUN_TAG, StudyError, load_study
 from analysis.server import local_server
 from study.tracking import write_history_artifact
 
@@ -22,7 +22,7 @@ def store(tmp_path):
     trials = {}
     for name, arm, aes_values in (("psi-s0", "psi", [0.2, 0.9, 0.7]), ("static-wc1-s0", "static", [0.1, float("nan"), 0.3])):
         run = client.create_run(
-            exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "variant": arm, "seed": "0",
+            exp, run_name=name, tags={STUDY_RUN_TAG: parent, "arm": arm, "variant": arm, "seed": "0",
                                       "reward": "lead", "weighting": arm, "normalization": "decoupled", "whiten": "true"}
         ).info.run_id
         metrics = [Metric("train/accuracy", 0.1 * s, 0, s) for s in range(1, 31)]
@@ -33,6 +33,30 @@ def store(tmp_path):
         trials[name] = run
     client.create_experiment("empty", artifact_location=(tmp_path / "mlruns").as_uri())
     return uri, parent, trials
+
+
+def test_find_run_takes_any_tag_value(tmp_path):
+    """A study folder with an apostrophe used to break MLflow's filter string."""
+    from study.tracking import find_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())
+    wanted = client.create_run(exp, tags={"lead_study.study_dir": "/home/o'brien/runs/x", "lead_study.role": "study"})
+    client.create_run(exp, tags={"lead_study.study_dir": "/home/other/runs/x", "lead_study.role": "study"})
+    found = find_run(client, exp, {"lead_study.study_dir": "/home/o'brien/runs/x", "lead_study.role": "study"})
+    assert found == wanted.info.run_id
+    assert find_run(client, exp, {"lead_study.study_dir": 'it\'s "quoted"', "lead_study.role": "study"}) is None
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("postgresql://nobody@127.0.0.1:9/mlflow", "cannot use the MLflow store at postgresql://"),
+    ("mlruns", "'mlruns' is a plain path: use sqlite:///"),
+])
+def test_store_uris_that_would_fail_later_fail_now(uri, message):
+    from analysis.load import check_store
+
+    with pytest.raises(StudyError, match=message):
+        check_store(uri, writing=True)
 
 
 def test_runs_and_history_tables(store, tmp_path):

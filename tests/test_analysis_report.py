@@ -17,7 +17,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.load import LOGGED_STEP_TAG, load_study
+from analysis.load import LOGGED_STEP_TAG, STUDY_RUN_TAG, load_study
 from analysis.report import main
 from analysis.server import local_server
 from study.tracking import log_json, write_history_artifact
@@ -106,7 +106,7 @@ def test_an_mlflow_server_shows_the_smoke_study(smoke_study):
         children = [(run, tag) for run, tag in zip(runs, tags) if "arm" in tag]
         assert len(parents) == 1 and len(children) == 7
         for run, tag in children:
-            assert tag["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
+            assert tag[STUDY_RUN_TAG] == parents[0]["info"]["run_id"]
             run_id = run["info"]["run_id"]
             history = rest(url, "metrics/get-history", run_id=run_id, metric_key="train/accuracy")["metrics"]
             assert sorted(m["step"] for m in history) == [1, 2]
@@ -127,7 +127,7 @@ def partial_study(tmp_path):
     log_json(client, parent, "planned_trials.json", ["psi-s0", "static-wc0.5-s0", "psi-s1", "static-wc0.5-s1"])
     for name, arm, status, steps in (("psi-s0", "psi", "FINISHED", 4), ("static-wc0.5-s0", "static", "FAILED", 1),
                                      ("psi-s1", "psi", "RUNNING", 3)):
-        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent, "arm": arm, "weighting": arm,
+        run = client.create_run(exp, run_name=name, tags={STUDY_RUN_TAG: parent, "arm": arm, "weighting": arm,
                                                           "variant": "psi" if arm == "psi" else "wc0.5", "seed": name[-1]}).info.run_id
         metrics = [Metric(k, v, 0, s) for s in range(1, steps + 1)
                    for k, v in (("train/accuracy", 0.1 * s), ("lead/w_corr", 1 - 0.1 * s), ("lead/target_w_corr", 0.5),
@@ -173,9 +173,34 @@ def test_bad_input_is_one_line_and_exit_code_2_with_nothing_written(partial_stud
         (["--study", "x", "--tracking-uri", f"sqlite:///{tmp_path}/absent.db"], f"error: no MLflow store at {tmp_path}/absent.db"),
         (["--study", "x", "--tracking-uri", "http://127.0.0.1:9"], "error: cannot reach the MLflow server at http://127.0.0.1:9"),
     ]
+    empty, corrupt = tmp_path / "empty.db", tmp_path / "corrupt.db"
+    empty.write_bytes(b"")
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    cases += [
+        (["--study", "x", "--tracking-uri", f"sqlite:///{empty}"], f"error: no MLflow store at {empty}"),
+        (["--study", "x", "--tracking-uri", f"sqlite:///{corrupt}"], f"error: {corrupt} is not a readable MLflow store"),
+        (["--study", "x", "--tracking-uri", str(tmp_path / "plain")], "error: '"),
+    ]
     for args, message in cases:
         proc = run_cli(*args, "--out", str(out), cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
         assert not out.exists()
     assert not (tmp_path / "absent.db").exists()  # MLflow was not allowed to create a store
+    assert empty.read_bytes() == b""  # a reader never turns an empty file into a store
+
+
+def test_the_report_never_replaces_a_folder_it_did_not_make(partial_study, tmp_path):
+    """``--out .``, ``--out ~`` and ``--study ..`` (reports/..) used to delete those folders whole."""
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    (home / "work" / "thesis.tex").write_text("years of work")
+    for args in (["--out", "."], ["--out", "~"], ["--study", "..", "--out", "reports/.."]):
+        study = [] if "--study" in args else ["--study", "partial"]
+        proc = subprocess.run([sys.executable, "-m", "analysis.report", *study, "--tracking-uri", partial_study, *args],
+                              capture_output=True, text=True, cwd=home / "work", env={**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 2 and "is not a report folder of lead-study" in proc.stderr, proc.stderr
+    assert (home / "work" / "thesis.tex").read_text() == "years of work"
+    report = home / "work" / "reports" / "partial"
+    assert main(["--study", "partial", "--tracking-uri", partial_study, "--out", str(report), "--no-log"]) == 0
+    assert main(["--study", "partial", "--tracking-uri", partial_study, "--out", str(report), "--no-log"]) == 0  # its own: replaced

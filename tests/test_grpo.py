@@ -1,11 +1,13 @@
 """The GRPO trainer on the tiny model: the metric contract, exact resume, bad input."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from tests.conftest import tiny_config
+from trainers import grpo
 from trainers import metrics as M
 from trainers.grpo import ModelLoadError, build_sequences, kl_penalty, latest_checkpoint, train
 from trainers.rollout.base import Rollouts
@@ -152,6 +154,8 @@ def test_resume_never_runs_a_pickle_planted_in_the_checkpoint(tiny_model_dir, ca
     planted = tmp_path / "checkpoints" / "step_000002"
     planted.mkdir(parents=True)
     (planted / "trainer_state.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    config_hash = grpo.config_hash(tiny_config(cache_dir))  # a planter can read the config next to it
+    (planted / grpo.CHECKPOINT_INFO).write_text(json.dumps({"step": 2, "config_hash": config_hash}))
     with pytest.raises(pickle.UnpicklingError):
         run(tiny_config(cache_dir), tmp_path / "out", resume_from=planted)
     assert not marker.exists()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG
+from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG, STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
 from trainers.config import TrainConfig
@@ -53,12 +54,17 @@ def test_default_study_smoke_test_end_to_end_in_mlflow(smoke_study):
     assert "base/accuracy" in parents[0].data.metrics
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert parent_artifacts == {"spec", "planned_trials.json", "summary.json", "report"}
+    assert parents[0].data.tags["version.transformers"] != "not installed"
+    experiment = client.get_experiment_by_name(smoke_study.name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not a GenAI overview
+    assert json.loads(experiment.tags["mlflow.sharedViewState.lead-study-trials"])["runsHiddenMode"] == "SHOW_ALL"
     names = ["psi-s0"] + [f"static-ratio{r}-s0" for r in ("0", "0.25", "0.5", "1", "2", "4")]
     assert sorted(r.info.run_name for r in children) == sorted(names)
     planned = client.download_artifacts(parents[0].info.run_id, "planned_trials.json", str(smoke_study.folder))
     assert sorted(json.loads(Path(planned).read_text())) == sorted(names)
     for run in children:
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags[STUDY_RUN_TAG] == parents[0].info.run_id
+        assert run.data.tags["version.torch"] == torch.__version__ and "version.lead-study" in run.data.tags
         assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
         assert steps_of(client, run) == [1, 2] and steps_of(client, run, "eval/aes") == [2]
         assert run.data.tags["weighting"] in ("psi", "static")
@@ -216,9 +222,15 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     try:
         started = wait_for(lambda: (second / "checkpoint_000000").exists())
         assert started, (tmp_path / "driver.log").read_text()[-3000:]
+        # a second driver of the same study stops at once (it used to add duplicate trial runs)
+        rival = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert rival.returncode == 2 and "study 'fault' is already running (pid" in rival.stderr, rival.stderr
     finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        driver.wait(timeout=300)
+    assert driver.returncode == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    client, parents, _ = child_runs(tmp_path, "fault")
+    assert [p.info.status for p in parents] == ["KILLED"]
     finished_result_lines = len((first / "result.json").read_text().splitlines())
     assert main([*args, "--resume"]) == 0
     assert len((first / "result.json").read_text().splitlines()) == finished_result_lines  # not re-run
@@ -234,7 +246,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
 PLACEMENT_SCRIPT = r"""
 import json, sys, ray
 from pathlib import Path
-from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG
+from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG, STUDY_RUN_TAG
 from study.run import main
 ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
 code = main(sys.argv[1:-1])

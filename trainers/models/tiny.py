@@ -188,7 +188,7 @@ def ensure_base_model(
     never a directory that looks complete.
     """
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = cache_dir / f"base-{settings_hash(task, config)}"
     if final.is_dir():
         return final
