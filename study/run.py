@@ -315,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_study(args, spec, plans, study_name, output_dir, experiment_dir, tracking_uri, log)
 
 
+def study_ended(experiment_dir: Path) -> bool:
+    """Whether every trial of the saved experiment state ended (finished or failed): after Ctrl-C,
+    Tune saves the unfinished ones as pending, to be resumed."""
+    from ray.tune import ExperimentAnalysis
+
+    return all(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(experiment_dir)).trials)
+
+
 def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Path, experiment_dir: Path,
               tracking_uri: str, log) -> int:
     """Prepare the base models, run every trial, mark the study's run FINISHED, FAILED (a trial
@@ -345,7 +353,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     except BaseException:
         finish_study_run(tracking_uri, parent_id, [], status="FAILED")
         raise
-    interrupted = results.num_terminated + results.num_errors < len(results)  # some trials never ended
+    interrupted = not study_ended(experiment_dir)
     failed = any(row["status"] != "OK" for row in rows)
     status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
     finish_study_run(tracking_uri, parent_id, rows, status=status)

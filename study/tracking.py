@@ -98,21 +98,24 @@ def version_tags() -> dict[str, str]:
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI opens a model-training experiment on its runs, not a GenAI overview
 TRIALS_VIEW = "lead-study-trials"  # a shared view state of the MLflow UI (an experiment tag)
-TRIALS_VIEW_STATE = {
+TRIALS_VIEW_STATE = {  # every trial (not the first ten), grouped by arm, each drawn alone, the study's curves first
     "searchFilter": "",
-    "orderByKey": "attributes.run_name",
-    "orderByAsc": True,
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
     "runsHiddenMode": "SHOW_ALL",
     "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
     "groupsExpanded": {},
     "useGroupedValuesInCharts": False,
     "hideEmptyCharts": True,
+    "chartsSearchFilter": "w_corr|eval/accuracy|eval/aes|eval/response_length|train/accuracy|train/response_length",
 }
 
 
 def trials_view_url(ui_url: str, experiment_id: str) -> str:
-    """Where the MLflow UI shows the study's trials, charted and grouped by arm."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?viewStateShareKey={TRIALS_VIEW}&compareRunsMode=CHART"
+    """Where the MLflow UI charts the study's trials, grouped by arm. ``workflowType`` matters: the
+    UI (3.x) otherwise opens every experiment on its GenAI overview, whatever the experiment's kind."""
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={TRIALS_VIEW}&compareRunsMode=CHART")
 
 
 def configure_experiment(client: MlflowClient, experiment_id: str) -> None:

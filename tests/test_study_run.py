@@ -212,7 +212,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
         max_concurrent_trials=1,
     )
     spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 10  # long enough to be killed mid-trial
+    spec_data["base"]["train"]["steps"] = 25  # long enough to be interrupted mid-trial
     spec.write_text(yaml.safe_dump(spec_data))
     args = quiet_args(spec, tmp_path, "--address", ray_cluster)
     log = (tmp_path / "driver.log").open("w")
@@ -220,11 +220,12 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     first = tmp_path / "runs/fault/psi-s0"
     second = tmp_path / "runs/fault/static-s0"
     try:
-        started = wait_for(lambda: (second / "checkpoint_000000").exists())
-        assert started, (tmp_path / "driver.log").read_text()[-3000:]
         # a second driver of the same study stops at once (it used to add duplicate trial runs)
+        assert wait_for(lambda: (tmp_path / "runs/.fault.lock").is_file() and (tmp_path / "runs/.fault.lock").read_text())
         rival = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert rival.returncode == 2 and "study 'fault' is already running (pid" in rival.stderr, rival.stderr
+        started = wait_for(lambda: (second / "checkpoint_000000").exists())
+        assert started, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         driver.send_signal(signal.SIGINT)  # Ctrl-C
         driver.wait(timeout=300)
@@ -237,7 +238,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     client, parents, children = child_runs(tmp_path, "fault")
     assert len(parents) == 1 and len(children) == 2
     for run in children:
-        assert steps_of(client, run) == list(range(1, 11)), run.info.run_name
+        assert steps_of(client, run) == list(range(1, 26)), run.info.run_name
         assert run.info.status == "FINISHED"
         assert history_artifact_matches(client, run)
     assert parents[0].info.status == "FINISHED"

@@ -53,31 +53,43 @@ def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache
     assert "GRPO" in result.stderr  # the progress bar
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700 and owner(tmp_path / "out") == "run"
 
-    # the same command again must not wipe the finished run: it needs --resume or --overwrite
-    before = (tmp_path / "out/metrics.jsonl").read_text()
-    again = cli(config, "--smoke-test", "--output-dir", tmp_path / "out")
-    assert again.returncode == 2 and again.stderr.count("\n") == 1
-    assert "holds a run: pass --resume to continue it or --overwrite to replace it" in again.stderr
-    assert (tmp_path / "out/metrics.jsonl").read_text() == before
-    done = cli(config, "--smoke-test", "--output-dir", tmp_path / "out", "--resume")
-    assert done.returncode == 0 and "is complete (step 2)" in done.stdout and "eval accuracy nan" not in done.stdout
 
-    # a resume with other settings is refused (the checkpoint carries its config's hash)
-    other = write_config(tmp_path, cache_dir, train={"lr": 5e-4, "steps": 3})
-    refused = cli(other, "--smoke-test", "--output-dir", tmp_path / "out", "--resume")
-    assert refused.returncode == 2 and "belongs to a run with other settings" in refused.stderr, refused.stderr
+def test_a_finished_run_is_kept_resumed_as_complete_or_refused_with_other_settings(tiny_model_dir, cache_dir, tmp_path, capsys):
+    """The same command again used to wipe the run's metrics; a resume with another config loaded
+    a foreign checkpoint and printed ``eval accuracy nan``."""
+    from trainers.train import main
+
+    config = write_config(tmp_path, cache_dir, train={"steps": 1}, eval={"every": 1, "num_problems": 4})
+    out = tmp_path / "out"
+    assert main([str(config), "--output-dir", str(out)]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main([str(config), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run: pass --resume to continue it or --overwrite to replace it" in err and err.count("\n") == 1
+    assert (out / "metrics.jsonl").read_text() == before
+    assert main([str(config), "--output-dir", str(out), "--resume"]) == 0
+    done = capsys.readouterr().out
+    assert "is complete (step 1)" in done and "eval accuracy nan" not in done
+    other = write_config(tmp_path, cache_dir, train={"steps": 1, "lr": 5e-4}, eval={"every": 1, "num_problems": 4})
+    assert main([str(other), "--output-dir", str(out), "--resume"]) == 2
+    assert "belongs to a run with other settings" in capsys.readouterr().err
+    assert main([str(other), "--output-dir", str(out), "--overwrite"]) == 0  # its own folder: replaced
+    assert owner(out) == "run" and len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_a_folder_this_tool_did_not_make_is_never_written_into(tmp_path, cache_dir):
+def test_a_folder_this_tool_did_not_make_is_never_written_into(tmp_path, cache_dir, capsys):
+    from trainers.train import main
+
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     for flags in ([], ["--overwrite"], ["--resume"]):
-        result = cli(write_config(tmp_path, cache_dir), "--output-dir", mine, *flags)
-        assert result.returncode == 2 and "is not a run folder of lead-study" in result.stderr, result.stderr
+        assert main([str(write_config(tmp_path, cache_dir)), "--output-dir", str(mine), *flags]) == 2
+        assert "is not a run folder of lead-study" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
-    result = cli(write_config(tmp_path, cache_dir), "--output-dir", "/proc/lead-study-run")
-    assert result.returncode == 2 and "cannot write in /proc" in result.stderr, result.stderr
+    assert main([str(write_config(tmp_path, cache_dir)), "--output-dir", "/proc/lead-study-run"]) == 2
+    assert "cannot write in /proc" in capsys.readouterr().err
 
 
 def test_smoke_and_full_runs_default_to_different_folders():
