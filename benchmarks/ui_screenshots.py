@@ -23,7 +23,7 @@ from study.tracking import trials_view_url
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1600,1100", "--virtual-time-budget=20000")
+                  "--hide-scrollbars", "--window-size=1900,1300", "--virtual-time-budget=25000")
 
 
 def screenshot(chromium: str, url: str, path: Path, profile: Path) -> None:

@@ -145,6 +145,13 @@ def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
     assert code == 2 and err.startswith("error: --address: cannot connect") and err.count("\n") == 1
     code, err = run_cli(tmp_path / "missing.yaml", capsys=capsys)
     assert code == 2 and "missing.yaml: cannot read" in err
+    # every problem at once, one line each: the spec's, the output folder's, the store's
+    both = write(tmp_path, minimal(base={"train": {"lr": -1}}, search={"metric": "eval/acc"}))
+    code, err = run_cli(both, "--output-dir", "/proc/lead-study", "--tracking-uri", str(tmp_path / "plain"), capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 4 and all(line.startswith("error: ") for line in lines), err
+    assert "base.train.lr" in lines[0] and "search.metric" in lines[1]
+    assert "--output-dir: cannot write in /proc" in lines[2] and "--tracking-uri: '" in lines[3]
     assert not out.exists() and not (tmp_path / "t.db").exists()
 
 
