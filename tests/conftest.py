@@ -1,5 +1,9 @@
 """Shared fixtures: a tiny base model built once per session in a private cache."""
 
+import contextlib
+import io
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,6 +12,18 @@ from trainers.config import TrainConfig
 
 # A few SFT steps: enough for a real, loadable model that emits EOS; far from a good one.
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "sft_steps": 60}
+
+
+def run_main(main, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A CLI's ``main(argv)`` run in this process (no interpreter start-up per case): its exit code,
+    stdout and stderr, as ``subprocess.run`` would give them."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or os.getcwd()):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

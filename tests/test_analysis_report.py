@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis.load import LOGGED_STEP_TAG, STUDY_RUN_TAG, load_study
 from analysis.report import main
 from analysis.server import local_server
+from tests.conftest import run_main
 from study.tracking import log_json, write_history_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,8 +160,8 @@ def test_a_partial_study_reports_missing_running_and_failed_trials(partial_study
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "analysis.report", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    """``python -m analysis.report ARGS``, in this process."""
+    return run_main(main, *args, cwd=cwd)
 
 
 def test_bad_input_is_one_line_and_exit_code_2_with_nothing_written(partial_study, tmp_path):
@@ -190,15 +191,15 @@ def test_bad_input_is_one_line_and_exit_code_2_with_nothing_written(partial_stud
     assert empty.read_bytes() == b""  # a reader never turns an empty file into a store
 
 
-def test_the_report_never_replaces_a_folder_it_did_not_make(partial_study, tmp_path):
+def test_the_report_never_replaces_a_folder_it_did_not_make(partial_study, tmp_path, monkeypatch):
     """``--out .``, ``--out ~`` and ``--study ..`` (reports/..) used to delete those folders whole."""
     home = tmp_path / "home"
     (home / "work").mkdir(parents=True)
     (home / "work" / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("HOME", str(home))
     for args in (["--out", "."], ["--out", "~"], ["--study", "..", "--out", "reports/.."]):
         study = [] if "--study" in args else ["--study", "partial"]
-        proc = subprocess.run([sys.executable, "-m", "analysis.report", *study, "--tracking-uri", partial_study, *args],
-                              capture_output=True, text=True, cwd=home / "work", env={**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)})
+        proc = run_cli(*study, "--tracking-uri", partial_study, *args, cwd=home / "work")
         assert proc.returncode == 2 and "is not a report folder of lead-study" in proc.stderr, proc.stderr
     assert (home / "work" / "thesis.tex").read_text() == "years of work"
     report = home / "work" / "reports" / "partial"

@@ -179,7 +179,6 @@ def ground_truths() -> dict[str, list[str]]:
 def test_every_real_ground_truth_matches_itself_and_its_box(grader):
     """``python benchmarks/grading_real_data.py`` runs the same check over every row of every file."""
     for name, answers in ground_truths().items():
-        assert all(answers_match(a, a) for a in answers), name
         assert grader.grade([f"The answer is \\boxed{{{a}}}." for a in answers], answers) == [1.0] * len(answers), name
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import run_main
 from trainers.config import ConfigError, TrainConfig
 from trainers.models.tiny_chat import build_tiny_chat_model
 from trainers.tasks.math import SUFFIX, DatasetError, MathTask, MathTaskConfig, chat_prompt_ids, load_problems, problem_id
@@ -143,6 +144,12 @@ def run_evaluate(*args, cwd):
                           timeout=300)
 
 
+def evaluate_in_process(*args, cwd):
+    from trainers.evaluate import main
+
+    return run_main(main, *args, cwd=cwd)
+
+
 def test_evaluate_cli_end_to_end_and_resume(chat_model, tmp_path):
     out = tmp_path / "eval"
     args = ["--model", str(chat_model), "--benchmarks", f"fix={FIXTURE}:2,mini={FIXTURE}:1", "--max-tokens", "16",
@@ -179,7 +186,7 @@ def test_evaluate_cli_bad_input(chat_model, tmp_path):
     bad.write_text('{"problem": "x"}\n')
     cases.append((["--model", str(chat_model), "--benchmarks", f"bad={bad}"], f"error: {bad}:1: missing 'answer'"))
     for args, message in cases:
-        proc = run_evaluate(*args, "--out", str(tmp_path / "never"), cwd=ROOT)
+        proc = evaluate_in_process(*args, "--out", str(tmp_path / "never"), cwd=ROOT)
         assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
@@ -188,7 +195,7 @@ def test_evaluate_cli_bad_input(chat_model, tmp_path):
 def test_evaluate_reports_every_bad_flag_at_once_before_loading_anything(chat_model, tmp_path):
     nulls = tmp_path / "nulls.jsonl"
     nulls.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "x", "answer": null}\n')
-    proc = run_evaluate("--model", str(chat_model), "--benchmarks", f"n={nulls},f={FIXTURE}:abc", "--limit", "-1",
+    proc = evaluate_in_process("--model", str(chat_model), "--benchmarks", f"n={nulls},f={FIXTURE}:abc", "--limit", "-1",
                         "--max-tokens", "0", "--batch-size", "0", "--temperature", "nan", "--top-p", "2",
                         "--grading-timeout", "0", "--device", "tpu", "--out", "/proc/lead-study-eval", cwd=ROOT)
     lines = proc.stderr.strip().splitlines()

@@ -212,7 +212,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
         max_concurrent_trials=1,
     )
     spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 25  # long enough to be interrupted mid-trial
+    spec_data["base"]["train"]["steps"] = 16  # long enough to be interrupted mid-trial
     spec.write_text(yaml.safe_dump(spec_data))
     args = quiet_args(spec, tmp_path, "--address", ray_cluster)
     log = (tmp_path / "driver.log").open("w")
@@ -238,7 +238,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     client, parents, children = child_runs(tmp_path, "fault")
     assert len(parents) == 1 and len(children) == 2
     for run in children:
-        assert steps_of(client, run) == list(range(1, 26)), run.info.run_name
+        assert steps_of(client, run) == list(range(1, 17)), run.info.run_name
         assert run.info.status == "FINISHED"
         assert history_artifact_matches(client, run)
     assert parents[0].info.status == "FINISHED"

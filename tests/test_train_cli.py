@@ -13,15 +13,16 @@ import yaml
 
 from trainers.outputs import owner
 
-from tests.conftest import TINY
+from tests.conftest import TINY, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "trainers.train", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+    """``python -m trainers.train ARGS``, in this process."""
+    from trainers.train import main
+
+    return run_main(main, *args, cwd=cwd)
 
 
 def write_config(tmp_path, cache_dir, **changes):
@@ -40,7 +41,8 @@ def write_config(tmp_path, cache_dir, **changes):
 
 def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache_dir, tmp_path):
     config = write_config(tmp_path, cache_dir)
-    result = cli(config, "--smoke-test", "--output-dir", tmp_path / "out")
+    result = subprocess.run([sys.executable, "-m", "trainers.train", config, "--smoke-test", "--output-dir", tmp_path / "out"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)  # the real command, once
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("done: eval accuracy")
     lines = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
