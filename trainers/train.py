@@ -56,9 +56,7 @@ class RunFiles:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_path)
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def __call__(self, report: StepReport) -> None:
         with self.metrics_path.open("a") as f:
