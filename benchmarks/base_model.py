@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from trainers.config import load_train_config
 from trainers.grpo import Evaluator, base_model_path, load_model
-from trainers.rollout.hf import HFRolloutEngine
+from trainers.rollout import build_engine
 from trainers.tasks.synthetic import SyntheticTask
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "trainers/configs/synthetic_psi.yaml"
@@ -35,7 +35,7 @@ def main() -> None:
     print(f"base model {path}: {info['parameters']:,} parameters, SFT {info['sft_seconds']} s, final loss {info['final_loss_ema']}")
     model, tokenizer = load_model(path, config)
     task = SyntheticTask(config.task)
-    evaluator = Evaluator(config, HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id), tokenizer, task)
+    evaluator = Evaluator(config, build_engine(config.rollout.engine, model, tokenizer), tokenizer, task)
     problems = evaluator.problems
     start = time.perf_counter()
     result = evaluator()

@@ -1,10 +1,11 @@
 """The lean KV-cache sampler against transformers' own generate, and its bookkeeping."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trainers.rollout import build_engine
 from trainers.rollout.base import SamplingParams
-from trainers.rollout.hf import HFRolloutEngine
 
 PROMPTS = ["Q:3+5=", "Q:1+2+3+4+5=", "Q:9+9+9="]
 
@@ -15,7 +16,7 @@ def load(path):
 
 def test_greedy_matches_transformers_generate_with_left_padding(tiny_model_dir):
     model, tokenizer = load(tiny_model_dir)
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = build_engine("hf", model, tokenizer)
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     out = engine.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=40), seed=0)
     for row, prompt in enumerate(prompts):
@@ -29,7 +30,7 @@ def test_greedy_matches_transformers_generate_with_left_padding(tiny_model_dir):
 
 def test_sampling_is_prompt_major_reproducible_and_respects_the_budget(tiny_model_dir):
     model, tokenizer = load(tiny_model_dir)
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = build_engine("hf", model, tokenizer)
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     sampling = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
     a = engine.generate(prompts, 4, sampling, seed=5)
@@ -77,3 +78,12 @@ def test_the_cache_goes_under_the_name_the_forward_takes(tiny_model_dir):
             return input_ids
 
     assert cache_argument(OlderForward()) == "past_key_values"
+
+
+def test_engines_come_from_one_registry():
+    from trainers.config import RolloutConfig
+
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang' \\(known: hf\\)"):
+        build_engine("sglang", None, None)
+    with pytest.raises(ValueError, match="rollout engine"):
+        RolloutConfig(engine="sglang")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainers.checks import must_exist
 from trainers.lead import LeadConfig, Weighting
 from trainers.models.tiny import TinyModelConfig
+from trainers.rollout import ENGINE_MODULES
 from trainers.rollout.base import SamplingParams
 from trainers.tasks.math import MathTaskConfig
 from trainers.tasks.synthetic import SyntheticTaskConfig
@@ -51,7 +52,7 @@ BudgetSchedule = list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge
 
 
 class RolloutConfig(_Strict):
-    engine: Literal["hf"] = "hf"
+    engine: str = Field("hf", description="the rollout engine, a name in trainers.rollout.ENGINE_MODULES")
     n: int = Field(8, ge=1, description="rollouts per prompt")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -61,6 +62,13 @@ class RolloutConfig(_Strict):
         "shrinking budget: each budget holds from its step until the next)",
     )
     max_prompt_tokens: int = Field(64, ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        if engine not in ENGINE_MODULES:
+            raise ValueError(f"unknown rollout engine '{engine}' (known: {', '.join(sorted(ENGINE_MODULES))})")
+        return engine
 
     @field_validator("max_new_tokens")
     @classmethod

@@ -36,7 +36,8 @@ from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.fingerprint import EVALUATION_CODE, fingerprint
 from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.models.tiny import default_cache_dir, ensure_base_model
-from trainers.rollout.hf import HFRolloutEngine
+from trainers.rollout import build_engine
+from trainers.rollout.base import RolloutEngine
 from trainers.tasks import build_task, grade_rollouts, task_identity
 
 CHECKPOINT_FILE = "trainer_state.pt"
@@ -214,7 +215,7 @@ class Evaluator:
     (the base model's included), so arms and steps are compared on common random numbers."""
 
     config: TrainConfig
-    engine: HFRolloutEngine
+    engine: RolloutEngine
     tokenizer: object
     task: object  # see trainers.tasks
 
@@ -261,7 +262,7 @@ def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Pa
     """Build (or reuse) the base model and evaluate it once; trials then find both in the cache."""
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = build_engine(config.rollout.engine, model, tokenizer)
     with contextlib.closing(build_task(config.task)) as task:
         return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, task))
 
@@ -283,7 +284,7 @@ def train(
         reference = None
         if config.train.kl_coef > 0:
             reference = copy.deepcopy(model).eval().requires_grad_(False)
-        engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        engine = build_engine(config.rollout.engine, model, tokenizer)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         evaluator = Evaluator(config, engine, tokenizer, task)
         base = base_evaluation(model_path, evaluator)
@@ -329,6 +330,7 @@ def train(
             token_adv = token_advantages(out.advantages, mask, config.lead.weighting.whiten)
             # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
             losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
+            engine.sync_weights(model)  # the next rollouts (and evaluations) sample from the updated policy
 
             step_metrics = {
                 M.TRAIN_ACCURACY: sum(scores) / len(scores),

@@ -13,6 +13,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from trainers.rollout import register_engine
 from trainers.rollout.base import Rollouts, SamplingParams
 
 
@@ -36,13 +37,14 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@register_engine("hf")
 class HFRolloutEngine:
     """Samples from a transformers causal LM it shares with the trainer (no weight copies)."""
 
-    def __init__(self, model: torch.nn.Module, pad_token_id: int, eos_token_id: int):
+    def __init__(self, model: torch.nn.Module, tokenizer):
         self.model = model
-        self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self.eos_token_id = tokenizer.eos_token_id
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
