@@ -29,7 +29,7 @@ from analysis.compute import (
     arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_other, weight_shape,
 )
 from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
-from trainers.outputs import MARKER, check_writable_dir, is_empty, owner, replace_owned
+from trainers.outputs import check_replaceable, check_writable_dir, replace_owned
 
 REPORT_ARTIFACT = "report"
 
@@ -190,9 +190,7 @@ def write_report(tracking_uri: str, study: str, out: Path, log_artifacts: bool =
     """Build the report into ``out`` and return ``out/report.html``. An earlier report there is
     replaced whole; any other non-empty folder is refused (ValueError) before anything is read."""
     out = out.expanduser().resolve()
-    if out.exists() and not is_empty(out) and owner(out) != "report":
-        raise ValueError(f"--out: {out} exists and is not a report folder of lead-study (no {MARKER} marker); "
-                         "refusing to replace it")
+    check_replaceable(out, "report")  # before anything is read; replace_owned checks again at the swap
     check_writable_dir(out.parent)
     data = load_study(tracking_uri, study)
     out.parent.mkdir(parents=True, exist_ok=True)

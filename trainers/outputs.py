@@ -66,12 +66,17 @@ def clear_owned(path: Path, kind: str) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def replace_owned(built: Path, target: Path, kind: str) -> None:
-    """Put the finished folder ``built`` (a sibling of ``target``) at ``target``, replacing an
-    earlier one only if it is empty or carries ``kind``'s marker."""
+def check_replaceable(target: Path, kind: str) -> None:
+    """Raise ValueError unless ``target`` is missing, empty or carries ``kind``'s marker."""
     if target.exists() and not is_empty(target) and owner(target) != kind:
         raise ValueError(f"{target} exists and is not a {kind} folder of lead-study (no {MARKER} marker); "
                          "refusing to replace it")
+
+
+def replace_owned(built: Path, target: Path, kind: str) -> None:
+    """Put the finished folder ``built`` (a sibling of ``target``) at ``target``, replacing an
+    earlier one only if ``check_replaceable`` allows it."""
+    check_replaceable(target, kind)
     (built / MARKER).write_text(json.dumps({"kind": kind, "made_by": "lead-study"}) + "\n")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
