@@ -56,10 +56,13 @@ def test_top_p_keeps_only_the_nucleus():
 
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(2000, 1)
     g = torch.Generator().manual_seed(0)
-    drawn = sample_tokens(logits, SamplingParams(temperature=1.0, top_p=0.7), g)
+    drawn, logp = sample_tokens(logits, SamplingParams(temperature=1.0, top_p=0.7), g)
     assert set(drawn.tolist()) == {0, 1}  # 0.6 alone is below 0.7, so 0.3 joins; 0.1 never
     share = (drawn == 0).float().mean().item()
     assert abs(share - 2 / 3) < 0.05
+    # each draw's log-probability is under the renormalized nucleus it was drawn from
+    expected = torch.where(drawn == 0, torch.tensor(0.6 / 0.9), torch.tensor(0.3 / 0.9)).log()
+    assert torch.allclose(logp, expected, atol=1e-6)
 
 
 def test_the_cache_goes_under_the_name_the_forward_takes(tiny_model_dir):
@@ -83,7 +86,7 @@ def test_the_cache_goes_under_the_name_the_forward_takes(tiny_model_dir):
 def test_engines_come_from_one_registry():
     from trainers.config import RolloutConfig
 
-    with pytest.raises(ValueError, match="unknown rollout engine 'sglang' \\(known: hf\\)"):
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang' \\(known: hf, vllm\\)"):
         build_engine("sglang", None, None)
     with pytest.raises(ValueError, match="rollout engine"):
         RolloutConfig(engine="sglang")

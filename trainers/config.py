@@ -16,11 +16,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.actor import BACKEND_MODULES
 from trainers.checks import must_exist
 from trainers.lead import LeadConfig, Weighting
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout import ENGINE_MODULES
-from trainers.rollout.base import SamplingParams
+from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.tasks.math import MathTaskConfig
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
@@ -62,6 +63,10 @@ class RolloutConfig(_Strict):
         "shrinking budget: each budget holds from its step until the next)",
     )
     max_prompt_tokens: int = Field(64, ge=1)
+    gpu_memory_utilization: float = Field(
+        0.4, gt=0.0, le=1.0, description="vllm on a GPU: its share of the GPU's memory, weights and KV cache "
+        "(it shares the GPU with training, and sleeps while the policy updates)"
+    )
 
     @field_validator("engine")
     @classmethod
@@ -97,6 +102,10 @@ def max_budget(max_new_tokens: int | list) -> int:
 
 
 class OptimConfig(_Strict):
+    backend: str = Field("single", description="the training backend, a name in trainers.actor.BACKEND_MODULES")
+    workers: int = Field(1, ge=1, description="training processes (deepspeed: one per GPU, or CPU processes on gloo)")
+    zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: ZeRO stage")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward pass")
     steps: int = Field(150, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     lr: float = Field(1e-4, gt=0.0)
@@ -112,6 +121,19 @@ class OptimConfig(_Strict):
     kl_type: Literal["mse", "low_var_kl"] = "mse"
     entropy_coef: float = Field(0.001, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in BACKEND_MODULES:
+            raise ValueError(f"unknown training backend '{backend}' (known: {', '.join(sorted(BACKEND_MODULES))})")
+        return backend
+
+    @model_validator(mode="after")
+    def _one_single_worker(self) -> "OptimConfig":
+        if self.backend == "single" and self.workers != 1:
+            raise ValueError(f"workers: the single backend trains in one process (got {self.workers}); use backend: deepspeed")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -175,6 +197,14 @@ class TrainConfig(_Strict):
     def rollout_sampling(self, step: int) -> SamplingParams:
         """Sampling of training step ``step`` (0-based), with that step's budget."""
         return SamplingParams(self.rollout.temperature, self.rollout.top_p, self.rollout.budget_at(step))
+
+    def engine_spec(self, model_path: Path) -> EngineSpec:
+        """What the rollout engine needs besides the model: room for the longest prompt and budget."""
+        longest = max(self.rollout.max_budget, self.eval_sampling.max_new_tokens)
+        return EngineSpec(
+            model_path, self.rollout.max_prompt_tokens + longest, self.model.dtype, self.seed,
+            self.rollout.gpu_memory_utilization,
+        )
 
     @property
     def eval_sampling(self) -> SamplingParams:

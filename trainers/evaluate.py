@@ -39,7 +39,7 @@ from trainers.fingerprint import versions
 from trainers.grading import Grader, extract_answer
 from trainers.outputs import check_writable_dir
 from trainers.rollout import ENGINE_MODULES, build_engine
-from trainers.rollout.base import SamplingParams
+from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.tasks.math import DatasetError, chat_prompt_ids, load_problems
 
 
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" and device.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
-    engine = build_engine(args.engine, model, tokenizer)
+    spec = EngineSpec(args.model.resolve(), model.config.max_position_embeddings, str(dtype).removeprefix("torch."), args.seed)
+    engine = build_engine(args.engine, model, tokenizer, spec)
     sampling = SamplingParams(args.temperature, args.top_p, args.max_tokens)
     grader = Grader()
     chunks = [(name, start) for name in benchmarks for start in range(0, len(problems[name]), args.batch_size)]

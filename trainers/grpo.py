@@ -3,19 +3,21 @@
 One step: sample prompts -> roll out ``n`` responses each (within the step's budget) -> grade ->
 ``lead_step`` (length reward, advantages, weights) -> token advantages (whitened over all response
 tokens unless the weighting says not)
--> clipped policy-gradient loss + KL to the frozen reference - entropy bonus, over mini-batches
-of micro-batches -> AdamW. Every ``eval.every`` steps and at the end: pass@1, mean length and AES
-on the fixed eval set. Every ``checkpoint.every`` steps: everything needed to resume exactly.
+-> the actor's policy update (``trainers.actor``: clipped policy-gradient loss + KL to the frozen
+reference - entropy bonus, over mini-batches of micro-batches, AdamW; in this process or over
+DeepSpeed workers) -> the rollout engine syncs to the new weights. Every ``eval.every`` steps and
+at the end: pass@1, mean length and AES on the fixed eval set. Every ``checkpoint.every`` steps:
+everything needed to resume.
 
 The trainer knows nothing of Ray or MLflow: it hands a ``StepReport`` to a callback after every
-step. Randomness is a pure function of (seed, step), so a resumed run repeats an uninterrupted
-one bit for bit.
+step. Randomness is a pure function of (seed, step), so with the ``hf`` engine a resumed run
+repeats an uninterrupted one bit for bit (with ``vllm`` it continues from the checkpoint, not bit
+for bit).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import math
@@ -31,6 +33,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers import metrics as M
+from trainers.actor import build_actor
+from trainers.actor.update import PolicyBatch
 from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.fingerprint import EVALUATION_CODE, fingerprint
@@ -75,10 +79,10 @@ def base_model_path(config: TrainConfig, log: Callable[[str], None] = print) -> 
 
 
 def load_model(path: Path, config: TrainConfig):
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        # float32 weights whatever model.dtype says: bfloat16 computes under autocast (trainers.precision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.path: cannot load {path}: {str(exc).splitlines()[0]}") from None
     needed = config.rollout.max_prompt_tokens + config.rollout.max_budget
@@ -95,21 +99,6 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step) * 8 + stream
 
 
-def token_logprobs(model, input_ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each next token and the entropy of each next-token distribution.
-
-    ``input_ids`` are right-padded, so no attention mask is needed (causal attention never sees
-    the padding after a token). Both outputs have shape (B, W - 1): entry ``j`` is about token ``j+1``.
-    """
-    logits = model(input_ids=input_ids).logits[:, :-1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
 def token_advantages(advantages: torch.Tensor, mask: torch.Tensor, whiten: bool) -> torch.Tensor:
     """Each rollout's advantage on each of its response tokens, shape of ``mask`` (0 elsewhere);
     whitened over every response token of the batch when ``whiten`` (``masked_whiten``)."""
@@ -117,37 +106,23 @@ def token_advantages(advantages: torch.Tensor, mask: torch.Tensor, whiten: bool)
     return masked_whiten(token_adv, mask) if whiten else token_adv * mask
 
 
-def clipped_objective(
-    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped loss per token, ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` (``clip_high``
-    None: ``clip_low``, a symmetric clip), and where the clip bound the ratio."""
-    clipped = ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
-    return torch.maximum(-adv * ratio, -adv * clipped), ratio != clipped
-
-
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token KL estimate to the reference: ``mse`` = 0.5 (logp - ref)^2;
-    ``low_var_kl`` = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10] (k3 estimator)."""
-    if kind == "mse":
-        return 0.5 * (logp - ref_logp) ** 2
-    log_ratio = ref_logp - logp
-    return (log_ratio.exp() - log_ratio - 1).clamp(-10.0, 10.0)
-
-
-def build_sequences(prompts: list[list[int]], n: int, rollouts, pad_token_id: int):
-    """Right-padded prompt+response rows and the mask of response targets, shape (B, W - 1)."""
+def build_sequences(prompts: list[list[int]], n: int, rollouts, pad_token_id: int, advantages: torch.Tensor,
+                    whiten: bool) -> PolicyBatch:
+    """Right-padded prompt+response rows, the mask of response targets (B, W - 1), each response
+    token's advantage (``token_advantages``) and the sampler's log-probability of it."""
     lengths = rollouts.lengths.tolist()
     prompt_lengths = [len(prompts[i // n]) for i in range(len(lengths))]
     width = max(p + length for p, length in zip(prompt_lengths, lengths))
     device = rollouts.response_ids.device
     ids = torch.full((len(lengths), width), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(lengths), width - 1), dtype=torch.bool, device=device)
+    sampler_logp = torch.zeros((len(lengths), width - 1), dtype=torch.float32, device=device)
     for i, (p, length) in enumerate(zip(prompt_lengths, lengths)):
         ids[i, :p] = torch.tensor(prompts[i // n], device=device)
         ids[i, p : p + length] = rollouts.response_ids[i, :length]
         mask[i, p - 1 : p - 1 + length] = True
-    return ids, mask
+        sampler_logp[i, p - 1 : p - 1 + length] = rollouts.logprobs[i, :length]
+    return PolicyBatch(ids, mask, token_advantages(advantages, mask, whiten), sampler_logp)
 
 
 def stage_checkpoint(directory: Path, payload: dict) -> Path:
@@ -236,6 +211,7 @@ class Evaluator:
     def cache_key(self) -> dict:
         """What a result depends on besides the weights."""
         return {
+            "engine": self.config.rollout.engine,
             "task": task_identity(self.config.task),
             "problems": len(self.problems),
             "sampling": self.sampling,
@@ -262,7 +238,7 @@ def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Pa
     """Build (or reuse) the base model and evaluate it once; trials then find both in the cache."""
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
-    engine = build_engine(config.rollout.engine, model, tokenizer)
+    engine = build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(model_path))
     with contextlib.closing(build_task(config.task)) as task:
         return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, task))
 
@@ -277,26 +253,24 @@ def train(
     """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval)."""
     output_dir = Path(output_dir)
     torch.manual_seed(config.seed)
-    with contextlib.closing(build_task(config.task)) as task:  # a reused worker (Tune reuse_actors) keeps none of it
+    with contextlib.ExitStack() as stack:  # a reused worker (Tune reuse_actors) keeps none of it
+        task = stack.enter_context(contextlib.closing(build_task(config.task)))
         model_path = base_model_path(config, log=log)
         model, tokenizer = load_model(model_path, config)
         device = next(model.parameters()).device
-        reference = None
-        if config.train.kl_coef > 0:
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
-        engine = build_engine(config.rollout.engine, model, tokenizer)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+        engine = build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(model_path))
         evaluator = Evaluator(config, engine, tokenizer, task)
         base = base_evaluation(model_path, evaluator)
         base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
         log(f"base model: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f} tokens")
+        actor = stack.enter_context(contextlib.closing(build_actor(config.train.backend, config, model, log)))
 
         state, start = LeadState(), 0
         if resume_from is not None:
             check_checkpoint(resume_from, config)
-            saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
+            saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            actor.load_state_dict(saved)
+            engine.sync_weights(actor.model)
             state = LeadState.from_state_dict(saved["lead_state"])
             torch.set_rng_state(saved["torch_rng"])
             start = saved["step"]
@@ -326,11 +300,11 @@ def train(
             )
             state = out.state
             # 4. token advantages, whitened over every response token of the batch (unless told not to)
-            input_ids, mask = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id)
-            token_adv = token_advantages(out.advantages, mask, config.lead.weighting.whiten)
+            batch = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id, out.advantages,
+                                    config.lead.weighting.whiten)
             # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
-            losses = policy_update(model, reference, optimizer, input_ids, mask, token_adv, config, step)
-            engine.sync_weights(model)  # the next rollouts (and evaluations) sample from the updated policy
+            losses = actor.update(batch, step_seed(config.seed, step, 1))
+            engine.sync_weights(actor.model)  # the next rollouts (and evaluations) sample from the updated policy
 
             step_metrics = {
                 M.TRAIN_ACCURACY: sum(scores) / len(scores),
@@ -362,8 +336,7 @@ def train(
                 staged = stage_checkpoint(
                     output_dir / "checkpoints" / f"step_{step + 1:06d}",
                     {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        **actor.state_dict(),  # "model" and "optimizer", full (unsharded)
                         "lead_state": state.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "step": step + 1,
@@ -378,74 +351,3 @@ def train(
             if staged is not None:
                 publish_checkpoint(staged, output_dir / "checkpoints" / f"step_{step + 1:06d}", config.checkpoint.keep_last)
         return last
-
-
-def policy_update(model, reference, optimizer, input_ids, mask, token_adv, config: TrainConfig, step: int) -> dict:
-    """One PPO pass (``ppo_epochs``) over the batch in shuffled mini-batches of micro-batches.
-
-    Inside a mini-batch, rows are sorted by length and each micro-batch is cut to its longest
-    row, so little compute goes to padding. Losses are token means over the whole mini-batch.
-    """
-    opt = config.train
-    temperature = config.rollout.temperature
-    total, width = input_ids.shape
-    row_width = mask.long().cumsum(1).argmax(1) + 2  # tokens up to and including the last response token
-
-    def chunks(rows: torch.Tensor):
-        """Micro-batches of ``rows``, length-sorted, each with the width it needs."""
-        rows = rows[torch.argsort(row_width[rows], stable=True)]
-        for start in range(0, rows.numel(), opt.micro_batch_size):
-            idx = rows[start : start + opt.micro_batch_size]
-            yield idx, int(row_width[idx].max())
-
-    def padded(values: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(values, (0, width - 1 - values.shape[1]))
-
-    def forward_no_grad(module) -> torch.Tensor:
-        out = torch.zeros(total, width - 1, device=input_ids.device)
-        with torch.no_grad():
-            for idx, w in chunks(torch.arange(total, device=input_ids.device)):
-                out[idx] = padded(token_logprobs(module, input_ids[idx, :w], temperature)[0])
-        return out
-
-    ref_logp = forward_no_grad(reference) if reference is not None else None
-    single_update = opt.ppo_epochs == 1 and opt.mini_batch_size >= total
-    old_logp = None if single_update else forward_no_grad(model)  # the policy that sampled the batch
-
-    generator = torch.Generator().manual_seed(step_seed(config.seed, step, 1))
-    sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "grad_norm": 0.0}
-    updates = 0
-    model.train()
-    for _ in range(opt.ppo_epochs):
-        order = torch.randperm(total, generator=generator).to(input_ids.device)
-        for mb_start in range(0, total, opt.mini_batch_size):
-            mini = order[mb_start : mb_start + opt.mini_batch_size]
-            mb_tokens = mask[mini].sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            for idx, w in chunks(mini):
-                m = mask[idx, : w - 1].float()
-                logp, entropy = token_logprobs(model, input_ids[idx, :w], temperature)
-                old = logp.detach() if old_logp is None else old_logp[idx, : w - 1]
-                ratio = torch.exp(logp - old)
-                pg, clipped = clipped_objective(ratio, token_adv[idx, : w - 1], opt.clip_ratio, opt.clip_ratio_high)
-                if ref_logp is not None:
-                    kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type)
-                else:
-                    kl = torch.zeros_like(pg)
-                loss_tokens = pg + opt.kl_coef * kl - opt.entropy_coef * entropy
-                ((loss_tokens * m).sum() / mb_tokens).backward()
-                with torch.no_grad():
-                    sums["policy"] += float((pg * m).sum() / mb_tokens)
-                    sums["kl"] += float((kl * m).sum() / mb_tokens)
-                    sums["entropy"] += float((entropy * m).sum() / mb_tokens)
-                    sums["clip"] += float((clipped.float() * m).sum() / mb_tokens)
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip))
-            optimizer.step()
-            updates += 1
-    return {
-        M.LOSS_POLICY: sums["policy"] / updates,
-        M.LOSS_KL: sums["kl"] / updates,
-        M.LOSS_ENTROPY: sums["entropy"] / updates,
-        M.LOSS_CLIP_FRACTION: sums["clip"] / updates,
-        M.LOSS_GRAD_NORM: sums["grad_norm"] / updates,
-    }

@@ -1,11 +1,11 @@
 """Rollout engines by name: ``rollout.engine`` in a config picks one, and the trainer, the
 evaluator and ``python -m trainers.evaluate`` all get theirs from ``build_engine``.
 
-    engine = build_engine("hf", model, tokenizer)
+    engine = build_engine("hf", model, tokenizer, EngineSpec(model_path, max_model_len))
     rollouts = engine.generate(prompts, n, sampling, seed)
     engine.sync_weights(model)        # after every policy update (a no-op for an engine sharing them)
 
-A new engine is one class with ``generate`` and ``sync_weights`` (``trainers.rollout.base``) and one
+A new engine is one class with ``__init__(model, tokenizer, spec)``, ``generate`` and ``sync_weights`` (``trainers.rollout.base``) and one
 ``@register_engine("name")`` line above it; its module is listed in ``ENGINE_MODULES`` so that
 naming the engine imports it (heavy engines stay unimported until asked for).
 """
@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable
 
 ENGINES: dict[str, Callable] = {}
-ENGINE_MODULES = {"hf": "trainers.rollout.hf"}  # engine name -> the module that registers it
+ENGINE_MODULES = {"hf": "trainers.rollout.hf", "vllm": "trainers.rollout.vllm"}  # engine name -> the module that registers it
 
 
 def register_engine(name: str) -> Callable:
@@ -29,10 +29,11 @@ def register_engine(name: str) -> Callable:
     return add
 
 
-def build_engine(name: str, model, tokenizer, **settings):
-    """The engine ``name`` over ``model`` (the trainer's policy) and its tokenizer."""
+def build_engine(name: str, model, tokenizer, spec):
+    """The engine ``name`` over ``model`` (the trainer's policy), its tokenizer and an
+    ``EngineSpec`` (``trainers.rollout.base``)."""
     if name not in ENGINES:
         if name not in ENGINE_MODULES:
             raise ValueError(f"unknown rollout engine '{name}' (known: {', '.join(sorted(ENGINE_MODULES))})")
         importlib.import_module(ENGINE_MODULES[name])
-    return ENGINES[name](model, tokenizer, **settings)
+    return ENGINES[name](model, tokenizer, spec)

@@ -14,20 +14,26 @@ import torch
 from transformers import DynamicCache
 
 from trainers.rollout import register_engine
-from trainers.rollout.base import Rollouts, SamplingParams
+from trainers.precision import autocast
+from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
 
 
-def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    """Temperature and nucleus (top-p) sampling of one token per row; temperature 0 is greedy."""
+def sample_tokens(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature and nucleus (top-p) sampling of one token per row (temperature 0: greedy), and
+    each drawn token's log-probability under the distribution it was drawn from."""
     if sampling.temperature == 0:
-        return logits.argmax(-1)
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p  # keeps the token crossing top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, (probs.gather(-1, tokens[:, None]).squeeze(-1) / probs.sum(-1)).log()
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -41,16 +47,20 @@ def cache_argument(model: torch.nn.Module) -> str:
 class HFRolloutEngine:
     """Samples from a transformers causal LM it shares with the trainer (no weight copies)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer):
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: EngineSpec):
         self.model = model
+        self.dtype = spec.dtype
         self.pad_token_id = tokenizer.pad_token_id
         self.eos_token_id = tokenizer.eos_token_id
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
 
-    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
+        with torch.inference_mode(), autocast(self.dtype, next(self.model.parameters()).device):
+            return self._generate(prompts, n, sampling, seed)
+
+    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
         model, device = self.model, next(self.model.parameters()).device
         cache_kwarg = cache_argument(model)
         was_training = model.training
@@ -74,12 +84,14 @@ class HFRolloutEngine:
         total = len(prompts) * n
         budget = sampling.max_new_tokens
         responses = torch.full((total, budget), self.pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((total, budget), dtype=torch.float32, device=device)
         lengths = torch.zeros(total, dtype=torch.long, device=device)
         finished = torch.zeros(total, dtype=torch.bool, device=device)
         active = torch.arange(total, device=device)
         for t in range(budget):
-            tokens = sample_tokens(logits, sampling, generator)
+            tokens, token_logprobs = sample_tokens(logits, sampling, generator)
             responses[active, t] = tokens
+            logprobs[active, t] = token_logprobs
             lengths[active] = t + 1
             done = tokens == self.eos_token_id
             finished[active[done]] = True
@@ -99,4 +111,4 @@ class HFRolloutEngine:
             next_position = next_position + 1
         model.train(was_training)
         width_used = int(lengths.max())
-        return Rollouts(response_ids=responses[:, :width_used], lengths=lengths, truncated=~finished)
+        return Rollouts(responses[:, :width_used], lengths, ~finished, logprobs[:, :width_used])

@@ -1,0 +1,108 @@
+"""Training backends: one PPO pass gives the same weights with one process, one DeepSpeed worker
+and two (ZeRO 2 and 3, gloo), and full-state checkpoints move between backends and worker counts."""
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import tiny_config
+from trainers.actor import build_actor
+from trainers.actor.update import PolicyBatch, plan_pass, micro_batches
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed (make setup logs why in .venv/optional.log)",
+)
+
+
+def random_batch(rows: int = 11, width: int = 20, vocab: int = 21, seed: int = 0) -> PolicyBatch:
+    """Rows of different lengths (prompt 4 tokens, responses 3..15), random advantages."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (rows, width), generator=g)
+    mask = torch.zeros(rows, width - 1, dtype=torch.bool)
+    for row in range(rows):
+        length = int(torch.randint(3, width - 4, (1,), generator=g))
+        mask[row, 3 : 3 + length] = True
+        ids[row, 4 + length :] = 0
+    adv = torch.randn(rows, generator=g)[:, None].expand_as(mask) * mask
+    return PolicyBatch(ids, mask, adv.float(), torch.zeros(rows, width - 1))
+
+
+def config(cache_dir, **train):
+    # two mini-batches of 6 and 5 rows, micro-batches of 2: uneven shares and padding passes
+    base = {"mini_batch_size": 6, "micro_batch_size": 2, "lr": 1e-3, "kl_coef": 0.1, "entropy_coef": 0.01}
+    return tiny_config(cache_dir, train={**base, **train})
+
+
+def updated(cfg, model_dir, state=None, steps=1):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    actor = build_actor(cfg.train.backend, cfg, model, log=lambda _: None)
+    try:
+        if state is not None:
+            actor.load_state_dict(state)
+        metrics = [actor.update(random_batch(seed=s), seed=s) for s in range(steps)]
+        return actor.state_dict(), metrics
+    finally:
+        actor.close()
+
+
+def assert_same_weights(a: dict, b: dict, atol=1e-5):
+    """Within 1% of one step (lr 1e-3): Adam divides each gradient by its own size, so a gradient
+    that is float noise (the key bias's, zero in exact arithmetic) moves by noise / eps."""
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < atol, worst
+
+
+def test_every_worker_runs_the_same_number_of_passes():
+    """ZeRO-3 gathers parameters in every forward: workers pad to the same count of micro-batches."""
+    from trainers.config import OptimConfig
+
+    opt = OptimConfig(mini_batch_size=6, micro_batch_size=2, ppo_epochs=2)
+    widths = torch.arange(11) + 3
+    plans = [plan_pass(11, widths, opt, seed=3, rank=r, world=2) for r in range(2)]
+    for mini_a, mini_b in zip(*plans):
+        assert torch.equal(mini_a[0], mini_b[0]) and len(mini_a[1]) == len(mini_b[1])
+        rows = torch.cat([idx for _, parts in (mini_a, mini_b) for idx, _ in parts])
+        assert sorted(rows.tolist()) == sorted(mini_a[0].tolist())  # every row once, by one worker
+    assert micro_batches(torch.arange(5), widths, 2, 1, 2)[0][1] == int(widths[[1, 3]].max())
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_one_or_two_workers_take_the_same_step(cache_dir, tiny_model_dir, stage):
+    single, single_metrics = updated(config(cache_dir), tiny_model_dir)
+    one, _ = updated(config(cache_dir, backend="deepspeed", workers=1, zero_stage=stage), tiny_model_dir)
+    two, two_metrics = updated(config(cache_dir, backend="deepspeed", workers=2, zero_stage=stage), tiny_model_dir)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert max(float((single["model"][k] - start[k]).abs().max()) for k in start) > 5e-4  # the step moved weights
+    assert_same_weights(single["model"], one["model"])
+    assert_same_weights(single["model"], two["model"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        for i, state in single["optimizer"]["state"].items():
+            assert torch.allclose(state[key], two["optimizer"]["state"][i][key], atol=1e-7)  # the gradients agree
+    for name, value in single_metrics[0].items():
+        assert two_metrics[0][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@needs_deepspeed
+def test_checkpoints_move_between_worker_counts_and_backends(cache_dir, tiny_model_dir):
+    """Saved by two ZeRO-3 workers, resumed by one process and by one DeepSpeed worker: the next
+    step is the step the two workers take."""
+    two = config(cache_dir, backend="deepspeed", workers=2, zero_stage=3)
+    saved, _ = updated(two, tiny_model_dir)
+    continued, _ = updated(two, tiny_model_dir, state=saved)
+    by_single, _ = updated(config(cache_dir), tiny_model_dir, state=saved)
+    by_one, _ = updated(config(cache_dir, backend="deepspeed", workers=1, zero_stage=2), tiny_model_dir, state=saved)
+    assert_same_weights(continued["model"], by_single["model"])
+    assert_same_weights(continued["model"], by_one["model"])
+    assert int(by_single["optimizer"]["state"][0]["step"]) == 4  # two mini-batches a pass, two passes
+
+
+def test_the_single_backend_has_one_worker(cache_dir):
+    with pytest.raises(ValueError, match="single backend trains in one process"):
+        config(cache_dir, workers=2)
+    with pytest.raises(ValueError, match="unknown training backend 'fsdp'"):
+        config(cache_dir, backend="fsdp")

@@ -1,0 +1,105 @@
+"""vLLM as the rollout engine, colocated with the trainer in one process.
+
+The engine loads the starting weights from the model directory, then follows the trainer:
+``sync_weights`` streams the trainer's state dict into vLLM's model in place (the worker's
+``reload_weights``, run through ``collective_rpc``). vLLM's engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the tensors pass by reference, not through a pipe.
+On a GPU, vLLM sleeps between rollouts (level 1: weights to host memory, KV cache freed) so the
+policy update has the memory, and wakes for the next ``generate`` or ``sync_weights``; it takes
+``gpu_memory_utilization`` of the GPU while awake.
+
+Log-probabilities come from the sampler as processed (``logprobs_mode="processed_logprobs"``:
+temperature and top-p applied), the same quantity the ``hf`` engine reports.
+
+Reproducibility: every prompt gets its own seed derived from the call's ``seed``, so the same
+weights and seed give the same samples, but vLLM's batching and kernels do not promise bit-equal
+results across runs the way the ``hf`` engine does; a resumed run continues from its checkpoint,
+not bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm is imported
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
+
+import torch
+import vllm
+from vllm.inputs import TokensPrompt
+
+from trainers.rollout import register_engine
+from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
+
+
+def prompt_seed(seed: int, row: int) -> int:
+    """A distinct, reproducible seed for each prompt of a call."""
+    return (seed * 1_000_003 + row) % (2**63)
+
+
+@register_engine("vllm")
+class VLLMRolloutEngine:
+    """Samples with a ``vllm.LLM`` of its own, kept in step with the trainer's model."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: EngineSpec):
+        self.pad_token_id = tokenizer.pad_token_id
+        self.device = next(model.parameters()).device  # rollouts go back to the trainer's device
+        on_gpu = self.device.type == "cuda"
+        self.sleeps = on_gpu
+        self.llm = vllm.LLM(
+            model=str(spec.model_path),
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            seed=spec.seed,
+            enforce_eager=not on_gpu,  # CUDA graphs on a GPU; nothing to capture on a CPU
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+            enable_sleep_mode=on_gpu,
+            logprobs_mode="processed_logprobs",
+        )
+        self.awake = True
+        self.sync_weights(model)  # the trainer's model may already differ from the directory (a resume)
+
+    def _wake(self) -> None:
+        if not self.awake:
+            self.llm.wake_up()
+            self.awake = True
+
+    def _sleep(self) -> None:
+        if self.sleeps:
+            self.llm.sleep(level=1)
+            self.awake = False
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self._wake()
+        weights = iter(model.state_dict().items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self._sleep()
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
+        self._wake()
+        params = [
+            vllm.SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=prompt_seed(seed, row),
+                logprobs=0,  # the drawn token's own log-probability
+                detokenize=False,
+            )
+            for row in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        self._sleep()
+        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.long)
+        width = int(lengths.max())
+        response_ids = torch.full((len(completions), width), self.pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros((len(completions), width), dtype=torch.float32)
+        for row, c in enumerate(completions):
+            response_ids[row, : len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
+            logprobs[row, : len(c.token_ids)] = torch.tensor(
+                [position[token].logprob for position, token in zip(c.logprobs, c.token_ids)]
+            )
+        truncated = torch.tensor([c.finish_reason == "length" for c in completions])
+        return Rollouts(*(t.to(self.device) for t in (response_ids, lengths, truncated, logprobs)))
