@@ -9,7 +9,8 @@ import torch
 from tests.conftest import tiny_config
 from trainers import grpo
 from trainers import metrics as M
-from trainers.grpo import ModelLoadError, build_sequences, kl_penalty, latest_checkpoint, train
+from trainers.actor.update import clipped_objective, kl_penalty
+from trainers.grpo import ModelLoadError, build_sequences, latest_checkpoint, train
 from trainers.rollout.base import Rollouts
 
 
@@ -76,12 +77,15 @@ def test_a_missing_or_broken_model_directory_is_one_clear_error(cache_dir, tmp_p
 
 def test_sequences_put_each_response_target_after_its_prompt():
     rollouts = Rollouts(
-        response_ids=torch.tensor([[7, 8, 1], [9, 1, 0]]), lengths=torch.tensor([3, 2]), truncated=torch.tensor([False, False])
+        response_ids=torch.tensor([[7, 8, 1], [9, 1, 0]]), lengths=torch.tensor([3, 2]),
+        truncated=torch.tensor([False, False]), logprobs=torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, 0.0]]),
     )
-    ids, mask = build_sequences([[4, 5]], 2, rollouts, pad_token_id=0)
-    assert ids.tolist() == [[4, 5, 7, 8, 1], [4, 5, 9, 1, 0]]
+    batch = build_sequences([[4, 5]], 2, rollouts, 0, torch.tensor([1.0, -1.0]), whiten=False)
+    assert batch.input_ids.tolist() == [[4, 5, 7, 8, 1], [4, 5, 9, 1, 0]]
     # targets are tokens 1..4; response targets are 7, 8, 1 (row 0) and 9, 1 (row 1)
-    assert mask.tolist() == [[False, True, True, True], [False, True, True, False]]
+    assert batch.mask.tolist() == [[False, True, True, True], [False, True, True, False]]
+    assert batch.token_adv.tolist() == [[0.0, 1.0, 1.0, 1.0], [0.0, -1.0, -1.0, 0.0]]
+    assert batch.sampler_logp.flatten().tolist() == pytest.approx([0.0, -0.1, -0.2, -0.3, 0.0, -0.4, -0.5, 0.0])
 
 
 def test_kl_penalties():
@@ -104,8 +108,6 @@ def test_token_advantages_are_whitened_over_tokens_or_left_as_they_are():
 
 
 def test_an_upper_clip_of_its_own():
-    from trainers.grpo import clipped_objective
-
     ratio, adv = torch.tensor([1.25, 0.7]), torch.tensor([1.0, -1.0])
     # symmetric 0.2: 1.25 -> 1.2 (positive advantage: min(1.25, 1.2) wins); 0.7 -> 0.8 for a negative advantage
     pg, clipped = clipped_objective(ratio, adv, 0.2, None)

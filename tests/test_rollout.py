@@ -5,18 +5,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.rollout import build_engine
-from trainers.rollout.base import SamplingParams
+from trainers.rollout.base import EngineSpec, SamplingParams
 
 PROMPTS = ["Q:3+5=", "Q:1+2+3+4+5=", "Q:9+9+9="]
 
 
 def load(path):
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path
 
 
 def test_greedy_matches_transformers_generate_with_left_padding(tiny_model_dir):
-    model, tokenizer = load(tiny_model_dir)
-    engine = build_engine("hf", model, tokenizer)
+    model, tokenizer, path = load(tiny_model_dir)
+    engine = build_engine("hf", model, tokenizer, EngineSpec(path, 512))
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     out = engine.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=40), seed=0)
     for row, prompt in enumerate(prompts):
@@ -29,8 +29,8 @@ def test_greedy_matches_transformers_generate_with_left_padding(tiny_model_dir):
 
 
 def test_sampling_is_prompt_major_reproducible_and_respects_the_budget(tiny_model_dir):
-    model, tokenizer = load(tiny_model_dir)
-    engine = build_engine("hf", model, tokenizer)
+    model, tokenizer, path = load(tiny_model_dir)
+    engine = build_engine("hf", model, tokenizer, EngineSpec(path, 512))
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     sampling = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
     a = engine.generate(prompts, 4, sampling, seed=5)
@@ -71,7 +71,7 @@ def test_the_cache_goes_under_the_name_the_forward_takes(tiny_model_dir):
     engine reads the name off the forward's signature."""
     from trainers.rollout.hf import cache_argument
 
-    model, _ = load(tiny_model_dir)
+    model, _, _ = load(tiny_model_dir)
     import inspect
 
     assert cache_argument(model) in inspect.signature(model.forward).parameters
@@ -87,6 +87,6 @@ def test_engines_come_from_one_registry():
     from trainers.config import RolloutConfig
 
     with pytest.raises(ValueError, match="unknown rollout engine 'sglang' \\(known: hf, vllm\\)"):
-        build_engine("sglang", None, None)
+        build_engine("sglang", None, None, None)
     with pytest.raises(ValueError, match="rollout engine"):
         RolloutConfig(engine="sglang")

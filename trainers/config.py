@@ -20,7 +20,7 @@ from trainers.actor import BACKEND_MODULES
 from trainers.checks import must_exist
 from trainers.lead import LeadConfig, Weighting
 from trainers.models.tiny import TinyModelConfig
-from trainers.rollout import ENGINE_MODULES
+from trainers.rollout import ENGINE_MODULES, ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.tasks.math import MathTaskConfig
 from trainers.tasks.synthetic import SyntheticTaskConfig
@@ -71,7 +71,7 @@ class RolloutConfig(_Strict):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, engine: str) -> str:
-        if engine not in ENGINE_MODULES:
+        if engine not in ENGINE_MODULES and engine not in ENGINES:
             raise ValueError(f"unknown rollout engine '{engine}' (known: {', '.join(sorted(ENGINE_MODULES))})")
         return engine
 

@@ -23,6 +23,7 @@ import os
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm is imported
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # on a CPU: leave the trainer's threads where they are
 
 import torch
 import vllm
@@ -46,6 +47,7 @@ class VLLMRolloutEngine:
         self.device = next(model.parameters()).device  # rollouts go back to the trainer's device
         on_gpu = self.device.type == "cuda"
         self.sleeps = on_gpu
+        set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op, process-wide
         self.llm = vllm.LLM(
             model=str(spec.model_path),
             dtype=spec.dtype,
@@ -56,6 +58,7 @@ class VLLMRolloutEngine:
             enable_sleep_mode=on_gpu,
             logprobs_mode="processed_logprobs",
         )
+        torch.set_num_threads = set_num_threads
         self.awake = True
         self.sync_weights(model)  # the trainer's model may already differ from the directory (a resume)
 
@@ -77,9 +80,10 @@ class VLLMRolloutEngine:
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
         self._wake()
+        draws = 1 if sampling.temperature == 0 else n  # vLLM refuses n > 1 when greedy: the n copies are equal
         params = [
             vllm.SamplingParams(
-                n=n,
+                n=draws,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
@@ -91,7 +95,7 @@ class VLLMRolloutEngine:
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         self._sleep()
-        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(n // draws)]
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.long)
         width = int(lengths.max())
         response_ids = torch.full((len(completions), width), self.pad_token_id, dtype=torch.long)
