@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         errors += exc.lines
     if args.dry_run and not errors:
         for plan in plans:
-            print(f"{plan.name}: {plan.config}")
+            train = plan.config["train"]
+            print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
+                  f"training {train['backend']} x{train['workers']}]: {plan.config}")
         print(f"{len(plans)} trials")
         for path in unchecked:
             print(f"not found on this machine (a dry run does not require it): {path}")

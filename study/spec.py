@@ -235,8 +235,18 @@ class Resources(_Strict):
     cpus: float = Field(1.0, gt=0.0)
     gpus: float = Field(0.0, ge=0.0, description="fractions share one GPU among trials")
     bundles: list[dict[str, float]] | None = Field(
-        None, description="explicit placement-group bundles, e.g. [{CPU: 1, GPU: 1}, {CPU: 1, GPU: 1}]"
+        None, description="explicit placement-group bundles, e.g. [{CPU: 8, GPU: 4}]; the trial's process "
+        "(and the training workers it starts) gets the first bundle, tasks it launches itself the others"
     )
+
+    @property
+    def trial_gpus(self) -> float:
+        """The GPUs the trial's own process sees: training workers take one each."""
+        return self.bundles[0].get("GPU", 0.0) if self.bundles else self.gpus
+
+    def describe(self) -> str:
+        bundles = self.bundles or [{"CPU": self.cpus, "GPU": self.gpus}]
+        return " + ".join("{" + ", ".join(f"{k}: {v:g}" for k, v in b.items() if v) + "}" for b in bundles)
 
 
 class StudySpec(_Strict):
@@ -295,22 +305,30 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
     the trainer reports. All problems are raised together, one line each."""
     lines, seen = [], set()
 
-    def check(settings: dict, prefix: str) -> None:
+    def add(line: str) -> None:
         """Add each problem once: one in ``base`` is not repeated for every arm and the smoke settings."""
+        if line not in seen:
+            seen.add(line)
+            lines.append(f"{path}: {line}")
+
+    def check(settings: dict, prefix: str, resources: Resources | None = None) -> None:
         try:
-            TrainConfig.model_validate(settings)
+            config = TrainConfig.model_validate(settings)
         except ValidationError as exc:
             for line in format_errors(exc):
-                if line not in seen:
-                    seen.add(line)
-                    lines.append(f"{path}: {prefix}{line}")
+                add(f"{prefix}{line}")
+            return
+        gpus, workers = (resources.trial_gpus if resources else 0), config.train.workers
+        if gpus and workers > gpus:
+            add(f"{prefix}train.workers: {workers} workers take one GPU each, a trial gets {gpus:g} "
+                f"(resources: {resources.describe()})")
 
     for where, smoke in (("base", False), ("smoke", True)):
         last = spec.last_settings(smoke)
         check(deep_merge(spec.base, last), f"{where}.")
         for i, arm in enumerate(spec.arms):
             for _, settings in arm.settings(spec.base, last):
-                check(settings, f"arms[{i}].")
+                check(settings, f"arms[{i}].", spec.for_smoke().resources if smoke else spec.resources)
     for key, distribution in spec.search.space.items():
         for value in distribution.extremes():
             for _, settings in spec.arms[0].settings(spec.base):
@@ -318,7 +336,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
     if spec.search.metric not in M.REPORTED:
         close = difflib.get_close_matches(spec.search.metric, M.REPORTED, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (a name the trainer reports, e.g. eval/aes)"
-        lines.append(f"{path}: search.metric: '{spec.search.metric}' is not a reported metric{hint}")
+        add(f"search.metric: '{spec.search.metric}' is not a reported metric{hint}")
     if lines:
         raise ConfigError(lines)
 

@@ -289,3 +289,59 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_starts(ray_c
     err = capsys.readouterr().err
     assert err.startswith("error: resources: a trial asks for 1 GPUs (the cluster has 0)") and err.count("\n") == 1
     assert not (tmp_path / "runs" / "fault").exists()
+
+
+def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_them_killed(
+    ray_cluster, cache_dir, tmp_path
+):
+    """Issue 12's study-level check on this CPU machine: a trial samples with vLLM (CPU build), a
+    trial trains over two ZeRO-2 workers on gloo; one of those workers is killed mid-run, the trial
+    fails and Tune restarts it from its last checkpoint."""
+    import importlib.util
+
+    import psutil
+
+    missing = [name for name in ("vllm", "deepspeed") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (make setup logs why in .venv/optional.log)")
+    from tests.test_vllm import VLLM_TINY
+
+    spec = small_spec(
+        tmp_path, cache_dir, name="scale", max_failures=1, max_concurrent_trials=1,
+        arms=[
+            {"name": "vllm", "weighting": {"kind": "psi"}, "overrides": {"rollout": {"engine": "vllm"}}},
+            {"name": "zero2", "weighting": {"kind": "psi"},
+             "overrides": {"train": {"backend": "deepspeed", "workers": 2, "zero_stage": 2}}},
+        ],
+    )
+    data = yaml.safe_load(spec.read_text())
+    data["base"]["model"]["tiny"] = VLLM_TINY
+    data["base"]["train"]["steps"] = 4
+    data["base"]["eval"]["every"] = 2
+    spec.write_text(yaml.safe_dump(data))
+    trial_dir = tmp_path / "runs/scale/zero2-s0"
+    killed = []
+
+    def kill_a_training_worker():
+        if wait_for(lambda: (trial_dir / "checkpoint_000001").exists() and (trial_dir / "worker.pid").exists(), 600):
+            trial = psutil.Process(int((trial_dir / "worker.pid").read_text()))
+            workers = [p for p in trial.children() if "multiprocessing" in " ".join(p.cmdline())]
+            if workers:
+                workers[-1].kill()
+                killed.append(workers[-1].pid)
+
+    killer = threading.Thread(target=kill_a_training_worker)
+    killer.start()
+    assert main(quiet_args(spec, tmp_path)) == 0
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert list(trial_dir.glob("restored-checkpoint_*")), "the retry did not restore a checkpoint"
+    client, _, children = child_runs(tmp_path, "scale")
+    runs = {r.data.tags["arm"]: r for r in children}
+    assert all(r.info.status == "FINISHED" for r in children) and set(runs) == {"vllm", "zero2"}
+    for run in runs.values():
+        assert steps_of(client, run) == [1, 2, 3, 4]
+        assert steps_of(client, run, "eval/accuracy") == [2, 4]
+    gaps = [m.value for m in client.get_metric_history(runs["vllm"].info.run_id, "perf/sampler_logp_gap")]
+    assert len(gaps) == 4 and max(gaps) < 1e-3  # vLLM followed every update
+    assert runs["zero2"].data.params["train.workers"] == "2"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import time
 import traceback
 
 import torch
@@ -172,13 +173,13 @@ class _Worker:
         self.engine.global_steps = steps
 
 
-def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model_path: str, state) -> None:
+def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model_path: str, state, threads: int) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
     from trainers.config import TrainConfig
 
     try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(threads)
         worker = _Worker(rank, world, TrainConfig.model_validate_json(config_json), model_path, state)
         conn.send(("ready", None))
         while True:
@@ -211,7 +212,8 @@ class DeepSpeedActor:
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(rank, world, port, theirs, self.config.model_dump_json(), self.model.name_or_path, state),
+                args=(rank, world, port, theirs, self.config.model_dump_json(), self.model.name_or_path, state,
+                      max(1, torch.get_num_threads() // world)),  # the controller's threads, shared out
                 daemon=True,
             )
             process.start()
@@ -223,23 +225,28 @@ class DeepSpeedActor:
         return [process.pid for process, _ in self.workers]
 
     def _gather(self) -> list:
-        """Every worker's answer; WorkerFailed if one died or raised."""
+        """Every worker's answer; WorkerFailed if one died or raised (a dead worker is named first:
+        its peers then fail in their collectives)."""
         answers = []
         for rank, (process, conn) in enumerate(self.workers):
             while not conn.poll(1.0):
                 if not process.is_alive():
-                    self.close()
-                    raise WorkerFailed(f"training worker {rank} (pid {process.pid}) exited with code {process.exitcode}")
+                    self._fail(f"training worker {rank} (pid {process.pid}) exited with code {process.exitcode}")
             try:
                 kind, value = conn.recv()
             except EOFError:
-                self.close()
-                raise WorkerFailed(f"training worker {rank} (pid {process.pid}) closed its pipe") from None
+                self._fail(f"training worker {rank} (pid {process.pid}) closed its pipe")
             if kind == "error":
-                self.close()
-                raise WorkerFailed(f"training worker {rank} failed:\n{value}")
+                self._fail(f"training worker {rank} failed:\n{value}")
             answers.append(value)
         return answers
+
+    def _fail(self, message: str):
+        time.sleep(1.0)  # let a killed worker's exit register before naming who died
+        dead = [f"training worker {rank} (pid {p.pid}) exited with code {p.exitcode}"
+                for rank, (p, _) in enumerate(self.workers) if not p.is_alive() and p.exitcode not in (0, None)]
+        self.close()
+        raise WorkerFailed("; ".join(dead) if dead else message)
 
     def _call(self, command: str, *args) -> list:
         if not self.workers:  # started at first use, so that a resume starts them once, with its state

@@ -45,7 +45,7 @@ class VLLMRolloutEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, spec: EngineSpec):
         self.pad_token_id = tokenizer.pad_token_id
         self.device = next(model.parameters()).device  # rollouts go back to the trainer's device
-        on_gpu = self.device.type == "cuda"
+        on_gpu = torch.cuda.is_available()  # what vLLM itself runs on
         self.sleeps = on_gpu
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op, process-wide
         self.llm = vllm.LLM(
