@@ -18,6 +18,7 @@ Needs only torch and transformers (no vLLM, DeepSpeed, pydantic or Ray).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -27,6 +28,8 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare checkout, not installed
+
+print = functools.partial(print, flush=True)  # noqa: A001  (lines appear as they are measured)
 
 from trainers.actor.single import SingleActor  # noqa: E402
 from trainers.actor.update import PolicyBatch  # noqa: E402
@@ -60,6 +63,8 @@ def batch(rows: int, prompt: int, response: int, vocab: int, device) -> PolicyBa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a small model, small batches: check the script")
+    parser.add_argument("--memory-only", action="store_true", help="only the micro-batch memory (part 3)")
+    parser.add_argument("--micro-rows", type=int, nargs="+", default=[8], help="rows of the part-3 micro-batches")
     args = parser.parse_args()
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -74,6 +79,9 @@ def main() -> int:
           f"model {n_params / 1e9:.3f}B parameters (float32 weights, {dtype} compute)")
     vocab = model.config.vocab_size
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=-1)  # -1: no token ends a row
+
+    if args.memory_only:
+        return micro_batch_memory(SingleActor(train_settings(dtype), model), args, vocab, device)
 
     # 1. rollouts
     engine = HFRolloutEngine(model, tokenizer, EngineSpec(Path("."), prompt_len + new_tokens, dtype))
@@ -108,17 +116,28 @@ def main() -> int:
           f"tokens/s, {flops / 1e12:.1f} TFLOP/s, MFU {flops / H100_BF16_FLOPS:.1%} of 989 TFLOP/s, "
           f"peak memory {peak_gib():.1f} GiB")
     reset_peak()
+    return micro_batch_memory(actor, args, vocab, device)
 
-    # 3. one micro-batch at the paper's shape
+
+def micro_batch_memory(actor, args, vocab: int, device) -> int:
+    """3. forward + backward of micro-batches at the paper's shape: the peak memory of each."""
     long_prompt, long_response = (1024, 4096) if not args.tiny else (16, 64)
-    micro = batch(8, long_prompt, long_response, vocab, device)
-    actor.optimizer.zero_grad(set_to_none=True)
-    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-    logp, entropy = actor.forward(micro.input_ids)
-    (logp.float() * micro.mask).sum().backward()
-    sync()
-    print(f"one micro-batch of 8 x {long_prompt + long_response} tokens, forward + backward: peak memory "
-          f"{peak_gib():.1f} GiB ({(peak_bytes() - before) / 2**30:.1f} GiB above weights, gradients and AdamW state)")
+    for rows in args.micro_rows:
+        micro = batch(rows, long_prompt, long_response, vocab, device)
+        actor.optimizer.zero_grad(set_to_none=True)
+        reset_peak()
+        before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        shape = f"a micro-batch of {rows} x {long_prompt + long_response} tokens, forward + backward"
+        try:
+            logp, entropy = actor.forward(micro.input_ids)
+            (logp.float() * micro.mask).sum().backward()
+            sync()
+            print(f"{shape}: peak memory {peak_gib():.1f} GiB ({(peak_bytes() - before) / 2**30:.1f} GiB above the "
+                  f"{before / 2**30:.1f} GiB allocated before it)")
+        except torch.OutOfMemoryError as exc:
+            print(f"{shape}: out of memory ({str(exc).splitlines()[0][:60]}); {before / 2**30:.1f} GiB allocated before it")
+        del micro
+        logp = entropy = None
     return 0
 
 
