@@ -305,23 +305,23 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
     the trainer reports. All problems are raised together, one line each."""
     lines, seen = [], set()
 
-    def add(line: str) -> None:
+    def add(line: str, prefix: str = "") -> None:
         """Add each problem once: one in ``base`` is not repeated for every arm and the smoke settings."""
         if line not in seen:
             seen.add(line)
-            lines.append(f"{path}: {line}")
+            lines.append(f"{path}: {prefix}{line}")
 
     def check(settings: dict, prefix: str, resources: Resources | None = None) -> None:
         try:
             config = TrainConfig.model_validate(settings)
         except ValidationError as exc:
             for line in format_errors(exc):
-                add(f"{prefix}{line}")
+                add(line, prefix)
             return
         gpus, workers = (resources.trial_gpus if resources else 0), config.train.workers
         if gpus and workers > gpus:
-            add(f"{prefix}train.workers: {workers} workers take one GPU each, a trial gets {gpus:g} "
-                f"(resources: {resources.describe()})")
+            add(f"train.workers: {workers} workers take one GPU each, a trial gets {gpus:g} "
+                f"(resources: {resources.describe()})", prefix)
 
     for where, smoke in (("base", False), ("smoke", True)):
         last = spec.last_settings(smoke)

@@ -103,6 +103,10 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(base={"rollout": {"max_new_tokens": [[5, 100]]}}), "base.rollout.max_new_tokens"),
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi", "lamda_min": 0.2}}]), "arms[0].weighting.lamda_min: unknown key"),
         (minimal(colour="red"), "colour: unknown key"),
+        (minimal(base={"train": {"backend": "deepspeed", "workers": 4}}, resources={"gpus": 2}),
+         "arms[0].train.workers: 4 workers take one GPU each, a trial gets 2 (resources: {CPU: 1, GPU: 2})"),
+        (minimal(base={"train": {"workers": 2}}), "base.train: workers: the single backend trains in one process (got 2)"),
+        (minimal(base={"rollout": {"engine": "sglang"}}), "base.rollout.engine: unknown rollout engine 'sglang' (known: hf, vllm)"),
         (minimal(seeds=[0, 0]), "seeds: must be distinct, got [0, 0]"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "ratios": [1, 1.0]}}]),
          "arms[0].weighting: grid values must be distinct, got ['ratio1', 'ratio1']"),
@@ -158,7 +162,8 @@ def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
 def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("7 trials") and "static-ratio0.25-s0:" in out
+    assert out.strip().endswith("7 trials")
+    assert "static-ratio0.25-s0 [resources {CPU: 1}; rollout hf, training single x1]: " in out
 
 
 R1_SPEC = Path(__file__).resolve().parents[1] / "search_spaces/psi_vs_static_r1_1p5b.yaml"
@@ -176,14 +181,20 @@ def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_pa
     assert "7 trials" in out
     assert f"not found on this machine (a dry run does not require it): {tmp_path / 'r1-1.5b' / 'config.json'}" in out
     assert f"{tmp_path / 'data' / 'math' / 'train.parquet'}" in out
-    plans = [line for line in out.splitlines() if line.startswith(("psi-s0:", "static-ratio"))]
+    plans = [line for line in out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
     assert len(plans) == 7
     psi = plans[0]
+    assert psi.startswith("psi-s0 [resources {CPU: 4, GPU: 1}; rollout vllm, training single x1]: ")
     for setting in ("'prompts_per_step': 128", "'n': 8", "'max_new_tokens': 4096", "'lr': 2e-06", "'steps': 462",
                     "'kind': 'math'", "'n_samples': 3", "'temperature': 0.8", "'top_p': 0.9"):
         assert setting in psi, setting
     assert main([str(R1_SPEC)]) == 2
     assert "base.task.train_files: " in capsys.readouterr().err  # a real run needs the files
+    # the same study over four GPUs a trial: one bundle, four DeepSpeed workers
+    assert main([str(R1_SPEC.with_name("psi_vs_static_r1_1p5b_deepspeed.yaml")), "--dry-run"]) == 0
+    plans = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
+    assert len(plans) == 7
+    assert all("[resources {CPU: 16, GPU: 4}; rollout vllm, training deepspeed x4]: " in line for line in plans)
 
 
 def test_unset_environment_variables_are_named(monkeypatch, capsys):
