@@ -35,7 +35,8 @@ def main() -> None:
     print(f"base model {path}: {info['parameters']:,} parameters, SFT {info['sft_seconds']} s, final loss {info['final_loss_ema']}")
     model, tokenizer = load_model(path, config)
     task = SyntheticTask(config.task)
-    evaluator = Evaluator(config, build_engine(config.rollout.engine, model, tokenizer), tokenizer, task)
+    engine = build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(path))
+    evaluator = Evaluator(config, engine, tokenizer, task)
     problems = evaluator.problems
     start = time.perf_counter()
     result = evaluator()

@@ -109,6 +109,7 @@ def prepare_base_models(plans: list[TrialPlan], log) -> tuple[dict[str, Any], di
             config.task.model_dump_json(),
             config.model.model_dump_json(),
             config.eval.model_dump_json(),
+            config.rollout.engine,
             config.lead.model_dump_json(include=TARGET_FIELDS),  # the same settings the cached evaluation keys on
         )
         if key not in seen:

@@ -37,7 +37,9 @@ def engines(cache_dir):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     spec = config.engine_spec(path)
-    return model, tokenizer, build_engine("hf", model, tokenizer, spec), build_engine("vllm", model, tokenizer, spec)
+    engine = build_engine("vllm", model, tokenizer, spec)
+    yield model, tokenizer, build_engine("hf", model, tokenizer, spec), engine
+    engine.close()
 
 
 def encoded(tokenizer):

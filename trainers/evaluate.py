@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(pq.read_table(path))
     finally:
         grader.close()
+        engine.close()
     if grader.timeouts or grader.errors:
         print(f"grader: {grader.timeouts} responses hit the grading limit, {grader.errors} raised (scored 0)")
     samples = pa.concat_tables(tables)

@@ -238,8 +238,9 @@ def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Pa
     """Build (or reuse) the base model and evaluate it once; trials then find both in the cache."""
     model_path = base_model_path(config, log=log)
     model, tokenizer = load_model(model_path, config)
-    engine = build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(model_path))
-    with contextlib.closing(build_task(config.task)) as task:
+    with contextlib.closing(build_task(config.task)) as task, contextlib.closing(
+        build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(model_path))
+    ) as engine:
         return model_path, base_evaluation(model_path, Evaluator(config, engine, tokenizer, task))
 
 
@@ -259,6 +260,7 @@ def train(
         model, tokenizer = load_model(model_path, config)
         device = next(model.parameters()).device
         engine = build_engine(config.rollout.engine, model, tokenizer, config.engine_spec(model_path))
+        stack.enter_context(contextlib.closing(engine))
         evaluator = Evaluator(config, engine, tokenizer, task)
         base = base_evaluation(model_path, evaluator)
         base_metrics = {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}

@@ -4,8 +4,9 @@ evaluator and ``python -m trainers.evaluate`` all get theirs from ``build_engine
     engine = build_engine("hf", model, tokenizer, EngineSpec(model_path, max_model_len))
     rollouts = engine.generate(prompts, n, sampling, seed)
     engine.sync_weights(model)        # after every policy update (a no-op for an engine sharing them)
+    engine.close()
 
-A new engine is one class with ``__init__(model, tokenizer, spec)``, ``generate`` and ``sync_weights`` (``trainers.rollout.base``) and one
+A new engine is one class with ``__init__(model, tokenizer, spec)``, ``generate``, ``sync_weights`` and ``close`` (``trainers.rollout.base``) and one
 ``@register_engine("name")`` line above it; its module is listed in ``ENGINE_MODULES`` so that
 naming the engine imports it (heavy engines stay unimported until asked for).
 """

@@ -55,3 +55,7 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from ``model``'s current weights (a no-op when it shares them)."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds (its own weights, KV cache, processes)."""
+        ...

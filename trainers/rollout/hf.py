@@ -56,6 +56,9 @@ class HFRolloutEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
 
+    def close(self) -> None:
+        pass
+
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
         with torch.inference_mode(), autocast(self.dtype, next(self.model.parameters()).device):
             return self._generate(prompts, n, sampling, seed)

@@ -19,6 +19,7 @@ not bit for bit.
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm is imported
@@ -71,6 +72,15 @@ class VLLMRolloutEngine:
         if self.sleeps:
             self.llm.sleep(level=1)
             self.awake = False
+
+    def close(self) -> None:
+        """Shut the engine down and give its memory back (a driver's base evaluation must not keep
+        a share of the GPU while trials run)."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self._wake()
