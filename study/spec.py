@@ -319,7 +319,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
                 add(line, prefix)
             return
         gpus, workers = (resources.trial_gpus if resources else 0), config.train.workers
-        if gpus and workers > gpus:
+        if gpus and workers > max(1.0, gpus):  # one process may share a GPU (a fraction); workers may not
             add(f"train.workers: {workers} workers take one GPU each, a trial gets {gpus:g} "
                 f"(resources: {resources.describe()})", prefix)
 

@@ -1,6 +1,7 @@
 """Training backends: one PPO pass gives the same weights with one process, one DeepSpeed worker
 and two (ZeRO 2 and 3, gloo), and full-state checkpoints move between backends and worker counts."""
 
+import copy
 import importlib.util
 
 import pytest
@@ -36,18 +37,6 @@ def config(cache_dir, **train):
     return tiny_config(cache_dir, train={**base, **train})
 
 
-def updated(cfg, model_dir, state=None, steps=1):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    actor = build_actor(cfg.train.backend, cfg, model, log=lambda _: None)
-    try:
-        if state is not None:
-            actor.load_state_dict(state)
-        metrics = [actor.update(random_batch(seed=s), seed=s) for s in range(steps)]
-        return actor.state_dict(), metrics
-    finally:
-        actor.close()
-
-
 def assert_same_weights(a: dict, b: dict, atol=1e-5):
     """Within 1% of one step (lr 1e-3): Adam divides each gradient by its own size, so a gradient
     that is float noise (the key bias's, zero in exact arithmetic) moves by noise / eps."""
@@ -70,39 +59,60 @@ def test_every_worker_runs_the_same_number_of_passes():
     assert micro_batches(torch.arange(5), widths, 2, 1, 2)[0][1] == int(widths[[1, 3]].max())
 
 
+def updates(cfg, model_dir, batches, state=None):
+    """The full state after each of ``batches`` (batch seeds), from ``state`` or the base model."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    actor = build_actor(cfg.train.backend, cfg, model, log=lambda _: None)
+    try:
+        if state is not None:
+            actor.load_state_dict(state)
+        out = []
+        for seed in batches:
+            metrics = actor.update(random_batch(seed=seed), seed=seed)
+            out.append((copy.deepcopy(actor.state_dict()), metrics))
+        return out
+    finally:
+        actor.close()
+
+
+def assert_same_state(a: dict, b: dict):
+    assert_same_weights(a["model"], b["model"])
+    for i, state in a["optimizer"]["state"].items():
+        assert int(state["step"]) == int(b["optimizer"]["state"][i]["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(state[key], b["optimizer"]["state"][i][key], atol=1e-7)  # the gradients agree
+
+
 @needs_deepspeed
-@pytest.mark.parametrize("stage", [2, 3])
-def test_one_or_two_workers_take_the_same_step(cache_dir, tiny_model_dir, stage):
-    single, single_metrics = updated(config(cache_dir), tiny_model_dir)
-    one, _ = updated(config(cache_dir, backend="deepspeed", workers=1, zero_stage=stage), tiny_model_dir)
-    two, two_metrics = updated(config(cache_dir, backend="deepspeed", workers=2, zero_stage=stage), tiny_model_dir)
+def test_one_worker_and_two_take_the_same_steps_and_checkpoints_move_between_them(cache_dir, tiny_model_dir):
+    """For ZeRO 2 and 3, two workers take the step one process takes; from the two workers'
+    checkpoint, one process (the single backend) takes the step the two take next, and so does one
+    ZeRO-2 worker from two ZeRO-3 workers' checkpoint: the state is full."""
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    assert max(float((single["model"][k] - start[k]).abs().max()) for k in start) > 5e-4  # the step moved weights
-    assert_same_weights(single["model"], one["model"])
-    assert_same_weights(single["model"], two["model"])
-    for key in ("exp_avg", "exp_avg_sq"):
-        for i, state in single["optimizer"]["state"].items():
-            assert torch.allclose(state[key], two["optimizer"]["state"][i][key], atol=1e-7)  # the gradients agree
-    for name, value in single_metrics[0].items():
-        assert two_metrics[0][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    (moved, _), = updates(config(cache_dir), tiny_model_dir, [0])
+    assert max(float((moved["model"][k] - start[k]).abs().max()) for k in start) > 5e-4  # a step moves the weights
+    saved = {}
+    for stage, mini_batch in ((2, 6), (3, 16)):  # ZeRO-3: one optimizer step a pass (TrainConfig says why)
+        (single_1, single_metrics), = updates(config(cache_dir, mini_batch_size=mini_batch), tiny_model_dir, [0])
+        two = config(cache_dir, backend="deepspeed", workers=2, zero_stage=stage, mini_batch_size=mini_batch)
+        (two_1, two_metrics), (two_2, _) = updates(two, tiny_model_dir, [0, 1])
+        assert_same_state(single_1, two_1)
+        for name, value in single_metrics.items():
+            assert two_metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        (by_single, _), = updates(config(cache_dir, mini_batch_size=mini_batch), tiny_model_dir, [1], state=two_1)
+        assert_same_state(two_2, by_single)
+        assert int(by_single["optimizer"]["state"][0]["step"]) == (4 if mini_batch == 6 else 2)  # steps: two passes
+        saved[stage] = two_1, two_2
+    # saved by two ZeRO-3 workers, resumed by one ZeRO-2 worker
+    one = config(cache_dir, backend="deepspeed", workers=1, zero_stage=2, mini_batch_size=16)
+    (by_one, _), = updates(one, tiny_model_dir, [1], state=saved[3][0])
+    assert_same_state(saved[3][1], by_one)
 
 
-@needs_deepspeed
-def test_checkpoints_move_between_worker_counts_and_backends(cache_dir, tiny_model_dir):
-    """Saved by two ZeRO-3 workers, resumed by one process and by one DeepSpeed worker: the next
-    step is the step the two workers take."""
-    two = config(cache_dir, backend="deepspeed", workers=2, zero_stage=3)
-    saved, _ = updated(two, tiny_model_dir)
-    continued, _ = updated(two, tiny_model_dir, state=saved)
-    by_single, _ = updated(config(cache_dir), tiny_model_dir, state=saved)
-    by_one, _ = updated(config(cache_dir, backend="deepspeed", workers=1, zero_stage=2), tiny_model_dir, state=saved)
-    assert_same_weights(continued["model"], by_single["model"])
-    assert_same_weights(continued["model"], by_one["model"])
-    assert int(by_single["optimizer"]["state"][0]["step"]) == 4  # two mini-batches a pass, two passes
-
-
-def test_the_single_backend_has_one_worker(cache_dir):
+def test_the_single_backend_has_one_worker_and_zero3_one_step_a_batch(cache_dir):
     with pytest.raises(ValueError, match="single backend trains in one process"):
         config(cache_dir, workers=2)
     with pytest.raises(ValueError, match="unknown training backend 'fsdp'"):
         config(cache_dir, backend="fsdp")
+    with pytest.raises(ValueError, match="train.zero_stage: ZeRO-3 runs one optimizer step per batch"):
+        config(cache_dir, backend="deepspeed", workers=2, zero_stage=3)  # 16 rollouts, mini-batches of 6

@@ -178,33 +178,6 @@ def wait_for(predicate, timeout=240):
     return False
 
 
-def test_a_killed_trial_is_retried_from_its_checkpoint_without_gaps_or_doubled_steps(
-    ray_cluster, tiny_model_dir, cache_dir, tmp_path
-):
-    spec = small_spec(tmp_path, cache_dir)
-    trial_dir = tmp_path / "runs/fault/psi-s0"
-    killed = []
-
-    def kill_after_second_checkpoint():
-        if wait_for(lambda: (trial_dir / "checkpoint_000001").exists() and (trial_dir / "worker.pid").exists()):
-            pid = int((trial_dir / "worker.pid").read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    killer = threading.Thread(target=kill_after_second_checkpoint)
-    killer.start()
-    assert main(quiet_args(spec, tmp_path)) == 0
-    killer.join()
-    assert killed, "the trial finished before it could be killed"
-    assert list(trial_dir.glob("restored-checkpoint_*")), "the retry did not restore a checkpoint"
-    client, parents, children = child_runs(tmp_path, "fault")
-    assert len(children) == 1 and children[0].info.status == "FINISHED"
-    assert steps_of(client, children[0]) == [1, 2, 3, 4, 5, 6]
-    assert steps_of(client, children[0], "eval/accuracy") == [3, 6]
-    assert steps_of(client, children[0], "eval/aes") == [3, 6]  # NaN here (base accuracy 0), still logged
-    assert history_artifact_matches(client, children[0])
-
-
 def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
     spec = small_spec(
         tmp_path, cache_dir,
@@ -260,11 +233,11 @@ Path(sys.argv[-1]).write_text(json.dumps({"code": code, "seen": seen}))
 
 
 @pytest.mark.parametrize(
-    "resources, ids_per_trial, max_distinct",
-    [({"cpus": 0.25, "gpus": 0.5}, 1, 2), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 1, 4)],
+    "resources, trials, max_distinct",
+    [({"cpus": 0.25, "gpus": 0.5}, 4, 2), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 2, 4)],
 )
-def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, resources, ids_per_trial, max_distinct):
-    spec = small_spec(tmp_path, cache_dir, seeds=[0, 1, 2, 3], resources=resources)
+def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, resources, trials, max_distinct):
+    spec = small_spec(tmp_path, cache_dir, seeds=list(range(trials)), resources=resources)
     spec_data = yaml.safe_load(spec.read_text())
     spec_data["base"]["train"]["steps"] = 2
     spec.write_text(yaml.safe_dump(spec_data))
@@ -275,10 +248,10 @@ def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, r
     )
     assert out.exists(), proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["code"] == 0 and len(report["seen"]) == 4
+    assert report["code"] == 0 and len(report["seen"]) == trials
     for trial, devices in report["seen"].items():
         ids = devices.split(",")
-        assert len(ids) == ids_per_trial and set(ids) <= {"0", "1", "2", "3"}, (trial, devices)
+        assert len(ids) == 1 and set(ids) <= {"0", "1", "2", "3"}, (trial, devices)
     assert len(set(report["seen"].values())) <= max_distinct  # fractional trials are packed onto shared GPUs
 
 
@@ -294,9 +267,9 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_starts(ray_c
 def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_them_killed(
     ray_cluster, cache_dir, tmp_path
 ):
-    """Issue 12's study-level check on this CPU machine: a trial samples with vLLM (CPU build), a
-    trial trains over two ZeRO-2 workers on gloo; one of those workers is killed mid-run, the trial
-    fails and Tune restarts it from its last checkpoint."""
+    """A trial samples with vLLM (CPU build), a trial trains over two ZeRO-2 workers on gloo; one
+    of those workers is killed mid-run, the trial fails and Tune restarts it from its last
+    checkpoint, without gaps or doubled steps in MLflow."""
     import importlib.util
 
     import psutil
@@ -316,14 +289,14 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
     )
     data = yaml.safe_load(spec.read_text())
     data["base"]["model"]["tiny"] = VLLM_TINY
-    data["base"]["train"]["steps"] = 4
+    data["base"]["train"]["steps"] = 3
     data["base"]["eval"]["every"] = 2
     spec.write_text(yaml.safe_dump(data))
     trial_dir = tmp_path / "runs/scale/zero2-s0"
     killed = []
 
     def kill_a_training_worker():
-        if wait_for(lambda: (trial_dir / "checkpoint_000001").exists() and (trial_dir / "worker.pid").exists(), 600):
+        if wait_for(lambda: (trial_dir / "checkpoint_000000").exists() and (trial_dir / "worker.pid").exists(), 600):
             trial = psutil.Process(int((trial_dir / "worker.pid").read_text()))
             workers = [p for p in trial.children() if "multiprocessing" in " ".join(p.cmdline())]
             if workers:
@@ -339,9 +312,11 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
     client, _, children = child_runs(tmp_path, "scale")
     runs = {r.data.tags["arm"]: r for r in children}
     assert all(r.info.status == "FINISHED" for r in children) and set(runs) == {"vllm", "zero2"}
-    for run in runs.values():
-        assert steps_of(client, run) == [1, 2, 3, 4]
-        assert steps_of(client, run, "eval/accuracy") == [2, 4]
+    for run in runs.values():  # the retried trial too: no gaps, no doubled steps
+        assert steps_of(client, run) == [1, 2, 3]
+        assert steps_of(client, run, "eval/accuracy") == [2, 3]
+        assert steps_of(client, run, "eval/aes") == [2, 3]  # NaN here (base accuracy 0), still logged
+        assert history_artifact_matches(client, run)
     gaps = [m.value for m in client.get_metric_history(runs["vllm"].info.run_id, "perf/sampler_logp_gap")]
-    assert len(gaps) == 4 and max(gaps) < 1e-3  # vLLM followed every update
+    assert len(gaps) == 3 and max(gaps) < 1e-3  # vLLM followed every update
     assert runs["zero2"].data.params["train.workers"] == "2"

@@ -182,6 +182,13 @@ class TrainConfig(_Strict):
     def _consistent(self) -> "TrainConfig":
         if self.lead.bmax > self.rollout.max_budget:
             raise ValueError(f"lead.bmax ({self.lead.bmax}) exceeds rollout.max_new_tokens ({self.rollout.max_budget})")
+        train, rollouts = self.train, self.train.prompts_per_step * self.rollout.n
+        if train.backend == "deepspeed" and train.zero_stage == 3 and (train.ppo_epochs > 1 or train.mini_batch_size < rollouts):
+            raise ValueError(
+                f"train.zero_stage: ZeRO-3 runs one optimizer step per batch here (mini_batch_size >= "
+                f"prompts_per_step x rollout.n = {rollouts}, ppo_epochs 1): the no-grad pass that several "
+                "steps need hangs ZeRO-3's parameter trace (a known limitation); use zero_stage 2"
+            )
         if self.train.mini_batch_size % self.train.micro_batch_size:
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
         if self.task.kind == "math" and self.model.path is None:

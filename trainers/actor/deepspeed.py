@@ -86,6 +86,7 @@ class _Worker:
             self.reference = copy.deepcopy(model).to(self.device, dtype).eval().requires_grad_(False)
         if state is not None:
             model.load_state_dict(state["model"])
+        self.state_keys = list(model.state_dict())  # before ZeRO partitions it
         if config.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -126,9 +127,9 @@ class _Worker:
         if self.rank != 0:
             return None
         by_name = dict(self.module.named_parameters(remove_duplicate=False))  # tied weights under every name
-        return {
-            name: (full[id(by_name[name])] if name in by_name else value).detach().float().cpu().clone()
-            for name, value in self.module.state_dict().items()
+        return {  # (the module's own state_dict() would gather ZeRO-3 parameters on this worker alone)
+            name: (full[id(by_name[name])] if name in by_name else self.module.get_buffer(name)).detach().float().cpu().clone()
+            for name in self.state_keys
         }
 
     def state_dict(self) -> dict | None:
