@@ -86,12 +86,10 @@ def assert_same_state(a: dict, b: dict):
 @needs_deepspeed
 def test_one_worker_and_two_take_the_same_steps_and_checkpoints_move_between_them(cache_dir, tiny_model_dir):
     """For ZeRO 2 and 3, two workers take the step one process takes; from the two workers'
-    checkpoint, one process (the single backend) takes the step the two take next, and so does one
-    ZeRO-2 worker from two ZeRO-3 workers' checkpoint: the state is full."""
+    checkpoint, one process (the single backend) takes the step the two take next: the state is full."""
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     (moved, _), = updates(config(cache_dir), tiny_model_dir, [0])
     assert max(float((moved["model"][k] - start[k]).abs().max()) for k in start) > 5e-4  # a step moves the weights
-    saved = {}
     for stage, mini_batch in ((2, 6), (3, 16)):  # ZeRO-3: one optimizer step a pass (TrainConfig says why)
         (single_1, single_metrics), = updates(config(cache_dir, mini_batch_size=mini_batch), tiny_model_dir, [0])
         two = config(cache_dir, backend="deepspeed", workers=2, zero_stage=stage, mini_batch_size=mini_batch)
@@ -102,11 +100,6 @@ def test_one_worker_and_two_take_the_same_steps_and_checkpoints_move_between_the
         (by_single, _), = updates(config(cache_dir, mini_batch_size=mini_batch), tiny_model_dir, [1], state=two_1)
         assert_same_state(two_2, by_single)
         assert int(by_single["optimizer"]["state"][0]["step"]) == (4 if mini_batch == 6 else 2)  # steps: two passes
-        saved[stage] = two_1, two_2
-    # saved by two ZeRO-3 workers, resumed by one ZeRO-2 worker
-    one = config(cache_dir, backend="deepspeed", workers=1, zero_stage=2, mini_batch_size=16)
-    (by_one, _), = updates(one, tiny_model_dir, [1], state=saved[3][0])
-    assert_same_state(saved[3][1], by_one)
 
 
 def test_the_single_backend_has_one_worker_and_zero3_one_step_a_batch(cache_dir):

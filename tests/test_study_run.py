@@ -185,7 +185,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
         max_concurrent_trials=1,
     )
     spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 16  # long enough to be interrupted mid-trial
+    spec_data["base"]["train"]["steps"] = 10  # long enough to be interrupted mid-trial
     spec.write_text(yaml.safe_dump(spec_data))
     args = quiet_args(spec, tmp_path, "--address", ray_cluster)
     log = (tmp_path / "driver.log").open("w")
@@ -211,7 +211,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     client, parents, children = child_runs(tmp_path, "fault")
     assert len(parents) == 1 and len(children) == 2
     for run in children:
-        assert steps_of(client, run) == list(range(1, 17)), run.info.run_name
+        assert steps_of(client, run) == list(range(1, 11)), run.info.run_name
         assert run.info.status == "FINISHED"
         assert history_artifact_matches(client, run)
     assert parents[0].info.status == "FINISHED"
@@ -234,7 +234,7 @@ Path(sys.argv[-1]).write_text(json.dumps({"code": code, "seen": seen}))
 
 @pytest.mark.parametrize(
     "resources, trials, max_distinct",
-    [({"cpus": 0.25, "gpus": 0.5}, 4, 2), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 2, 4)],
+    [({"cpus": 0.25, "gpus": 0.5}, 2, 1), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 2, 4)],
 )
 def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, resources, trials, max_distinct):
     spec = small_spec(tmp_path, cache_dir, seeds=list(range(trials)), resources=resources)
