@@ -107,7 +107,7 @@ class _Worker:
     def reference_forward(self, input_ids: torch.Tensor):
         return token_logprobs(self.reference, input_ids, self.config.rollout.temperature)
 
-    def backward(self, loss: torch.Tensor, last: bool) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
     def step(self) -> float:
@@ -221,9 +221,6 @@ class DeepSpeedActor:
             self.workers.append((process, ours))
         self._gather()
         self.log(f"deepspeed: {world} workers, ZeRO stage {self.config.train.zero_stage}")
-
-    def pids(self) -> list[int]:
-        return [process.pid for process, _ in self.workers]
 
     def _gather(self) -> list:
         """Every worker's answer; WorkerFailed if one died or raised (a dead worker is named first:

@@ -34,7 +34,7 @@ class SingleActor:
         with self.autocast():
             return token_logprobs(self.reference, input_ids, self.config.rollout.temperature)
 
-    def backward(self, loss: torch.Tensor, last: bool) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> float:

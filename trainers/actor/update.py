@@ -101,7 +101,7 @@ class Trainee(Protocol):
 
     def reference_forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def backward(self, loss: torch.Tensor, last: bool) -> None: ...  # ``last``: the mini-batch's last micro-batch
+    def backward(self, loss: torch.Tensor) -> None: ...  # accumulates gradients until ``step``
 
     def step(self) -> float: ...  # clip, optimizer step, zero the gradients; returns the gradient norm
 
@@ -171,11 +171,10 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
     for number, (mini, parts) in enumerate(plan):
         first_epoch = number < math.ceil(total / opt.mini_batch_size)
         mb_tokens = mask[mini.to(device)].sum().clamp(min=1)
-        for position, (idx, w) in enumerate(parts):
-            last = position == len(parts) - 1
+        for idx, w in parts:
             if not idx.numel():  # padding: a forward and a backward that add nothing
                 logp, _ = trainee.forward(input_ids[:1, :2])
-                trainee.backward(logp.sum() * 0.0, last)
+                trainee.backward(logp.sum() * 0.0)
                 continue
             idx = idx.to(device)
             m = mask[idx, : w - 1].float()
@@ -185,7 +184,7 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
             pg, clipped = clipped_objective(ratio, batch.token_adv[idx, : w - 1], opt.clip_ratio, opt.clip_ratio_high)
             kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
             loss_tokens = pg + opt.kl_coef * kl - opt.entropy_coef * entropy
-            trainee.backward((loss_tokens * m).sum() / mb_tokens * world, last)
+            trainee.backward((loss_tokens * m).sum() / mb_tokens * world)
             with torch.no_grad():
                 sums["policy"] += float((pg * m).sum() / mb_tokens)
                 sums["kl"] += float((kl * m).sum() / mb_tokens)
