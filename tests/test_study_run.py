@@ -280,7 +280,7 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
     from tests.test_vllm import VLLM_TINY
 
     spec = small_spec(
-        tmp_path, cache_dir, name="scale", max_failures=1, max_concurrent_trials=1,
+        tmp_path, cache_dir, name="scale", max_failures=1, max_concurrent_trials=2,
         arms=[
             {"name": "vllm", "weighting": {"kind": "psi"}, "overrides": {"rollout": {"engine": "vllm"}}},
             {"name": "zero2", "weighting": {"kind": "psi"},
