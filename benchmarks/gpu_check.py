@@ -129,7 +129,7 @@ def micro_batch_memory(actor, args, vocab: int, device) -> int:
         before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
         shape = f"a micro-batch of {rows} x {long_prompt + long_response} tokens, forward + backward"
         try:
-            logp, entropy = actor.forward(micro.input_ids)
+            logp, _ = actor.forward(micro.input_ids)
             (logp.float() * micro.mask).sum().backward()
             sync()
             print(f"{shape}: peak memory {peak_gib():.1f} GiB ({(peak_bytes() - before) / 2**30:.1f} GiB above the "
@@ -137,7 +137,7 @@ def micro_batch_memory(actor, args, vocab: int, device) -> int:
         except torch.OutOfMemoryError as exc:
             print(f"{shape}: out of memory ({str(exc).splitlines()[0][:60]}); {before / 2**30:.1f} GiB allocated before it")
         del micro
-        logp = entropy = None
+        logp = None  # free the graph before the next size
     return 0
 
 
