@@ -1,8 +1,10 @@
 """What a study shows, computed from the runs table of ``analysis.load``.
 
 - ``arm_summary``: per (arm, variant), with its length reward, weighting and normalization (the
-  trial runs' tags), over seeds, the mean and sample std (ddof 1) of the final eval accuracy,
-  length and AES;
+  trial runs' tags), over seeds, the mean, sample std (ddof 1) and 95% bootstrap interval of the
+  final eval accuracy, length and AES;
+- ``compute_spent``: per trial and per arm, the rollout, training and evaluation tokens and the
+  seconds of its logged steps;
 - ``psi_versus_best_other``: the best arm not weighted by PSI (static grids, schedules, GRPO
   baselines, any reward), by mean AES, and each PSI arm's gap to it;
 - ``pareto_front``: the (arm, variant) pairs no other pair beats on both accuracy (higher) and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis.stats import mean_interval
 from trainers import metrics as M
 
 FINAL = {"accuracy": "final/eval/accuracy", "length": "final/eval/response_length", "aes": "final/eval/aes"}
@@ -25,7 +28,9 @@ FINAL = {"accuracy": "final/eval/accuracy", "length": "final/eval/response_lengt
 
 def arm_summary(runs: pa.Table) -> pa.Table:
     """One row per (arm, variant): its reward, weighting and normalization, ``seeds`` and
-    ``<metric>_mean`` / ``<metric>_std``, grouped by (reward, weighting), then sorted by arm."""
+    ``<metric>_mean`` / ``<metric>_std`` / ``<metric>_low`` / ``<metric>_high`` (the 95% bootstrap
+    interval over seeds, ``analysis.stats.mean_interval``; none with one seed), grouped by (reward,
+    weighting), then sorted by arm."""
     keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_NORMALIZATION]
     table = runs.select([c for c in [*keys, *FINAL.values()] if c in runs.column_names])
     aggregations = [("arm", "count")]
@@ -34,9 +39,17 @@ def arm_summary(runs: pa.Table) -> pa.Table:
     grouped = table.group_by(keys).aggregate(aggregations)
     out = {key: grouped[key] for key in keys}
     out["seeds"] = grouped["arm_count"]
+    members = table.select(keys).to_pylist()
     for name, column in FINAL.items():
         out[f"{name}_mean"] = grouped[f"{column}_mean"]
         out[f"{name}_std"] = grouped[f"{column}_stddev"]
+        values = table[column].to_pylist() if column in table.column_names else [None] * table.num_rows
+        intervals = [
+            mean_interval([v for member, v in zip(members, values) if member == group])
+            for group in grouped.select(keys).to_pylist()
+        ]
+        out[f"{name}_low"] = pa.array([i.low for i in intervals], pa.float64())
+        out[f"{name}_high"] = pa.array([i.high for i in intervals], pa.float64())
     order = [M.TAG_REWARD, M.TAG_WEIGHTING, "arm", "variant"]  # arms grouped by (reward, weighting)
     return pa.table(out).sort_by([(key, "ascending") for key in order])
 
@@ -160,3 +173,35 @@ def lstar_versus_minimal(problems: pa.Table, runs: pa.Table) -> pa.Table:
          ("within_10pct", pa.float64()), ("above_1p5x", pa.float64())]
     )
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+COMPUTE_COLUMNS = {M.PERF_ROLLOUT_TOKENS: "rollout_tokens", M.PERF_TRAIN_TOKENS: "train_tokens",
+                   M.PERF_EVAL_TOKENS: "eval_tokens", M.PERF_STEP_SECONDS: "step_seconds"}
+
+
+def compute_spent(history: pa.Table, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(per trial, per arm): the sums of each logged step's ``COMPUTE_COLUMNS`` (every step once:
+    work repeated after a crash is not logged twice, start-up and restarts are not in step seconds),
+    and the steps. Per arm: sums over its trials (a population of 4 spends what its 4 members spent)."""
+    rows = history.filter(pc.is_in(history["key"], pa.array(list(COMPUTE_COLUMNS))))
+    sums = rows.group_by(["trial", "key"]).aggregate([("value", "sum"), ("step", "count")])
+    spent: dict[str, dict] = {}
+    for trial, key, total, steps in zip(*(sums[c].to_pylist() for c in ("trial", "key", "value_sum", "step_count"))):
+        spent.setdefault(trial, {})[COMPUTE_COLUMNS[key]] = total
+        if key == M.PERF_STEP_SECONDS:
+            spent[trial]["steps"] = steps
+    labels = {r["trial"]: r for r in runs.select(["trial", "arm", "variant"]).to_pylist()}
+    names = ["steps", *COMPUTE_COLUMNS.values()]
+    per_trial = [{"trial": t, "arm": labels.get(t, {}).get("arm"), "variant": labels.get(t, {}).get("variant"),
+                  **{n: spent[t].get(n, 0) for n in names}} for t in sorted(spent)]
+    per_arm: dict[str, dict] = {}
+    for row in per_trial:
+        arm = per_arm.setdefault(row["arm"], {"arm": row["arm"], "trials": 0, **{n: 0 for n in names}})
+        arm["trials"] += 1
+        for n in names:
+            arm[n] += row[n]
+    schema = [("steps", pa.int64()), *((n, pa.float64()) for n in COMPUTE_COLUMNS.values())]
+    return (pa.Table.from_pylist(per_trial, pa.schema([("trial", pa.string()), ("arm", pa.string()),
+                                                       ("variant", pa.string()), *schema])),
+            pa.Table.from_pylist(sorted(per_arm.values(), key=lambda r: r["arm"] or ""),
+                                 pa.schema([("arm", pa.string()), ("trials", pa.int64()), *schema])))

@@ -7,7 +7,9 @@ tables (the caller saves or shows it):
   static grid's levels;
 - ``eval_curves``: accuracy, length and AES at every evaluation, per (arm, variant), mean over seeds;
 - ``lstar_curves``: the mean per-problem target L* over training;
-- ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length.
+- ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length;
+- ``population_schedules``: each PBT / PB2 member's effective schedule of a searched setting,
+  PSI's ``w_corr`` on the same axes, and the exploits.
 """
 
 from __future__ import annotations
@@ -149,3 +151,25 @@ def lstar_per_problem(problems: pa.Table, runs: pa.Table) -> Figure:
         ax.plot([0, top], [0, top], color="black", linewidth=0.8, label="L* = minimal length")
     return _finish(fig, ax, "minimal trace length (tokens)", "L* at the last evaluation (tokens)",
                    "Per-problem targets against the shortest possible trace")
+
+
+def population_schedules(
+    schedules: dict[str, tuple[list[int], list[float]]], own: dict[str, tuple[list[int], list[float]]],
+    exploits: pa.Table, psi: dict[str, tuple[list[int], list[float]]], setting: str,
+) -> Figure:
+    """Solid: each member's effective schedule (``analysis.population``); dotted: what it ran
+    itself; crosses: its exploits (the step, at the donor's value); dashed: PSI's trials' ``w_corr``."""
+    fig = Figure(figsize=(7.6, 4.6))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
+    for i, (trial, (steps, values)) in enumerate(sorted(schedules.items())):
+        colour = cmap(i % 10)
+        ax.plot(steps, values, color=colour, lw=1.6, label=f"{trial} (effective)")
+        ax.plot(*own[trial], color=colour, lw=0.8, ls=":")
+        effective = dict(zip(steps, values))
+        for step in exploits.filter(pc.equal(exploits["trial"], trial))["step"].to_pylist():
+            if step in effective:
+                ax.plot([step], [effective[step]], "x", color=colour, ms=8, mew=2)
+    for trial, (steps, values) in sorted(psi.items()):
+        ax.plot(steps, values, color="black", lw=1.0, ls="--", label=f"{trial} (PSI w_corr)")
+    return _finish(fig, ax, "step", setting, "Population schedules against PSI (x: exploit)")

@@ -5,7 +5,8 @@
   ``param.<name>``, and for each ``eval/*`` metric its final and best value);
 - ``history``: the long metric history (run_id, trial, key, step, value);
 - ``problems``: every per-problem evaluation table the trials logged (run_id, trial, step,
-  problem_id, minimal_length, lstar, mean_length, accuracy, truncated_fraction).
+  problem_id, minimal_length, lstar, mean_length, accuracy, truncated_fraction);
+- ``exploits``: every PBT / PB2 exploit of a population member (trial, step, donor, settings).
 
 Fast path: the study runner keeps each trial's whole history as one Parquet artifact
 (``HISTORY_ARTIFACT``) and tags the run with the last step it holds, so a study is read with one
@@ -24,7 +25,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,6 +47,10 @@ STUDY_RUN_TAG = "lead_study.study_run"  # on a trial run: the id of its study's 
 ROLE_TAG = "lead_study.role"  # "study" on a study's own run
 PLANNED_ARTIFACT = "planned_trials.json"  # on the parent run: every trial the study will run
 PROBLEMS_FOLDER = "eval_problems"  # on a trial run: step_<step>.parquet per evaluation
+EXPLOITS_ARTIFACT = "pbt/exploits.json"  # on a population member's run: its exploits (study.trial.exploit_record)
+EXPLOIT_METRIC = "pbt/exploit"  # 1 at each step whose donor checkpoint a member continued from
+EXPLOIT_SCHEMA = pa.schema([("trial", pa.string()), ("step", pa.int64()), ("donor", pa.string()),
+                            ("old", pa.string()), ("new", pa.string()), ("donor_settings", pa.string())])
 
 
 def default_tracking_uri() -> str:
@@ -101,6 +106,7 @@ class StudyData:
     history: pa.Table
     problems: pa.Table
     planned: list[str]  # trial names the study's parent run lists (empty if it lists none)
+    exploits: pa.Table = field(default_factory=EXPLOIT_SCHEMA.empty_table)  # PBT / PB2 exploits (EXPLOIT_SCHEMA), one row each
 
     @property
     def missing(self) -> list[str]:
@@ -109,10 +115,11 @@ class StudyData:
         return [name for name in self.planned if name not in present]
 
     def write_parquet(self, folder: Path) -> list[Path]:
-        """``runs``, ``history`` and ``problems`` as Parquet in ``folder``, each written then renamed."""
+        """``runs``, ``history``, ``problems`` and ``exploits`` as Parquet in ``folder``, each written then renamed."""
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        for name, table in (("runs", self.runs), ("history", self.history), ("problems", self.problems)):
+        tables = (("runs", self.runs), ("history", self.history), ("problems", self.problems), ("exploits", self.exploits))
+        for name, table in tables:
             path = folder / f"{name}.parquet"
             tmp = folder / f".{name}.parquet.tmp"
             pq.write_table(table, tmp)
@@ -206,14 +213,26 @@ def _read_problem_tables(tracking_uri: str, trials: list, workers: int) -> pa.Ta
     return pa.concat_tables(tables) if tables else PROBLEM_SCHEMA.empty_table()
 
 
-def _planned_trials(tracking_uri: str, parent) -> list[str]:
-    if parent is None:
-        return []
-    repository = _artifacts(parent, tracking_uri)
-    if not any(a.path == PLANNED_ARTIFACT for a in repository.list_artifacts()):
-        return []
+def read_json_artifact(client: MlflowClient, run_id: str, name: str):
+    """The JSON artifact ``name`` of a run (``folder/file.json``), or None if the run has none."""
+    folder = name.rpartition("/")[0] or None
+    if not any(a.path == name for a in client.list_artifacts(run_id, folder)):
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(repository.download_artifacts(PLANNED_ARTIFACT, tmp)).read_text())
+        return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
+
+
+def _read_exploits(client: MlflowClient, trials: list, workers: int) -> pa.Table:
+    """Every population member's exploits, one row each; settings as JSON text."""
+
+    def one(run) -> list[dict]:
+        records = read_json_artifact(client, run.info.run_id, EXPLOITS_ARTIFACT) if EXPLOIT_METRIC in run.data.metrics else None
+        return [{"trial": run.info.run_name, "step": r["step"], "donor": r["donor"], "old": json.dumps(r["old"]),
+                 "new": json.dumps(r["new"]), "donor_settings": json.dumps(r["donor_settings"])} for r in records or []]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = [row for chunk in pool.map(one, trials) for row in chunk]
+    return pa.Table.from_pylist(rows, schema=EXPLOIT_SCHEMA).sort_by([("trial", "ascending"), ("step", "ascending")])
 
 
 def _check_server(uri: str) -> None:
@@ -311,7 +330,8 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         columns[f"param.{key}"] = [r.data.params.get(key) for r in trials]
     return StudyData(
         study, parent.info.run_id if parent else None, pa.table(columns), history, problems,
-        _planned_trials(tracking_uri, parent),
+        (read_json_artifact(client, parent.info.run_id, PLANNED_ARTIFACT) or []) if parent else [],
+        _read_exploits(client, trials, workers),
     )
 
 

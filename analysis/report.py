@@ -25,10 +25,15 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
+from analysis.comparisons import compare_study
 from analysis.compute import (
-    arm_summary, lstar_versus_minimal, moving_weight_trials, pareto_front, psi_versus_best_other, weight_shape,
+    arm_summary, compute_spent, lstar_versus_minimal, moving_weight_trials, pareto_front, series, weight_shape,
+    weightings,
 )
 from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
+from analysis.population import effective_schedules
+from analysis.stats import Comparison
+from trainers.metrics import SETTING_PREFIX as SETTING
 from trainers.outputs import check_replaceable, check_writable_dir, replace_owned
 
 REPORT_ARTIFACT = "report"
@@ -117,39 +122,16 @@ def trial_status(data: StudyData) -> tuple[str, list[dict]]:
     return text, not_done
 
 
-def _arm_label(row: dict) -> str:
-    return row["arm"] if row["arm"] == row["variant"] else f"{row['arm']}/{row['variant']}"
-
-
 def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[str, pa.Table]]:
     """Every section of the report (figures saved under ``folder/figures``) and the derived tables."""
     summary = arm_summary(data.runs)
     front = pareto_front(summary)
-    versus = psi_versus_best_other(summary)
     shapes = weight_shape(data.history, moving_weight_trials(data.runs))
     lstar = lstar_versus_minimal(data.problems, data.runs)
     status_text, not_done = trial_status(data)
 
     sections = [Section("Trials", status_text, table=not_done or None)]
-    best, psi_rows = versus["best_other"], versus["psi"]
-    if best and psi_rows:
-        psi, gap = psi_rows[0], psi_rows[0]["gap"]
-        verdict = (
-            f"Best PSI arm by AES ({_arm_label(psi)}, reward {psi['reward']}): AES {psi['aes_mean']:.4g}, accuracy "
-            f"{psi['accuracy_mean']:.4g}, length {psi['length_mean']:.4g}.\nBest arm without PSI by AES "
-            f"({_arm_label(best)}, reward {best['reward']}, {best['weighting']} weights, {best['normalization']} "
-            f"normalization): AES {best['aes_mean']:.4g}, accuracy {best['accuracy_mean']:.4g}, length "
-            f"{best['length_mean']:.4g}.\nBest PSI minus best non-PSI AES: {gap:+.4g} "
-            f"({'PSI ahead' if gap > 0 else 'PSI behind' if gap < 0 else 'a tie'}; a difference of means over "
-            f"{psi['seeds']} and {best['seeds']} seed(s), without an interval)."
-        )
-    else:
-        verdict = "No comparison: the study has no evaluated PSI arm and non-PSI arm to set against each other."
-    table = [
-        {"arm": r["arm"], "variant": r["variant"], "reward": r["reward"], "aes_mean": r["aes_mean"], "gap_to_best_other": r["gap"]}
-        for r in psi_rows
-    ]
-    sections.append(Section("PSI against the best arm without PSI", verdict, table=table if len(table) > 1 else None))
+    sections.append(comparison_section(data))
     sections.append(Section("Per arm, over seeds (final evaluation)", table=summary.to_pylist() or None))
     sections.append(Section(
         "Accuracy against length",
@@ -176,8 +158,107 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
         table=lstar.to_pylist() or None,
         figure=_save(figures.lstar_per_problem(data.problems, data.runs), folder, "lstar_per_problem.png"),
     ))
-    tables = {"arm_summary": summary, "weight_shape": shapes, "lstar_vs_minimal": lstar}
+    per_trial, per_arm = compute_spent(data.history, data.runs)
+    sections.append(Section(
+        "Compute spent",
+        "Sums over each trial's logged steps: response tokens generated in rollouts and in evaluations, prompt + "
+        "response tokens through the policy update (every PPO epoch), and the steps' seconds (without process "
+        "start-up and restarts). An arm's row sums its trials: a population of 4 spends what its 4 members spent.",
+        table=per_arm.to_pylist() or None,
+    ))
+    population = population_section(data, folder, per_trial)
+    if population is not None:
+        sections.append(population)
+    tables = {"arm_summary": summary, "weight_shape": shapes, "lstar_vs_minimal": lstar,
+              "compute_per_trial": per_trial, "compute_per_arm": per_arm}
     return sections, tables
+
+
+def _interval(c: Comparison) -> str:
+    return f"{c.difference:+.4g} [{c.low:+.4g}, {c.high:+.4g}]"
+
+
+VERDICT_WORDS = {"ahead": "PSI ahead", "behind": "PSI behind", "not distinguishable": "not distinguishable"}
+
+
+def comparison_section(data: StudyData) -> Section:
+    """PSI against the best arm without PSI, by the protocol of ``analysis.comparisons``."""
+    heading = "PSI against the best arm without PSI"
+    result = compare_study(data)
+    if result is None:
+        return Section(heading, "No comparison: the study has no evaluated PSI arm and non-PSI arm to set against "
+                                "each other (or no base-model numbers, or too few evaluation problems to split).")
+    psi, other, head = result.best_psi, result.best_other, result.headline
+    seeds_psi, seeds_other = len(psi.scores.seeds), len(other.scores.seeds)
+    if seeds_psi == 1 and seeds_other == 1:
+        seeds_text = ("Both rest on one seed: no interval over seeds can be given; the intervals cover the evaluation "
+                      "problems and their sampling only, not the spread between training runs.")
+    else:
+        paired = head["aes"].paired_seeds
+        seeds_text = (f"{psi.label} rests on {seeds_psi} seed(s), {other.label} on {seeds_other}; "
+                      + (f"seeds {list(paired)} are paired." if paired else "their seeds are resampled separately.")
+                      + " With few seeds an interval over seeds is narrow when runs differ much (see "
+                      "benchmarks/stats_coverage.py for the measured coverage).")
+    text = (
+        f"Protocol: a fixed third of the evaluation problems ({result.selection_problems}, chosen by a seeded hash "
+        f"of the problem id) selects the best PSI arm and the best arm without PSI by mean AES over seeds; they are "
+        f"compared on the other {result.test_problems} problems, never on the numbers that chose them.\n"
+        f"Chosen: {psi.label} (selection AES {result.selection_aes[psi.label]:.4g}) and {other.label} "
+        f"({other.weighting} weights; selection AES {result.selection_aes[other.label]:.4g}).\n"
+        f"On the test problems, PSI minus the other, 95% bootstrap interval (problems paired, {len(head['aes'].paired_seeds) or 'no'} "
+        f"seed(s) paired), P(PSI ahead) = share of resamples in which PSI is better:\n"
+        f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {VERDICT_WORDS[head['aes'].verdict]}\n"
+        f"  accuracy {_interval(head['accuracy'])}, P {head['accuracy'].p_ahead:.2f}: "
+        f"{VERDICT_WORDS[head['accuracy'].verdict]}\n"
+        f"  length {_interval(head['length'])}, P(shorter) {head['length'].p_ahead:.2f}: "
+        f"{VERDICT_WORDS[head['length'].verdict]}\n"
+        f"{seeds_text}\nThe table sets {psi.label} against every arm without PSI on the same test problems."
+    )
+    table = [
+        {"other": g.label, "seeds": len(g.scores.seeds),
+         **{f"{m} diff": c[m].difference for m in ("aes", "accuracy", "length")},
+         "aes low": c["aes"].low, "aes high": c["aes"].high, "P(PSI ahead)": c["aes"].p_ahead,
+         "verdict (AES)": VERDICT_WORDS[c["aes"].verdict]}
+        for g, c in result.versus
+    ]
+    return Section(heading, text, table=table)
+
+
+def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Section | None:
+    """The PBT / PB2 members' effective schedules against PSI, the exploits, and what each spent."""
+    settings = sorted({k for k in data.history["key"].to_pylist() if k.startswith(SETTING)})
+    if not settings:
+        return None
+    setting = next((k for k in settings if k.endswith("w_corr")), settings[0])
+    own = series(data.history, setting)
+    members = sorted(own)
+    schedules = effective_schedules(data.history, data.exploits, setting)
+    kinds = weightings(data.runs)
+    psi = {t: v for t, v in series(data.history, "lead/w_corr").items() if kinds.get(t) == "psi"}
+    spent = {r["trial"]: r for r in per_trial.to_pylist()}
+    final = dict(zip(data.runs["trial"].to_pylist(), data.runs["final/eval/aes"].to_pylist())) \
+        if "final/eval/aes" in data.runs.column_names else {}
+    best = max(members, key=lambda t: final.get(t) if final.get(t) is not None else float("-inf"))
+    psi_aes = [final[t] for t in psi if final.get(t) is not None]
+
+    def tokens(trials) -> float:
+        return sum(spent.get(t, {}).get("rollout_tokens", 0) + spent.get(t, {}).get("train_tokens", 0) for t in trials)
+
+    text = (
+        f"{len(members)} members moved {setting.removeprefix(SETTING)}; {data.exploits.num_rows} exploit(s). Solid: "
+        "each member's effective schedule (the settings its final weights were trained under, followed back through "
+        "its exploits); dotted: what the member ran itself; x: an exploit; dashed: PSI's w_corr.\n"
+        f"Best member by final AES on the whole evaluation set: {best}, AES {_cell(final.get(best))}, having spent "
+        f"{tokens([best]):.4g} rollout + training tokens itself; the population spent {tokens(members):.4g}.\n"
+        + (f"PSI: mean final AES {sum(psi_aes) / len(psi_aes):.4g} over {len(psi_aes)} run(s), "
+           f"{tokens(psi) / max(len(psi), 1):.4g} tokens per run, {tokens(psi):.4g} in all." if psi_aes else
+           "No PSI trial to set against it.")
+        + "\nThe comparison with intervals (and the member chosen on held-out problems) is in the section above."
+    )
+    table = [{"trial": r["trial"], "step": r["step"], "donor": r["donor"], "old": r["old"], "new": r["new"]}
+             for r in data.exploits.to_pylist()]
+    figure = _save(figures.population_schedules(schedules, own, data.exploits, psi, setting), folder, "population.png")
+    return Section("Population (PBT / PB2) against PSI", text, table=table or None, figure=figure)
 
 
 def _save(fig, folder: Path, name: str) -> str:

@@ -41,7 +41,7 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
     for arm in spec.arms:
         variants = arm.settings(spec.base, last)
         for variant, settings in variants:
-            for seed in spec.seeds:
+            for seed in arm.seeds or spec.seeds:
                 settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})
                 config = absolute_paths(TrainConfig.model_validate(settings).model_dump(mode="json"))
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"

@@ -12,10 +12,13 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from analysis.load import StudyError, check_store, default_tracking_uri
 from study.lock import StudyLocked, study_lock
@@ -23,7 +26,7 @@ from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
 from trainers import metrics as M
 from trainers.checks import files_unchecked
-from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
+from trainers.config import ConfigError, TrainConfig, deep_merge, lookup, print_errors
 from trainers.outputs import check_writable_dir, is_empty
 
 
@@ -146,43 +149,104 @@ def check_trial_fits(spec: StudySpec) -> None:
         raise UsageError(f"resources: a trial asks for {' and '.join(short)}; it could never start{hint}")
 
 
-def trainable(spec: StudySpec, plans: list[TrialPlan]):
+@dataclass(frozen=True)
+class Phase:
+    """One Ray Tune experiment of a study. ``grid``: every arm but a population (a grid, or an
+    Optuna search), in the study's folder; ``population``: a pbt / pb2 search's arm, in the
+    ``population`` folder inside it. They run one after the other, into one MLflow experiment."""
+
+    name: str
+    plans: list[TrialPlan]
+
+    def folder(self, experiment_dir: Path) -> Path:
+        return experiment_dir if self.name == "grid" else experiment_dir / "population"
+
+
+def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
+    arm = spec.population_arm.name if spec.population_arm else None
+    grid, population = [p for p in plans if p.arm != arm], [p for p in plans if p.arm == arm]
+    return [Phase(name, members) for name, members in (("grid", grid), ("population", population)) if members]
+
+
+def trainable(spec: StudySpec, phase: Phase):
     """The trial function with its resources; the plans travel once, through Ray's object store."""
     from ray import tune
 
     from study.trial import run_trial
 
-    payload = {p.name: {**asdict(p), "threads": max(1, int(spec.resources.cpus))} for p in plans}
+    changeable = list(spec.search.population.keys) if phase.name == "population" else []
+    payload = {p.name: {**asdict(p), "threads": max(1, int(spec.resources.cpus)), "changeable": changeable}
+               for p in phase.plans}
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
+def tune_domain(distribution, population: bool = False):
+    """A spec distribution as Ray Tune's search space; a population's choices stay a list (PBT
+    shifts a list value to a neighbour, and would multiply a ``tune.choice`` value)."""
+    from ray import tune
+
+    if hasattr(distribution, "uniform"):
+        return tune.uniform(*distribution.uniform)
+    if hasattr(distribution, "loguniform"):
+        return tune.loguniform(*distribution.loguniform)
+    return list(distribution.choice) if population else tune.choice(distribution.choice)
+
+
+def population_scheduler(spec: StudySpec):
+    """Ray Tune's ``PopulationBasedTraining`` or ``PB2``, synchronous, over the trial's ``search``
+    settings; PBT's perturbed numbers are clipped into their space."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+
+    population = spec.search.population
+    common = dict(time_attr="step", perturbation_interval=population.perturbation_interval,
+                  quantile_fraction=population.quantile_fraction, synch=True)
+    if spec.search.mode == "pb2":
+        return PB2(hyperparam_bounds={"search": {k: list(v) for k, v in population.bounds.items()}}, **common)
+    ranges = {k: d.extremes() for k, d in population.mutations.items() if not hasattr(d, "choice")}
+
+    def clip(config: dict) -> dict:
+        for key, (low, high) in ranges.items():
+            config["search"][key] = min(max(config["search"][key], low), high)
+        return config
+
+    return PopulationBasedTraining(
+        hyperparam_mutations={"search": {k: tune_domain(d, population=True) for k, d in population.mutations.items()}},
+        resample_probability=population.resample_probability, custom_explore_fn=clip, **common,
+    )
+
+
 def build_tuner(
-    spec: StudySpec, study_name: str, plans: list[TrialPlan], storage: Path, tracker, max_concurrent, smoke: bool = False
+    spec: StudySpec, study_name: str, phase: Phase, output_dir: Path, tracker, max_concurrent, smoke: bool = False
 ):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    names = [p.name for p in plans]
-    search_alg, scheduler = None, None
-    if spec.search.mode == "optuna":
+    names = [p.name for p in phase.plans]
+    search_alg, scheduler, reuse = None, None, smoke
+    storage, name, keep = output_dir, study_name, 2
+    if phase.name == "population":
+        # each member starts from its own plan's values of the settings the population moves
+        start = {p.name: {key: lookup(p.config, key) for key in spec.search.population.keys} for p in phase.plans}
+        param_space = {"trial": tune.grid_search(names),
+                       "search": tune.sample_from(lambda spec: dict(start[spec.config.trial]))}
+        scheduler, num_samples = population_scheduler(spec), 1
+        random.seed(spec.seeds[0])  # PBT and PB2 draw their perturbations from these generators
+        np.random.seed(spec.seeds[0])
+        # members pause at every perturbation: the next one resumes in the same process; an exploit's
+        # donor runs at most one interval ahead before the receiver restores its checkpoint
+        reuse, storage, name, keep = True, output_dir / study_name, "population", spec.search.population.perturbation_interval + 1
+    elif spec.search.mode == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        space = {}
-        for key, dist in spec.search.space.items():
-            if hasattr(dist, "uniform"):
-                space[key] = tune.uniform(*dist.uniform)
-            elif hasattr(dist, "loguniform"):
-                space[key] = tune.loguniform(*dist.loguniform)
-            else:
-                space[key] = tune.choice(dist.choice)
-        param_space = {"trial": names[0], "search": space}
+        param_space = {"trial": names[0], "search": {k: tune_domain(d) for k, d in spec.search.space.items()}}
         search_alg = OptunaSearch(seed=spec.seeds[0])
         num_samples = spec.search.num_samples
     else:
         param_space = {"trial": tune.grid_search(names)}
         num_samples = 1
     if spec.search.asha is not None:
-        max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in plans)
+        max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in phase.plans)
         scheduler = ASHAScheduler(
             time_attr="step",
             max_t=max_steps,
@@ -205,15 +269,15 @@ def build_tuner(
             max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
             # a smoke test's trials are mostly start-up: there, a trial after the first in a worker skips it.
             # A real study gives each trial a fresh process (a finished trial is on record before the next starts).
-            reuse_actors=smoke,
+            reuse_actors=reuse,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=study_name,
+            name=name,
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             callbacks=[tracker],
             verbose=1,
         ),
@@ -287,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         errors += exc.lines
     if args.dry_run and not errors:
+        population = spec.population_arm.name if spec.population_arm else None
         for plan in plans:
             train = plan.config["train"]
+            moves = (f"; {spec.search.mode} population over {', '.join(spec.search.population.keys)}"
+                     if plan.arm == population else "")
             print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
-                  f"training {train['backend']} x{train['workers']}]: {plan.config}")
+                  f"training {train['backend']} x{train['workers']}{moves}]: {plan.config}")
         print(f"{len(plans)} trials")
         for path in unchecked:
             print(f"not found on this machine (a dry run does not require it): {path}")
@@ -305,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             held.enter_context(study_lock(study_name, output_dir, tracking_uri))  # before any look at the folder
             from ray.tune import Tuner
 
-            restorable = Tuner.can_restore(str(experiment_dir))
+            restorable = any(Tuner.can_restore(str(phase.folder(experiment_dir))) for phase in study_phases(spec, plans))
             if args.resume and not restorable:
                 raise UsageError(f"--resume: no restorable study at {experiment_dir}")
             if not args.resume and not is_empty(experiment_dir):
@@ -318,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_study(args, spec, plans, study_name, output_dir, experiment_dir, tracking_uri, log)
 
 
-def study_ended(experiment_dir: Path) -> bool:
+def phase_ended(folder: Path) -> bool:
     """Whether every trial of the saved experiment state ended (finished or failed): after Ctrl-C,
     Tune saves the unfinished ones as pending, to be resumed."""
     from ray.tune import ExperimentAnalysis
 
-    return all(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(experiment_dir)).trials)
+    return all(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(folder)).trials)
 
 
 def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Path, experiment_dir: Path,
@@ -342,21 +409,27 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans]
     )
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
+    rows, interrupted = [], False
     try:
-        if args.resume:
-            tuner = Tuner.restore(str(experiment_dir), trainable=trainable(spec, plans), resume_errored=True)
-        else:
-            tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, plans)
-            tuner = build_tuner(spec, study_name, plans, output_dir, tracker, args.max_concurrent_trials, args.smoke_test)
-        results = tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
-        rows = summary_rows(results, plans)
+        for phase in study_phases(spec, plans):  # one after the other; an interrupted one stops the study
+            folder = phase.folder(experiment_dir)
+            if args.resume and Tuner.can_restore(str(folder)):
+                tuner = Tuner.restore(str(folder), trainable=trainable(spec, phase), resume_errored=True)
+            else:
+                tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans)
+                tuner = build_tuner(spec, study_name, phase, output_dir, tracker, args.max_concurrent_trials,
+                                    args.smoke_test)
+            rows += summary_rows(tuner.fit(), plans)  # Ctrl-C: Tune stops the trials, saves its state and returns
+            interrupted = not phase_ended(folder)
+            if interrupted:
+                break
     except KeyboardInterrupt:  # a second Ctrl-C
         finish_study_run(tracking_uri, parent_id, [], status="KILLED")
         raise
     except BaseException:
         finish_study_run(tracking_uri, parent_id, [], status="FAILED")
         raise
-    interrupted = not study_ended(experiment_dir)
+    rows.sort(key=lambda row: row["trial"])
     failed = any(row["status"] != "OK" for row in rows)
     status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
     finish_study_run(tracking_uri, parent_id, rows, status=status)

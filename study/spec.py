@@ -11,7 +11,9 @@
       - {name: min-target, weighting: {kind: psi}, overrides: {lead: {aggregator: min_correct}}}
       - {name: kimi, reward: {kind: kimi}, weighting: {kind: static, w_corr: [0.5]}}
       - {name: psi-kimi, reward: {kind: kimi}, weighting: {kind: psi}}
-    search: {mode: grid}                  # or optuna (one arm, continuous space), optional ASHA
+    search: {mode: grid}                  # or optuna (one arm, continuous space), optional ASHA, or pbt / pb2:
+    # search: {mode: pbt, population: {arm: static, perturbation_interval: 5,
+    #                                  mutations: {lead.weighting.w_corr: {uniform: [0.1, 1.0]}}}}
     resources: {cpus: 1, gpus: 0}         # or bundles: [{CPU: 1, GPU: 1}, {CPU: 1}]
 
 Unknown keys are errors; every error names its key path (``arms[1].weighting.w_corr: ...``).
@@ -144,6 +146,7 @@ class ArmReward(BaseModel):
 
 class Arm(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
+    seeds: list[int] | None = Field(None, min_length=1, description="this arm's seeds (default: the study's)")
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
     weighting: ArmWeighting
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings for this arm only")
@@ -220,8 +223,41 @@ class Asha(_Strict):
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
+class Population(_Strict):
+    """Population Based Training (``pbt``, Ray Tune's ``PopulationBasedTraining``) or PB2 (``pb2``,
+    its Gaussian-process bandit) over one arm's trials: every ``perturbation_interval`` steps, the
+    members in the bottom ``quantile_fraction`` by ``search.metric`` continue from the checkpoint
+    of one in the top quantile, with its settings perturbed (PBT: times 0.8 or 1.2, or resampled
+    with ``resample_probability``, kept inside the space; PB2: chosen by the bandit inside
+    ``bounds``). Synchronous: every member reaches the step before any exploit, so each exploit
+    continues the donor's run at the step the receiver stopped. The study's other arms run beside
+    the population, untouched by it."""
+
+    arm: str = Field(description="the arm whose trials (variants x seeds) form the population")
+    perturbation_interval: int = Field(ge=1, description="steps between exploits; a multiple of eval.every")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt only")
+    mutations: dict[str, Uniform | LogUniform | Choice] = Field(
+        default_factory=dict, description="pbt: dotted TrainConfig keys and the space each moves in"
+    )
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="pb2: dotted keys and [low, high]")
+
+    @field_validator("bounds")
+    @classmethod
+    def _ranges(cls, bounds):
+        return {key: _finite_range(value) for key, value in bounds.items()}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The settings the population changes."""
+        return tuple(self.mutations or self.bounds)
+
+    def extremes(self) -> dict[str, tuple[Any, ...]]:
+        return {key: dist.extremes() for key, dist in self.mutations.items()} | dict(self.bounds)
+
+
 class Search(_Strict):
-    mode: Literal["grid", "optuna"] = "grid"
+    mode: Literal["grid", "optuna", "pbt", "pb2"] = "grid"
     metric: str = "eval/aes"
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
@@ -229,6 +265,23 @@ class Search(_Strict):
         default_factory=dict, description="optuna: dotted TrainConfig keys, e.g. lead.weighting.lambda_min"
     )
     asha: Asha | None = None
+    population: Population | None = Field(None, description="pbt and pb2: the population and how it moves")
+
+    @model_validator(mode="after")
+    def _population(self):
+        if self.mode in ("pbt", "pb2"):
+            if self.population is None:
+                raise ValueError(f"population: search.mode {self.mode} needs one (arm, perturbation_interval, ...)")
+            given, unused = ("mutations", "bounds") if self.mode == "pbt" else ("bounds", "mutations")
+            if not getattr(self.population, given):
+                raise ValueError(f"population.{given}: {self.mode} needs at least one setting to move")
+            if getattr(self.population, unused):
+                raise ValueError(f"population.{unused}: not used by {self.mode} (it takes {given})")
+            if self.asha is not None:
+                raise ValueError(f"asha: cannot be combined with {self.mode} (both are schedulers)")
+        elif self.population is not None:
+            raise ValueError("population: only used with search.mode pbt or pb2")
+        return self
 
 
 class Resources(_Strict):
@@ -283,8 +336,9 @@ class StudySpec(_Strict):
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be unique, got {names}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: must be distinct, got {self.seeds} (a repeated seed is the same trial twice)")
+        for where, seeds in [("seeds", self.seeds)] + [(f"arms[{i}].seeds", a.seeds) for i, a in enumerate(self.arms) if a.seeds]:
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"{where}: must be distinct, got {seeds} (a repeated seed is the same trial twice)")
         for i, arm in enumerate(self.arms):
             labels = [label for label, _ in arm.weighting.grid()] if isinstance(arm.weighting, _Grid) else []
             if len(set(labels)) != len(labels):
@@ -296,7 +350,21 @@ class StudySpec(_Strict):
                 raise ValueError("search.space: optuna needs at least one parameter")
         elif self.search.space:
             raise ValueError("search.space: only used with search.mode optuna")
+        if self.search.population is not None:
+            arm = self.population_arm
+            if arm is None:
+                raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' (arms: {', '.join(names)})")
+            members = len(arm.weighting.grid() if isinstance(arm.weighting, _Grid) else [0]) * len(arm.seeds or self.seeds)
+            if members < 2:
+                raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
+                                 "(weight variants x seeds)")
         return self
+
+    @property
+    def population_arm(self) -> Arm | None:
+        """The arm a pbt / pb2 search moves (None otherwise)."""
+        population = self.search.population
+        return next((arm for arm in self.arms if population and arm.name == population.arm), None)
 
 
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
@@ -333,6 +401,34 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
         for value in distribution.extremes():
             for _, settings in spec.arms[0].settings(spec.base):
                 check(deep_merge(settings, dotted(key, value)), f"search.space.{key} = {value!r}: ")
+    population = spec.search.population
+    if population is not None:
+        where = "mutations" if population.mutations else "bounds"
+        for key, values in population.extremes().items():
+            for value in values:
+                for _, settings in spec.population_arm.settings(spec.base):
+                    check(deep_merge(settings, dotted(key, value)), f"search.population.{where}.{key} = {value!r}: ")
+        for smoke in (False, True):
+            for _, settings in spec.population_arm.settings(spec.base, spec.last_settings(smoke)):
+                try:
+                    config = TrainConfig.model_validate(settings)
+                except ValidationError:
+                    continue  # reported above
+                interval, every = population.perturbation_interval, config.eval.every
+                if interval >= config.train.steps:
+                    continue  # no exploit happens
+                if config.train.steps % interval == 0:
+                    add(f"search.population.perturbation_interval: {interval} divides train.steps ({config.train.steps}"
+                        f"{', under --smoke-test' if smoke else ''}): an exploit at the last step would replace a "
+                        "member's weights after its final evaluation")
+                if spec.search.metric.startswith("eval/") and interval % every:
+                    add(f"search.population.perturbation_interval: {interval} is not a multiple of eval.every "
+                        f"({every}{', under --smoke-test' if smoke else ''}): members would be ranked on stale "
+                        "evaluations and exploit checkpoints older than their step")
+                elif interval % config.checkpoint.every:
+                    add(f"search.population.perturbation_interval: {interval} is not a multiple of checkpoint.every "
+                        f"({config.checkpoint.every}{', under --smoke-test' if smoke else ''}): an exploit would "
+                        "continue from a checkpoint older than the donor's step")
     if spec.search.metric not in M.REPORTED:
         close = difflib.get_close_matches(spec.search.metric, M.REPORTED, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (a name the trainer reports, e.g. eval/aes)"

@@ -28,16 +28,17 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from analysis.load import (
-    HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG, PLANNED_ARTIFACT, ROLE_TAG, STUDY_RUN_TAG,
+    EXPLOIT_METRIC, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG,
+    PLANNED_ARTIFACT, ROLE_TAG, STUDY_RUN_TAG, read_json_artifact,
 )
-from study.trial import EVALUATED, REPORT_FILE, apply_search
+from study.trial import EVALUATED, EXPLOIT, REPORT_FILE, apply_search
 from trainers import metrics as M
 from trainers.fingerprint import versions
 
 STUDY_DIR_TAG = "lead_study.study_dir"
 TRIAL_TAG = "lead_study.trial_id"
 STEP_KEY = M.TRAIN_ACCURACY  # every step logs it: its history tells the last logged step
-EVERY_STEP = ("train/", "lead/", "loss/", "perf/", "grader/")
+EVERY_STEP = ("train/", "lead/", "loss/", "perf/", "grader/", M.SETTING_PREFIX)
 ON_EVALUATION = ("eval/",)
 
 
@@ -66,10 +67,12 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
 
 
 def log_json(client: MlflowClient, run_id: str, name: str, content) -> None:
+    """``content`` as the JSON artifact ``name`` (``folder/file.json`` goes into ``folder``)."""
+    folder, _, file = name.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / file
         path.write_text(json.dumps(content, indent=2))
-        client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path), artifact_path=folder or None)
 
 
 def write_history_artifact(client: MlflowClient, run_id: str, rows: list[tuple[str, int, float]], step: int) -> None:
@@ -172,9 +175,10 @@ class MLflowTracker(tune.Callback):
         self._last_step: dict[str, int] = {}
         self._base_logged: set[str] = set()  # trial ids whose run holds base/* already
         self._history: dict[str, list[tuple[str, int, float]]] = {}  # trial id -> what its run holds
+        self._exploits: dict[str, list[dict]] = {}  # trial id -> its PBT exploit records
 
     def __getstate__(self):  # Tune pickles callbacks into the experiment state; histories stay in MLflow
-        return {**self.__dict__, "_client": None, "_history": {}}
+        return {**self.__dict__, "_client": None, "_history": {}, "_exploits": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -259,6 +263,21 @@ class MLflowTracker(tune.Callback):
             self.client.log_batch(run_id, metrics=metrics[start : start + 500], tags=tags)
         rows += [(m.key, m.step, m.value) for m in metrics]
         self._last_step[trial.trial_id] = step
+        if EXPLOIT in result:
+            self._log_exploit(trial.trial_id, run_id, json.loads(result[EXPLOIT]), rows)
+
+    def _log_exploit(self, trial_id: str, run_id: str, record: dict, rows: list) -> None:
+        """Add a PBT exploit to the run's ``EXPLOITS_ARTIFACT`` (once, also after a retry) and mark
+        its step with ``EXPLOIT_METRIC``."""
+        if trial_id not in self._exploits:  # after a driver restart: read back what the run holds
+            self._exploits[trial_id] = read_json_artifact(self.client, run_id, EXPLOITS_ARTIFACT) or []
+        records = self._exploits[trial_id]
+        if any((r["step"], r["donor"]) == (record["step"], record["donor"]) for r in records):
+            return
+        records.append(record)
+        log_json(self.client, run_id, EXPLOITS_ARTIFACT, records)
+        self.client.log_batch(run_id, metrics=[Metric(EXPLOIT_METRIC, 1.0, int(time.time() * 1000), record["step"])])
+        rows.append((EXPLOIT_METRIC, record["step"], 1.0))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         run_id = self._run_for(trial)

@@ -23,8 +23,10 @@ from trainers import metrics as M
 from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.grpo import StepReport, train
 
-REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step": N, "last_eval": {...}}
+REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step", "last_eval", "trial_id", "trial_name", "settings"}
+SETTINGS_FILE = "settings.json"  # in the trial's folder: the searched settings it last started with
 EVALUATED = "evaluated"
+EXPLOIT = "exploit"  # in the first result after a PBT exploit: a JSON record (``exploit_record``)
 
 
 def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
@@ -34,33 +36,58 @@ def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, An
     return config
 
 
+def exploit_record(saved: dict[str, Any], trial_id: str, previous: dict | None, settings: dict) -> dict | None:
+    """When a trial starts from a checkpoint another trial wrote (a PBT exploit): ``step`` (the
+    donor's step it continues from), ``donor`` (the donor's trial name), ``donor_settings``,
+    ``old`` (this trial's settings before) and ``new`` (after); None for its own checkpoint."""
+    if saved.get("trial_id", trial_id) == trial_id:
+        return None
+    return {"step": saved["step"], "donor": saved["trial_name"], "donor_settings": saved["settings"],
+            "old": previous, "new": settings}
+
+
 def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
-    """``params``: {"trial": plan name, "search": {dotted key: sampled value}} (search with Optuna only);
-    ``plans``: every trial's plan by name (name, arm, variant, seed, config, threads)."""
+    """``params``: {"trial": plan name, "search": {dotted key: value}} (searched settings: Optuna's
+    samples, a population's current values); ``plans``: every trial's plan by name (name, arm,
+    variant, seed, config, threads, changeable: the settings a population may change on restore)."""
     trial = plans[params["trial"]]
-    config = TrainConfig.model_validate(apply_search(trial["config"], params.get("search", {})))
+    settings = params.get("search", {})
+    config = TrainConfig.model_validate(apply_search(trial["config"], settings))
     torch.set_num_threads(trial["threads"])
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    context = tune.get_context()
+    trial_dir = Path(context.get_trial_dir())
     (trial_dir / "worker.pid").write_text(str(os.getpid()))  # which process runs this trial
     last_eval: dict[str, float] = {M.EVAL_AES: math.nan, M.EVAL_ACCURACY: math.nan, M.EVAL_RESPONSE_LENGTH: math.nan}
-    resume_from = None
+    resume_from, exploit = None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory(str(trial_dir / f"restored-{Path(checkpoint.path).name}")))
-        last_eval.update(json.loads((resume_from / REPORT_FILE).read_text())["last_eval"])
+        saved = json.loads((resume_from / REPORT_FILE).read_text())
+        last_eval.update(saved["last_eval"])
+        previous = trial_dir / SETTINGS_FILE
+        exploit = exploit_record(saved, context.get_trial_id(), json.loads(previous.read_text()) if previous.exists() else None,
+                                 settings)
+    (trial_dir / SETTINGS_FILE).write_text(json.dumps(settings))
 
     def report(step: StepReport) -> None:
+        nonlocal exploit
         evaluated = M.EVAL_ACCURACY in step.metrics
         if evaluated:
             last_eval.update({k: v for k, v in step.metrics.items() if k.startswith(("eval/", "base/"))})
         result = {**step.metrics, **last_eval, "step": step.step, EVALUATED: float(evaluated)}
+        result.update({M.SETTING_PREFIX + key: float(value) for key, value in settings.items() if isinstance(value, (int, float))})
         result["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if exploit is not None:
+            result[EXPLOIT], exploit = json.dumps(exploit), None
         if step.checkpoint_dir is None:
             tune.report(result)
             return
-        (step.checkpoint_dir / REPORT_FILE).write_text(json.dumps({"step": step.step, "last_eval": last_eval}))
+        written = {"step": step.step, "last_eval": last_eval, "trial_id": context.get_trial_id(),
+                   "trial_name": context.get_trial_name(), "settings": settings}
+        (step.checkpoint_dir / REPORT_FILE).write_text(json.dumps(written))
         for name, table in step.tables.items():
             pq.write_table(table, step.checkpoint_dir / f"{name}.parquet")
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(step.checkpoint_dir)))
 
-    train(config, trial_dir / "run", report=report, resume_from=resume_from, log=print)
+    train(config, trial_dir / "run", report=report, resume_from=resume_from, log=print,
+          changeable=tuple(trial.get("changeable", ())))

@@ -55,6 +55,24 @@ def test_the_config_hash_ignores_only_what_a_resume_may_change(cache_dir):
     assert config_hash(config) == config_hash(longer)
     assert config_hash(config) != config_hash(tiny_config(cache_dir, train={"lr": 3e-3}))
     assert config_hash(config) != config_hash(tiny_config(cache_dir, seed=1))
+    # a population search may change its settings when a trial continues from another's checkpoint
+    faster = tiny_config(cache_dir, train={"lr": 3e-3})
+    assert config_hash(config, ("train.lr",)) == config_hash(faster, ("train.lr",))
+    assert config_hash(config, ("train.lr",)) != config_hash(tiny_config(cache_dir, seed=1), ("train.lr",))
+
+
+def test_a_resume_with_a_changed_learning_rate_steps_with_the_new_one(cache_dir, tmp_path):
+    """The optimizer state comes from the checkpoint, its learning rate from this run's settings."""
+    from trainers.actor import build_actor
+    from trainers.grpo import load_model, base_model_path
+
+    config = tiny_config(cache_dir, train={"lr": 1e-3})
+    model, _ = load_model(base_model_path(config, log=lambda _: None), config)
+    saved = build_actor("single", config, model, print).state_dict()
+    faster = tiny_config(cache_dir, train={"lr": 5e-3, "weight_decay": 0.1})
+    actor = build_actor("single", faster, model, print)
+    actor.load_state_dict(saved)
+    assert [(g["lr"], g["weight_decay"]) for g in actor.optimizer.param_groups] == [(5e-3, 0.1)]
 
 
 @pytest.mark.parametrize("marker", [None, "report"])

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG, STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, deep_merge, dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -320,3 +320,69 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
     gaps = [m.value for m in client.get_metric_history(runs["vllm"].info.run_id, "perf/sampler_logp_gap")]
     assert len(gaps) == 3 and max(gaps) < 1e-3  # vLLM followed every update
     assert runs["zero2"].data.params["train.workers"] == "2"
+
+
+def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_in_mlflow(
+    ray_cluster, tiny_model_dir, cache_dir, tmp_path
+):
+    """Two members, ranked at step 2: the worse continues from the better one's step-2 checkpoint
+    with a perturbed w_corr. Its weights at step 3 are what the trainer makes from the donor's
+    checkpoint with the new w_corr; MLflow holds each step once, the exploit record and its mark."""
+    from analysis.load import load_study
+    from analysis.population import effective_schedules
+    from trainers.grpo import CHECKPOINT_FILE, train
+
+    spec = small_spec(
+        tmp_path, cache_dir,
+        arms=[{"name": "pbt", "weighting": {"kind": "static", "w_corr": [0.3, 0.9]}}],
+        search={"mode": "pbt", "population": {"arm": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                                              "mutations": {"lead.weighting.w_corr": {"uniform": [0.1, 1.0]}}}},
+    )
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 3
+    spec_data["base"]["eval"]["every"] = 2
+    spec.write_text(yaml.safe_dump(spec_data))
+    assert main(quiet_args(spec, tmp_path, "--address", ray_cluster)) == 0
+    client, parents, children = child_runs(tmp_path, "fault")
+    runs = {r.info.run_name: r for r in children}
+    assert sorted(runs) == ["pbt-wc0.3-s0", "pbt-wc0.9-s0"] and parents[0].info.status == "FINISHED"
+    data = load_study(f"sqlite:///{tmp_path}/mlflow.db", "fault")
+    assert data.exploits.num_rows == 1
+    exploit = data.exploits.to_pylist()[0]
+    receiver, donor = exploit["trial"], exploit["donor"]
+    assert {receiver, donor} == set(runs) and exploit["step"] == 2
+    new_w = json.loads(exploit["new"])["lead.weighting.w_corr"]
+    donor_w = json.loads(exploit["donor_settings"])["lead.weighting.w_corr"]
+    assert json.loads(exploit["old"])["lead.weighting.w_corr"] == (0.3 if receiver.startswith("pbt-wc0.3") else 0.9)
+    assert new_w != donor_w and 0.1 <= new_w <= 1.0
+    for run in runs.values():  # one value per step, nothing overwritten or doubled
+        assert steps_of(client, run) == [1, 2, 3] and steps_of(client, run, "eval/aes") == [2, 3]
+        assert history_artifact_matches(client, run)
+    assert steps_of(client, runs[receiver], "pbt/exploit") == [2]
+    settings = [m.value for m in sorted(client.get_metric_history(runs[receiver].info.run_id, "setting/lead.weighting.w_corr"),
+                                        key=lambda m: m.step)]
+    assert settings[2] == pytest.approx(new_w) and settings[0] != pytest.approx(new_w)
+    schedule = effective_schedules(data.history, data.exploits, "setting/lead.weighting.w_corr")[receiver]
+    assert schedule == ([1, 2, 3], [pytest.approx(donor_w)] * 2 + [pytest.approx(new_w)])
+
+    # the receiver's step-3 weights: the donor's step-2 checkpoint, one step with the new w_corr
+    trial_dir = tmp_path / "runs/fault/population" / receiver
+    restored = next(trial_dir.glob("restored-checkpoint_*"))
+    donor_dir = tmp_path / "runs/fault/population" / donor
+    donor_state = next(torch.load(p / CHECKPOINT_FILE, weights_only=True) for p in donor_dir.glob("checkpoint_*")
+                       if json.loads((p / "report.json").read_text())["step"] == 2)
+    restored_state = torch.load(restored / CHECKPOINT_FILE, weights_only=True)
+    assert all(torch.equal(restored_state["model"][k], v) for k, v in donor_state["model"].items())
+    donor_config = client.download_artifacts(runs[donor].info.run_id, "train_config.yaml", str(tmp_path))
+    settings = deep_merge(yaml.safe_load(Path(donor_config).read_text()), dotted("lead.weighting.w_corr", new_w))
+    config = TrainConfig.model_validate(settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran
+    try:
+        train(config, tmp_path / "again", resume_from=restored, log=lambda _: None, changeable=("lead.weighting.w_corr",))
+    finally:
+        torch.set_num_threads(threads)
+    again = torch.load(tmp_path / "again/checkpoints/step_000003" / CHECKPOINT_FILE, weights_only=True)
+    ran = next(torch.load(p / CHECKPOINT_FILE, weights_only=True) for p in trial_dir.glob("checkpoint_*")
+               if json.loads((p / "report.json").read_text())["step"] == 3)
+    assert all(torch.equal(ran["model"][k], v) for k, v in again["model"].items())

@@ -24,6 +24,17 @@ def minimal(**changes):
     return {"name": "t", "arms": [{"name": "psi", "weighting": {"kind": "psi"}}], **changes}
 
 
+def pbt(mode="pbt", population=None, arms=None, steps=10):
+    """A PSI arm beside a PBT population of two static members, ranked every 3 of 10 steps."""
+    moves = {"mutations": {"lead.weighting.w_corr": {"uniform": [0.1, 1.0]}}} if mode == "pbt" else {}
+    return minimal(
+        base={"train": {"steps": steps}, "eval": {"every": 3}, "checkpoint": {"every": 3}},
+        arms=arms or [{"name": "psi", "weighting": {"kind": "psi"}},
+                      {"name": "pbt", "weighting": {"kind": "static", "w_corr": [0.3, 0.7]}}],
+        search={"mode": mode, "population": {"arm": "pbt", "perturbation_interval": 3, **moves, **(population or {})}},
+    )
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_every_shipped_spec_is_valid_and_plans(spec, monkeypatch, tmp_path):
     from trainers.checks import files_unchecked
@@ -120,6 +131,22 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(arms=[{"name": "a", "weighting": {"kind": "static", "w_corr": [0.5], "ratios": [1]}}]), "exactly one of w_corr"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.weighting.betta"),
+        (minimal(search={"mode": "pbt"}), "search: population: search.mode pbt needs one"),
+        (pbt(population={"arm": "nope"}), "search.population.arm: no arm named 'nope' (arms: psi, pbt)"),
+        (pbt(population={"mutations": {}}), "population.mutations: pbt needs at least one setting to move"),
+        (pbt(mode="pb2"), "population.bounds: pb2 needs at least one setting to move"),
+        (pbt(population={"bounds": {"train.lr": [1e-4, 1e-3]}}), "population.bounds: not used by pbt (it takes mutations)"),
+        (pbt(population={"perturbation_interval": 4}),
+         "search.population.perturbation_interval: 4 is not a multiple of eval.every (3)"),
+        (pbt(steps=9), "search.population.perturbation_interval: 3 divides train.steps (9): an exploit at the last step"),
+        (pbt(population={"mutations": {"lead.weighting.w_corr": {"uniform": [0.5, 1.5]}}}),
+         "search.population.mutations.lead.weighting.w_corr = 1.5: lead.weighting.w_corr: Input should be less than or equal to 1"),
+        (pbt(arms=[{"name": "pbt", "seeds": [0], "weighting": {"kind": "static", "w_corr": [0.5]}}]),
+         "search.population.arm: 'pbt' has 1 trial; a population needs at least 2"),
+        (pbt(arms=[{"name": "pbt", "seeds": [1, 1], "weighting": {"kind": "static", "w_corr": [0.5]}}]),
+         "arms[0].seeds: must be distinct, got [1, 1]"),
+        (minimal(search={"population": {"arm": "psi", "perturbation_interval": 3}}),
+         "population: only used with search.mode pbt or pb2"),
     ],
 )
 def test_bad_specs_name_the_key_path(tmp_path, data, message):
@@ -261,3 +288,34 @@ def test_search_space_bounds_are_checked_at_both_ends(tmp_path):
     space = {"train.lr": {"loguniform": [0.0, 1e-3]}}
     with pytest.raises(ConfigError, match=r"search.space.train.lr.loguniform.loguniform: needs bounds above 0"):
         load_spec(write(tmp_path, minimal(search={"mode": "optuna", "space": space})))
+
+
+def test_a_population_plans_its_members_beside_the_other_arms_and_moves_only_them(tmp_path):
+    from study.run import population_scheduler, study_phases
+
+    spec = load_spec(write(tmp_path, pbt()))
+    plans = plan_trials(spec)
+    phases = study_phases(spec, plans)
+    assert [(p.name, [t.name for t in p.plans]) for p in phases] == [
+        ("grid", ["psi-s0"]), ("population", ["pbt-wc0.3-s0", "pbt-wc0.7-s0"])]
+    assert phases[1].folder(tmp_path) == tmp_path / "population" and phases[0].folder(tmp_path) == tmp_path
+    scheduler = population_scheduler(spec)
+    assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch
+    assert scheduler._perturbation_interval == 3 and scheduler._quantile_fraction == 0.25
+    # a perturbed value stays inside the space
+    assert scheduler._custom_explore_fn({"search": {"lead.weighting.w_corr": 1.4}})["search"] == {"lead.weighting.w_corr": 1.0}
+    pb2 = population_scheduler(load_spec(write(tmp_path, pbt("pb2", {"bounds": {"lead.weighting.w_corr": [0.1, 1.0]}}))))
+    assert type(pb2).__name__ == "PB2" and pb2._hyperparam_bounds == {"search": {"lead.weighting.w_corr": [0.1, 1.0]}}
+    seeded = load_spec(write(tmp_path, pbt(arms=[{"name": "psi", "weighting": {"kind": "psi"}},
+                                               {"name": "pbt", "seeds": [3, 4], "weighting": {"kind": "static", "w_corr": 0.5}}])))
+    assert [p.name for p in plan_trials(seeded)] == ["psi-s0", "pbt-s3", "pbt-s4"]
+
+
+def test_the_psi_against_pbt_study_is_a_population_of_four_beside_three_psi_seeds():
+    spec = load_spec(ROOT / "search_spaces/psi_vs_pbt.yaml")
+    plans = plan_trials(spec)
+    assert sorted(p.name for p in plans if p.arm == "psi") == ["psi-s0", "psi-s1", "psi-s2"]
+    members = [p for p in plans if p.arm == "pbt"]
+    assert [p.config["lead"]["weighting"]["w_corr"] for p in members] == [0.2, 0.4, 0.6, 0.8]
+    assert spec.search.mode == "pbt" and spec.search.population.keys == ("lead.weighting.w_corr",)
+    assert all(p.config["train"]["steps"] == 30 for p in plans)

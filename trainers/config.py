@@ -255,6 +255,13 @@ def dotted(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """``lookup(config, "lead.weighting.beta")`` -> ``config["lead"]["weighting"]["beta"]``."""
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
 def _field_path(loc: tuple, prefix: str) -> str:
     """``task.math.train_files`` -> ``task.train_files``: a tagged union's tag is not a key the user wrote."""
     path, loc = prefix, list(loc)

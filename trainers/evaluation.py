@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -32,7 +33,8 @@ def aes(
     """Accuracy-Efficiency Score (O1-Pruner, arXiv 2501.12570), as used by LEAD.
 
     ``dL = (L_base - L) / L_base``, ``dA = (A - A_base) / A_base``;
-    ``AES = alpha dL + beta dA`` when ``dA >= 0``, else ``alpha dL - gamma |dA|``.
+    ``AES = alpha dL + beta dA`` when ``dA >= 0``, else ``alpha dL - gamma |dA|``. Accuracy and
+    length may be arrays (one AES each, e.g. over bootstrap resamples).
     """
     if base_length <= 0:
         raise ValueError(f"base_length must be positive, got {base_length}")
@@ -40,9 +42,9 @@ def aes(
         raise ValueError(f"base_accuracy must be positive, got {base_accuracy}")
     d_length = (base_length - length) / base_length
     d_accuracy = (accuracy - base_accuracy) / base_accuracy
-    if d_accuracy >= 0:
-        return alpha * d_length + beta * d_accuracy
-    return alpha * d_length - gamma * abs(d_accuracy)
+    if np.ndim(d_accuracy) == 0:
+        return float(alpha * d_length + (beta * d_accuracy if d_accuracy >= 0 else -gamma * abs(d_accuracy)))
+    return alpha * d_length + np.where(d_accuracy >= 0, beta * d_accuracy, -gamma * np.abs(d_accuracy))
 
 
 # --------------------------------------------------------------------------- pass@1 on an eval set

@@ -156,13 +156,26 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found, key=checkpoint_step) if found else None
 
 
-# Settings a resumed run may change: how long it runs and how often it evaluates and saves.
-RESUMABLE_CHANGES = {"train": {"steps"}, "eval": {"every"}, "checkpoint": True}
+# Settings a resumed run may always change: how long it runs and how often it evaluates and saves.
+RESUMABLE_CHANGES = ("train.steps", "eval.every", "checkpoint")
 
 
-def config_hash(config: TrainConfig) -> str:
-    """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES``."""
-    payload = config.model_dump_json(exclude=RESUMABLE_CHANGES)
+def _exclusion(dotted_keys) -> dict:
+    """Dotted keys (``lead.weighting.w_corr``) as pydantic's nested ``exclude`` mapping."""
+    out: dict = {}
+    for key in dotted_keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = True
+    return out
+
+
+def config_hash(config: TrainConfig, changeable: tuple[str, ...] = ()) -> str:
+    """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES`` and ``changeable``
+    (dotted keys a population search may change when a trial continues from another's checkpoint)."""
+    payload = config.model_dump_json(exclude=_exclusion((*RESUMABLE_CHANGES, *changeable)))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -170,17 +183,17 @@ class CheckpointMismatch(ValueError):
     """A checkpoint written by a run with other settings (one line)."""
 
 
-def check_checkpoint(directory: Path, config: TrainConfig) -> None:
-    """Raise CheckpointMismatch unless the checkpoint in ``directory`` belongs to ``config``
-    (read from its small ``CHECKPOINT_INFO`` file, not from the weights)."""
+def check_checkpoint(directory: Path, config: TrainConfig, changeable: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointMismatch unless the checkpoint in ``directory`` belongs to ``config`` up to
+    the ``changeable`` settings (read from its small ``CHECKPOINT_INFO`` file, not from the weights)."""
     try:
         saved = json.loads((Path(directory) / CHECKPOINT_INFO).read_text()).get("config_hash")
     except (OSError, ValueError, AttributeError):
         saved = None
-    if saved != config_hash(config):
+    if saved != config_hash(config, changeable):
         raise CheckpointMismatch(
             f"{directory} belongs to a run with other settings (config hash {saved}, this run's "
-            f"{config_hash(config)}): resume with that run's config, or start afresh with --overwrite"
+            f"{config_hash(config, changeable)}): resume with that run's config, or start afresh with --overwrite"
         )
 
 
@@ -250,8 +263,14 @@ def train(
     report: Reporter = lambda _: None,
     resume_from: Path | None = None,
     log: Callable[[str], None] = print,
+    changeable: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval)."""
+    """Run GRPO to ``config.train.steps``; returns the final step's metrics (with the last eval).
+
+    ``changeable``: dotted settings (``lead.weighting.w_corr``, ``train.lr``) in which ``config``
+    may differ from the run that wrote ``resume_from`` (Population Based Training continues a
+    trial from another's checkpoint with perturbed settings); the run goes on with ``config``'s
+    values, the optimizer's learning rate and weight decay included."""
     output_dir = Path(output_dir)
     torch.manual_seed(config.seed)
     with contextlib.ExitStack() as stack:  # a reused worker (Tune reuse_actors) keeps none of it
@@ -269,7 +288,7 @@ def train(
 
         state, start = LeadState(), 0
         if resume_from is not None:
-            check_checkpoint(resume_from, config)
+            check_checkpoint(resume_from, config, changeable)
             saved = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
             actor.load_state_dict(saved)
             engine.sync_weights(actor.model)
@@ -306,6 +325,7 @@ def train(
                                     config.lead.weighting.whiten)
             # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
             losses = actor.update(batch, step_seed(config.seed, step, 1))
+            prompt_tokens = sum(len(prompt) for prompt in prompts) * n
             engine.sync_weights(actor.model)  # the next rollouts (and evaluations) sample from the updated policy
 
             step_metrics = {
@@ -320,6 +340,9 @@ def train(
                 **grading_failures,
                 M.PERF_ROLLOUT_SECONDS: rollout_seconds,
                 M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
+                M.PERF_ROLLOUT_TOKENS: float(rollouts.num_tokens),
+                M.PERF_TRAIN_TOKENS: float((prompt_tokens + rollouts.num_tokens) * config.train.ppo_epochs),
+                M.PERF_EVAL_TOKENS: 0.0,
             }
             done = step + 1 == config.train.steps
             tables = {}
@@ -327,6 +350,8 @@ def train(
                 result = evaluator()
                 step_metrics.update(result.metrics("eval"))
                 step_metrics.update(base_metrics)
+                step_metrics[M.PERF_EVAL_TOKENS] = float(round(
+                    result.response_length * len(evaluator.problems) * config.eval.n_samples))
                 step_metrics[M.EVAL_AES] = (
                     aes(result.accuracy, result.response_length, base.accuracy, base.response_length)
                     if base.accuracy > 0
@@ -343,7 +368,7 @@ def train(
                         "torch_rng": torch.get_rng_state(),
                         "step": step + 1,
                         "data_cursor": step + 1,  # the next training batch is task.train_problems(step + 1, ...)
-                        "config_hash": config_hash(config),
+                        "config_hash": config_hash(config, changeable),
                     },
                 )
             step_metrics[M.PERF_STEP_SECONDS] = time.perf_counter() - step_start

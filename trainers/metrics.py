@@ -18,6 +18,10 @@ LOSS_GRAD_NORM = "loss/grad_norm"
 PERF_STEP_SECONDS = "perf/step_seconds"
 PERF_ROLLOUT_SECONDS = "perf/rollout_seconds"
 PERF_ROLLOUT_TOKENS_PER_SECOND = "perf/rollout_tokens_per_second"
+PERF_ROLLOUT_TOKENS = "perf/rollout_tokens"  # response tokens the step's rollouts generated
+PERF_TRAIN_TOKENS = "perf/train_tokens"  # prompt + response tokens through the policy update, every PPO epoch
+PERF_EVAL_TOKENS = "perf/eval_tokens"  # response tokens the step's evaluation generated (0 without one)
+COMPUTE = (PERF_ROLLOUT_TOKENS, PERF_TRAIN_TOKENS, PERF_EVAL_TOKENS, PERF_STEP_SECONDS)  # summed per trial and arm
 PERF_SAMPLER_LOGP_GAP = "perf/sampler_logp_gap"  # mean |trainer's - sampler's log-prob| on sampled tokens
 GRADER_ERRORS = "grader/errors"  # responses whose grading raised inside the grader this step (scored 0)
 GRADER_TIMEOUTS = "grader/timeouts"  # responses stopped by the grading limit this step (scored 0)
@@ -27,6 +31,9 @@ EVAL_RESPONSE_LENGTH = "eval/response_length"
 EVAL_AES = "eval/aes"
 BASE_ACCURACY = "base/accuracy"
 BASE_RESPONSE_LENGTH = "base/response_length"
+
+
+SETTING_PREFIX = "setting/"  # + a dotted key (setting/train.lr): a searched setting's value at each step
 
 
 def lead(name: str) -> str:
@@ -42,7 +49,8 @@ LEAD_REPORTED = (
 STEP_METRICS = (
     TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_BUDGET, TRAIN_REWARD_CORRECTNESS,
     TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
-    PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, PERF_SAMPLER_LOGP_GAP, GRADER_ERRORS, GRADER_TIMEOUTS,
+    PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, PERF_ROLLOUT_TOKENS, PERF_TRAIN_TOKENS, PERF_EVAL_TOKENS,
+    PERF_SAMPLER_LOGP_GAP, GRADER_ERRORS, GRADER_TIMEOUTS,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
 # Every name a study may select or rank trials by (``search.metric``): the per-step ones, the

@@ -53,6 +53,8 @@ class SingleActor:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # torch would step the caller's tensors
+        for group in self.optimizer.param_groups:  # this run's settings, not the saved ones (a PBT exploit may change them)
+            group.update(lr=self.config.train.lr, weight_decay=self.config.train.weight_decay)
 
     def close(self) -> None:
         pass

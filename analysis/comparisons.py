@@ -1,0 +1,108 @@
+"""PSI against the other arms of a study, with intervals, by a protocol that never picks and scores on the same numbers.
+
+Protocol: the evaluation problems are split once (``analysis.stats.selection_split``: a third for
+selection, the rest for testing, by a seeded hash of the problem id). Every (arm, variant) is
+scored at its trials' last evaluations. On the selection problems, the best PSI (arm, variant) and
+the best one without PSI (static grids, schedules, baselines, population members) are chosen by
+mean AES over seeds; on the test problems, the chosen PSI arm is compared with the chosen other
+arm and with every other (arm, variant) (``analysis.stats.compare``). AES is computed against the
+base model's numbers on the whole evaluation set, the same reference the trainer uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+
+from analysis.compute import final_problems
+from analysis.load import StudyData
+from analysis.stats import SELECTION_FRACTION, ArmScores, Comparison, compare, selection_split
+from trainers import metrics as M
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (arm, variant) at its trials' final evaluations."""
+
+    arm: str
+    variant: str
+    weighting: str | None
+    scores: ArmScores
+
+    @property
+    def label(self) -> str:
+        return self.arm if self.arm == self.variant else f"{self.arm}/{self.variant}"
+
+
+def final_groups(data: StudyData) -> list[Group]:
+    """Every evaluated (arm, variant): accuracy and length per (seed, problem) at each trial's last
+    evaluation, on the problems all its trials evaluated."""
+    final = final_problems(data.problems)
+    runs = data.runs.select(["trial", "arm", "variant", "seed", M.TAG_WEIGHTING]).to_pylist()
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["arm"], run["variant"], run[M.TAG_WEIGHTING]), []).append(run)
+    out = []
+    for (arm, variant, weighting), members in sorted(groups.items(), key=lambda item: item[0][:2]):
+        tables = {m["seed"]: final.filter(pc.equal(final["trial"], m["trial"])) for m in members}
+        tables = {seed: t for seed, t in tables.items() if t.num_rows}
+        if not tables:
+            continue
+        problems = sorted(set.intersection(*(set(t["problem_id"].to_pylist()) for t in tables.values())))
+        seeds = tuple(sorted(tables))
+
+        def matrix(column: str) -> np.ndarray:
+            rows = []
+            for seed in seeds:
+                values = dict(zip(tables[seed]["problem_id"].to_pylist(), tables[seed][column].to_pylist()))
+                rows.append([values[p] for p in problems])
+            return np.asarray(rows, dtype=float)
+
+        scores = ArmScores(seeds, np.asarray(problems), matrix("accuracy"), matrix("mean_length"))
+        out.append(Group(arm, variant, weighting, scores))
+    return out
+
+
+def base_numbers(data: StudyData) -> tuple[float, float] | None:
+    """The base model's accuracy and mean length on the whole evaluation set (None if not logged)."""
+    values = {}
+    for key in (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH):
+        rows = data.history.filter(pc.equal(data.history["key"], key))["value"].to_pylist()
+        values[key] = rows[0] if rows else None
+    if not values[M.BASE_ACCURACY] or not values[M.BASE_RESPONSE_LENGTH]:
+        return None
+    return values[M.BASE_ACCURACY], values[M.BASE_RESPONSE_LENGTH]
+
+
+@dataclass
+class StudyComparison:
+    selection_problems: int
+    test_problems: int
+    best_psi: Group
+    best_other: Group
+    selection_aes: dict[str, float]  # label -> mean AES on the selection problems
+    headline: dict[str, Comparison]  # best PSI minus best other, on the test problems
+    versus: list[tuple[Group, dict[str, Comparison]]]  # best PSI minus every other (arm, variant), test problems
+
+
+def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0) -> StudyComparison | None:
+    """The protocol of the module docstring; None when the study has no evaluated PSI arm and
+    other arm, no base numbers, or too few problems to split."""
+    groups, base = final_groups(data), base_numbers(data)
+    psi = [g for g in groups if g.weighting == "psi"]
+    others = [g for g in groups if g.weighting != "psi"]
+    if not psi or not others or base is None:
+        return None
+    problems = set.intersection(*(set(g.scores.problems.tolist()) for g in groups))
+    selection, test = selection_split(sorted(problems), fraction, seed)
+    if len(selection) < 2 or len(test) < 2:
+        return None
+    selection_aes = {g.label: g.scores.restrict(selection).aes(*base) for g in groups}
+    best_psi = max(psi, key=lambda g: selection_aes[g.label])
+    best_other = max(others, key=lambda g: selection_aes[g.label])
+    on_test = {g.label: g.scores.restrict(test) for g in groups}
+    versus = [(g, compare(on_test[best_psi.label], on_test[g.label], *base, seed=seed)) for g in others]
+    headline = next(result for g, result in versus if g is best_other)
+    return StudyComparison(len(selection), len(test), best_psi, best_other, selection_aes, headline, versus)

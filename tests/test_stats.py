@@ -1,0 +1,83 @@
+"""Bootstrap intervals, paired comparisons and the selection split: hand-worked numbers and a
+known-answer simulation (two arms with no true difference are "not distinguishable" about 95% of the time)."""
+
+import numpy as np
+import pytest
+
+from analysis.stats import ArmScores, compare, mean_interval, selection_split
+
+
+def arm(accuracy, length, seeds=(0,)):
+    accuracy, length = np.atleast_2d(np.asarray(accuracy, float)), np.atleast_2d(np.asarray(length, float))
+    return ArmScores(tuple(seeds), np.arange(accuracy.shape[1]), accuracy, length)
+
+
+def test_an_interval_over_seeds_needs_two_of_them():
+    one = mean_interval([1.4])
+    assert (one.estimate, one.low, one.high, one.n) == (1.4, None, None, 1)
+    same = mean_interval([2.0, 2.0, 2.0])
+    assert (same.low, same.high) == (2.0, 2.0)
+    # two values: resampled means are 1, 2, 3 with chances 1/4, 1/2, 1/4: the 95% interval is [1, 3]
+    two = mean_interval([1.0, 3.0])
+    assert (two.estimate, two.low, two.high) == (2.0, pytest.approx(1.0), pytest.approx(3.0))
+    assert mean_interval([None, float("nan"), 2.0]).n == 1
+
+
+def test_a_difference_on_every_problem_is_certain_and_aes_is_the_papers():
+    psi, other = arm([[1.0] * 6], [[50.0] * 6]), arm([[0.0] * 6], [[100.0] * 6])
+    result = compare(psi, other, base_accuracy=0.5, base_length=100.0)
+    assert (result["accuracy"].difference, result["accuracy"].low, result["accuracy"].high) == (1.0, 1.0, 1.0)
+    assert result["accuracy"].verdict == "ahead" and result["accuracy"].p_ahead == 1.0
+    assert result["length"].difference == -50.0 and result["length"].verdict == "ahead"  # shorter is better
+    # AES(1.0, 50) = 0.5 + 3 * 1 = 3.5; AES(0.0, 100) = 0 - 5 * 1 = -5.0
+    assert result["aes"].difference == pytest.approx(8.5) and result["aes"].verdict == "ahead"
+    worse = compare(other, psi, base_accuracy=0.5, base_length=100.0)
+    assert worse["aes"].verdict == "behind" and worse["aes"].p_ahead == 0.0
+
+
+def test_two_problems_give_the_worked_bootstrap_distribution():
+    # differences 0 and 1 on two problems: resampled means 0, 0.5, 1 with chances 1/4, 1/2, 1/4
+    psi, other = arm([[1.0, 1.0]], [[10.0, 10.0]]), arm([[1.0, 0.0]], [[10.0, 10.0]])
+    result = compare(psi, other, 0.5, 10.0, resamples=20000)["accuracy"]
+    assert (result.difference, result.low, result.high) == (0.5, 0.0, 1.0)
+    assert result.verdict == "not distinguishable"
+    assert result.p_ahead == pytest.approx(0.75 + 0.5 * 0.25, abs=0.01)  # ties count half
+
+
+def test_seeds_are_paired_only_when_both_arms_ran_the_same_ones():
+    rng = np.random.default_rng(0)
+    three = arm(rng.random((3, 20)), rng.random((3, 20)) * 100, seeds=(0, 1, 2))
+    other = arm(rng.random((3, 20)), rng.random((3, 20)) * 100, seeds=(0, 1, 2))
+    assert compare(three, other, 0.5, 50.0, resamples=999)["aes"].paired_seeds == (0, 1, 2)
+    one = arm(rng.random((1, 20)), rng.random((1, 20)) * 100, seeds=(0,))
+    assert compare(three, one, 0.5, 50.0, resamples=999)["aes"].paired_seeds == ()
+    fewer = ArmScores((0, 1, 2), np.arange(5, 25), three.accuracy, three.length)  # problems 5..24
+    assert compare(fewer, other, 0.5, 50.0, resamples=999)["aes"].problems == 15  # only the shared ones
+
+
+def test_a_true_zero_difference_is_not_distinguishable_about_95_percent_of_the_time():
+    """Both arms from one model: 200 problems of varied difficulty, 4 samples each, one seed. The
+    interval should exclude zero in about 5% of repetitions (binomial sd over 200: 1.5 points)."""
+    rng = np.random.default_rng(2026)
+    kept = {"accuracy": 0, "length": 0, "aes": 0}
+    repetitions = 200
+    for repetition in range(repetitions):
+        difficulty = rng.normal(0.0, 1.2, 200)
+        arms = []
+        for _ in range(2):
+            solve = 1 / (1 + np.exp(-(0.3 - difficulty)))
+            arms.append(arm([rng.binomial(4, solve) / 4], [rng.normal(100 + 20 * difficulty, 10.0 / 2)]))
+        result = compare(*arms, base_accuracy=0.5, base_length=100.0, seed=repetition, resamples=999)
+        for metric in kept:
+            kept[metric] += result[metric].verdict == "not distinguishable"
+    rates = {metric: count / repetitions for metric, count in kept.items()}
+    assert all(0.90 <= rate <= 0.99 for rate in rates.values()), rates
+
+
+def test_the_selection_split_is_fixed_disjoint_and_about_a_third():
+    ids = range(3000)
+    selection, test = selection_split(ids)
+    assert selection.isdisjoint(test) and selection | test == set(ids)
+    assert abs(len(selection) / 3000 - 1 / 3) < 0.03
+    assert selection_split(ids) == (selection, test)  # the same split every time
+    assert selection_split(ids, seed=1)[0] != selection
