@@ -235,7 +235,7 @@ def build_tuner(
         np.random.seed(spec.seeds[0])
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
-        reuse, storage, name, keep = True, output_dir / study_name, "population", spec.search.population.perturbation_interval + 1
+        reuse, storage, name, keep = True, output_dir / study_name, "population", max(3, spec.search.population.perturbation_interval + 1)
     elif spec.search.mode == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -258,7 +258,7 @@ def build_tuner(
         return f"{name}-{trial.trial_id}" if spec.search.mode == "optuna" else name
 
     return tune.Tuner(
-        trainable(spec, plans),
+        trainable(spec, phase),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric,

@@ -267,13 +267,16 @@ class MLflowTracker(tune.Callback):
             self._log_exploit(trial.trial_id, run_id, json.loads(result[EXPLOIT]), rows)
 
     def _log_exploit(self, trial_id: str, run_id: str, record: dict, rows: list) -> None:
-        """Add a PBT exploit to the run's ``EXPLOITS_ARTIFACT`` (once, also after a retry) and mark
-        its step with ``EXPLOIT_METRIC``."""
+        """Add a PBT exploit to the run's ``EXPLOITS_ARTIFACT`` (once, also after a retry), with
+        ``old``: the settings the member logged at the exploit's step; mark that step with ``EXPLOIT_METRIC``."""
         if trial_id not in self._exploits:  # after a driver restart: read back what the run holds
             self._exploits[trial_id] = read_json_artifact(self.client, run_id, EXPLOITS_ARTIFACT) or []
         records = self._exploits[trial_id]
         if any((r["step"], r["donor"]) == (record["step"], record["donor"]) for r in records):
             return
+        prefix = M.SETTING_PREFIX
+        record["old"] = {key.removeprefix(prefix): value for key, step, value in rows
+                         if key.startswith(prefix) and step == record["step"]}
         records.append(record)
         log_json(self.client, run_id, EXPLOITS_ARTIFACT, records)
         self.client.log_batch(run_id, metrics=[Metric(EXPLOIT_METRIC, 1.0, int(time.time() * 1000), record["step"])])

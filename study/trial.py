@@ -24,7 +24,6 @@ from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.grpo import StepReport, train
 
 REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step", "last_eval", "trial_id", "trial_name", "settings"}
-SETTINGS_FILE = "settings.json"  # in the trial's folder: the searched settings it last started with
 EVALUATED = "evaluated"
 EXPLOIT = "exploit"  # in the first result after a PBT exploit: a JSON record (``exploit_record``)
 
@@ -36,14 +35,13 @@ def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, An
     return config
 
 
-def exploit_record(saved: dict[str, Any], trial_id: str, previous: dict | None, settings: dict) -> dict | None:
+def exploit_record(saved: dict[str, Any], trial_id: str, settings: dict) -> dict | None:
     """When a trial starts from a checkpoint another trial wrote (a PBT exploit): ``step`` (the
-    donor's step it continues from), ``donor`` (the donor's trial name), ``donor_settings``,
-    ``old`` (this trial's settings before) and ``new`` (after); None for its own checkpoint."""
+    donor's step it continues from), ``donor`` (the donor's trial name), ``donor_settings`` and
+    ``new`` (the settings it goes on with); None for its own checkpoint. (The driver adds ``old``.)"""
     if saved.get("trial_id", trial_id) == trial_id:
         return None
-    return {"step": saved["step"], "donor": saved["trial_name"], "donor_settings": saved["settings"],
-            "old": previous, "new": settings}
+    return {"step": saved["step"], "donor": saved["trial_name"], "donor_settings": saved["settings"], "new": settings}
 
 
 def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
@@ -64,10 +62,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
         resume_from = Path(checkpoint.to_directory(str(trial_dir / f"restored-{Path(checkpoint.path).name}")))
         saved = json.loads((resume_from / REPORT_FILE).read_text())
         last_eval.update(saved["last_eval"])
-        previous = trial_dir / SETTINGS_FILE
-        exploit = exploit_record(saved, context.get_trial_id(), json.loads(previous.read_text()) if previous.exists() else None,
-                                 settings)
-    (trial_dir / SETTINGS_FILE).write_text(json.dumps(settings))
+        exploit = exploit_record(saved, context.get_trial_id(), settings)
 
     def report(step: StepReport) -> None:
         nonlocal exploit

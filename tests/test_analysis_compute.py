@@ -38,6 +38,9 @@ def test_arm_summary_means_and_sample_std_over_seeds():
     rows = {(r["arm"], r["variant"]): r for r in arm_summary(runs_table()).to_pylist()}
     psi = rows[("psi", "psi")]
     assert psi["seeds"] == 2
+    # two seeds, AES 1.2 and 1.6: resampled means 1.2, 1.4, 1.6 with chances 1/4, 1/2, 1/4
+    assert (psi["aes_low"], psi["aes_high"]) == (pytest.approx(1.2), pytest.approx(1.6))
+    assert rows[("static", "ratio1")]["aes_low"] is None  # one seed: no interval
     assert psi["accuracy_mean"] == pytest.approx(0.85) and psi["length_mean"] == pytest.approx(45.0)
     assert psi["aes_std"] == pytest.approx(math.sqrt(2 * 0.2**2))  # values 1.2, 1.6: sample std = 0.2828
     assert rows[("static", "ratio1")]["aes_std"] is None  # one seed: no spread
@@ -109,3 +112,43 @@ def test_lstar_against_minimal_length_at_each_trials_last_evaluation():
     assert row["length_over_minimal"] == pytest.approx(1.3)  # 1.2, 1.3, 2.2
     assert row["within_10pct"] == pytest.approx(1 / 3) and row["above_1p5x"] == pytest.approx(1 / 3)
     assert (row["arm"], row["seed"]) == ("psi", 0)
+
+
+def history_table(rows):
+    trial, key, step, value = zip(*rows)
+    return pa.table({"trial": list(trial), "key": list(key), "step": list(step), "value": list(value)})
+
+
+def test_a_members_effective_schedule_follows_its_exploits_back_to_their_donors():
+    from analysis.load import EXPLOIT_SCHEMA
+    from analysis.population import effective_schedules
+
+    key = "setting/lead.weighting.w_corr"
+    own = {"a": [0.2, 0.2, 0.3, 0.3], "b": [0.8, 0.8, 0.8, 0.9], "c": [0.5, 0.5, 0.5, 0.6]}
+    history = history_table([(t, key, step + 1, v) for t, values in own.items() for step, v in enumerate(values)])
+    # a continued from b's step-2 checkpoint; c from a's step-3 checkpoint (which holds b's first two steps)
+    exploits = pa.Table.from_pylist(
+        [{"trial": "a", "step": 2, "donor": "b", "old": "{}", "new": "{}", "donor_settings": "{}"},
+         {"trial": "c", "step": 3, "donor": "a", "old": "{}", "new": "{}", "donor_settings": "{}"}], EXPLOIT_SCHEMA)
+    schedules = effective_schedules(history, exploits, key)
+    assert schedules["b"] == ([1, 2, 3, 4], own["b"])
+    assert schedules["a"] == ([1, 2, 3, 4], [0.8, 0.8, 0.3, 0.3])
+    assert schedules["c"] == ([1, 2, 3, 4], [0.8, 0.8, 0.3, 0.6])
+
+
+def test_compute_is_summed_per_trial_and_per_arm():
+    from analysis.compute import compute_spent
+
+    rows = []
+    for trial, tokens in (("psi-s0", 10.0), ("pbt-a", 20.0), ("pbt-b", 30.0)):
+        for step in (1, 2):
+            rows += [(trial, "perf/rollout_tokens", step, tokens), (trial, "perf/train_tokens", step, 2 * tokens),
+                     (trial, "perf/eval_tokens", step, 5.0 * (step == 2)), (trial, "perf/step_seconds", step, 1.5)]
+    runs = pa.table({"trial": ["psi-s0", "pbt-a", "pbt-b"], "arm": ["psi", "pbt", "pbt"], "variant": ["psi", "a", "b"]})
+    per_trial, per_arm = compute_spent(history_table(rows), runs)
+    trials = {r["trial"]: r for r in per_trial.to_pylist()}
+    assert trials["pbt-a"] == {"trial": "pbt-a", "arm": "pbt", "variant": "a", "steps": 2, "rollout_tokens": 40.0,
+                               "train_tokens": 80.0, "eval_tokens": 5.0, "step_seconds": 3.0}
+    arms = {r["arm"]: r for r in per_arm.to_pylist()}
+    assert arms["pbt"]["trials"] == 2 and arms["pbt"]["rollout_tokens"] == 100.0 and arms["pbt"]["steps"] == 4
+    assert arms["psi"]["train_tokens"] == 40.0 and arms["psi"]["step_seconds"] == 3.0

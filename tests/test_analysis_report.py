@@ -25,7 +25,8 @@ from study.tracking import log_json, write_history_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"pareto.png", "w_corr.png", "eval_curves.png", "lstar.png", "lstar_per_problem.png"}
-TABLES = {"runs", "history", "problems", "arm_summary", "weight_shape", "lstar_vs_minimal"}
+TABLES = {"runs", "history", "problems", "exploits", "arm_summary", "weight_shape", "lstar_vs_minimal",
+          "compute_per_trial", "compute_per_arm"}
 
 
 def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
@@ -46,8 +47,14 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
     assert "7 of 7 planned trials have runs: 7 finished." in markdown
     for heading in ("PSI against the best arm without PSI", "Per arm, over seeds", "Accuracy against length",
                     "Where PSI's weights went", "Evaluation over training", "Target lengths over training",
-                    "Target lengths per problem against the minimal length"):
+                    "Target lengths per problem against the minimal length", "Compute spent"):
         assert f"## {heading}" in markdown
+    assert "never on the numbers that chose them" in markdown  # the selection protocol
+    assert "Both rest on one seed: no interval over seeds can be given" in markdown
+    assert re.search(r"AES [-+][\d.e+-]+ \[[-+][\d.e+-]+, [-+][\d.e+-]+\], P [\d.]+: "
+                     r"(PSI ahead|PSI behind|not distinguishable)", markdown)
+    assert tables["compute_per_arm"]["arm"].to_pylist() == ["psi", "static"]
+    assert min(tables["compute_per_trial"]["rollout_tokens"].to_pylist()) > 0
     assert re.search(r"\| psi \| psi \| lead \| psi \| decoupled \| 1 \|", markdown)
     for figure in FIGURES:
         assert f"(figures/{figure})" in markdown

@@ -56,18 +56,17 @@ def test_seeds_are_paired_only_when_both_arms_ran_the_same_ones():
 
 
 def test_a_true_zero_difference_is_not_distinguishable_about_95_percent_of_the_time():
-    """Both arms from one model: 200 problems of varied difficulty, 4 samples each, one seed. The
-    interval should exclude zero in about 5% of repetitions (binomial sd over 200: 1.5 points)."""
+    """Both arms from one model (benchmarks.stats_coverage.draw): 200 problems of varied difficulty,
+    4 samples each, one seed. The interval should exclude zero in about 5% of repetitions (binomial
+    sd over 200: 1.5 points)."""
+    from benchmarks.stats_coverage import draw
+
     rng = np.random.default_rng(2026)
     kept = {"accuracy": 0, "length": 0, "aes": 0}
     repetitions = 200
     for repetition in range(repetitions):
-        difficulty = rng.normal(0.0, 1.2, 200)
-        arms = []
-        for _ in range(2):
-            solve = 1 / (1 + np.exp(-(0.3 - difficulty)))
-            arms.append(arm([rng.binomial(4, solve) / 4], [rng.normal(100 + 20 * difficulty, 10.0 / 2)]))
-        result = compare(*arms, base_accuracy=0.5, base_length=100.0, seed=repetition, resamples=999)
+        result = compare(*draw(rng, 1, 200, 4, 0.0), base_accuracy=0.5, base_length=100.0, seed=repetition,
+                         resamples=999)
         for metric in kept:
             kept[metric] += result[metric].verdict == "not distinguishable"
     rates = {metric: count / repetitions for metric, count in kept.items()}
