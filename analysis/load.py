@@ -226,7 +226,9 @@ def _read_exploits(client: MlflowClient, trials: list, workers: int) -> pa.Table
     """Every population member's exploits, one row each; settings as JSON text."""
 
     def one(run) -> list[dict]:
-        records = read_json_artifact(client, run.info.run_id, EXPLOITS_ARTIFACT) if EXPLOIT_METRIC in run.data.metrics else None
+        if EXPLOIT_METRIC not in run.data.metrics:  # never exploited: no record to download
+            return []
+        records = read_json_artifact(client, run.info.run_id, EXPLOITS_ARTIFACT)
         return [{"trial": run.info.run_name, "step": r["step"], "donor": r["donor"], "old": json.dumps(r["old"]),
                  "new": json.dumps(r["new"]), "donor_settings": json.dumps(r["donor_settings"])} for r in records or []]
 

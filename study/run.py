@@ -229,13 +229,14 @@ def build_tuner(
         # each member starts from its own plan's values of the settings the population moves
         start = {p.name: {key: lookup(p.config, key) for key in spec.search.population.keys} for p in phase.plans}
         param_space = {"trial": tune.grid_search(names),
-                       "search": tune.sample_from(lambda spec: dict(start[spec.config.trial]))}
+                       "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
         scheduler, num_samples = population_scheduler(spec), 1
         random.seed(spec.seeds[0])  # PBT and PB2 draw their perturbations from these generators
         np.random.seed(spec.seeds[0])
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
-        reuse, storage, name, keep = True, output_dir / study_name, "population", max(3, spec.search.population.perturbation_interval + 1)
+        reuse, storage, name = True, output_dir / study_name, "population"
+        keep = max(3, spec.search.population.perturbation_interval + 1)
     elif spec.search.mode == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 

@@ -93,34 +93,51 @@ def history_artifact_matches(client, run) -> bool:
     return True
 
 
-@pytest.mark.parametrize(
-    "spec, experiment, trials",
-    [
-        ("aggregator_ablation", "aggregator_ablation-smoke", 4),
-        ("lstar_mode_ablation", "lstar_mode_ablation-smoke", 3),
-        ("schedule_vs_psi", "schedule_vs_psi-smoke", 4),
-        ("psi_tuning_optuna", "psi_tuning_optuna-smoke", 8),
-        ("length_rewards", "length_rewards-smoke", 14),
-    ],
-)
-def test_every_shipped_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path, spec, experiment, trials):
-    assert main(study_args(ROOT / f"search_spaces/{spec}.yaml", tmp_path, "--smoke-test")) == 0
-    client, parents, children = child_runs(tmp_path, experiment)
-    assert len(parents) == 1 and len(children) == trials
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert (tmp_path / "runs" / experiment / "report" / "report.md").is_file()
-    if spec == "psi_tuning_optuna":  # Optuna sampled distinct PSI settings
-        assert len({r.data.params["lead.weighting.lambda_min"] for r in children}) == trials
-    if spec == "length_rewards":
-        check_method_tags(children)
-        report = (tmp_path / "runs" / experiment / "report" / "report.md").read_text()
-        assert "Chosen: " in report or "No comparison" in report
+COMBINED = ("aggregator_ablation", "lstar_mode_ablation", "schedule_vs_psi", "length_rewards", "psi_vs_pbt")
 
 
-def check_method_tags(children):
+def combined_spec(tmp_path) -> Path:
+    """The arms of several shipped specs as one study (one base model, one Ray Tune run per phase):
+    each arm renamed ``spec.arm``, carrying its spec's ``base`` as overrides; their smoke settings
+    are the same. The psi_vs_pbt population stays a population."""
+    specs = {name: yaml.safe_load((ROOT / f"search_spaces/{name}.yaml").read_text()) for name in COMBINED}
+    smoke = {json.dumps(spec["smoke"], sort_keys=True) for spec in specs.values()}
+    assert len(smoke) == 1, "the combined specs must share their smoke settings"
+    arms = [{**arm, "name": f"{name}.{arm['name']}", "overrides": deep_merge(spec["base"], arm.get("overrides", {}))}
+            for name, spec in specs.items() for arm in spec["arms"]]
+    search = specs["psi_vs_pbt"]["search"]
+    combined = {"name": "shipped", "smoke": specs["psi_vs_pbt"]["smoke"], "seeds": [0], "arms": arms,
+                "search": {**search, "population": {**search["population"], "arm": "psi_vs_pbt.pbt"}}}
+    path = tmp_path / "shipped.yaml"
+    path.write_text(yaml.safe_dump(combined))
+    return path
+
+
+def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
+    assert main(study_args(combined_spec(tmp_path), tmp_path, "--smoke-test")) == 0
+    client, parents, children = child_runs(tmp_path, "shipped-smoke")
+    counts = {name: sum(r.data.tags["arm"].startswith(f"{name}.") for r in children) for name in COMBINED}
+    assert counts == {"aggregator_ablation": 4, "lstar_mode_ablation": 3, "schedule_vs_psi": 4, "length_rewards": 14,
+                      "psi_vs_pbt": 1 + 4}  # psi_vs_pbt's PSI runs the study's one seed here
+    assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
+    assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
+    check_method_tags(children, prefix="length_rewards.")
+    report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
+    assert "Chosen: " in report or "No comparison" in report
+    assert "## Population (PBT / PB2) against PSI" in report and "## Compute spent" in report
+
+
+def test_the_optuna_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
+    assert main(quiet_args(ROOT / "search_spaces/psi_tuning_optuna.yaml", tmp_path, "--smoke-test")) == 0
+    client, parents, children = child_runs(tmp_path, "psi_tuning_optuna-smoke")
+    assert len(parents) == 1 and len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    assert len({r.data.params["lead.weighting.lambda_min"] for r in children}) == 8  # distinct samples
+
+
+def check_method_tags(children, prefix=""):
     """Each trial's run names its method in tags: the arm's reward, weighting, normalization, whitening."""
-    tags = {r.data.tags["arm"]: tuple(r.data.tags[t] for t in ("reward", "weighting", "normalization", "whiten"))
-            for r in children}
+    tags = {r.data.tags["arm"].removeprefix(prefix): tuple(r.data.tags[t] for t in ("reward", "weighting", "normalization", "whiten"))
+            for r in children if r.data.tags["arm"].startswith(prefix)}
     assert tags["psi"] == ("lead", "psi", "decoupled", "true")
     assert tags["kimi"] == ("kimi", "static", "combined", "false")
     assert tags["psi-kimi"] == ("kimi", "psi", "decoupled", "true")
@@ -185,7 +202,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
         max_concurrent_trials=1,
     )
     spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 10  # long enough to be interrupted mid-trial
+    spec_data["base"]["train"]["steps"] = 7  # long enough to be interrupted mid-trial
     spec.write_text(yaml.safe_dump(spec_data))
     args = quiet_args(spec, tmp_path, "--address", ray_cluster)
     log = (tmp_path / "driver.log").open("w")
@@ -211,7 +228,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     client, parents, children = child_runs(tmp_path, "fault")
     assert len(parents) == 1 and len(children) == 2
     for run in children:
-        assert steps_of(client, run) == list(range(1, 11)), run.info.run_name
+        assert steps_of(client, run) == list(range(1, 8)), run.info.run_name
         assert run.info.status == "FINISHED"
         assert history_artifact_matches(client, run)
     assert parents[0].info.status == "FINISHED"
@@ -220,39 +237,43 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
 PLACEMENT_SCRIPT = r"""
 import json, sys, ray
 from pathlib import Path
-from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG, STUDY_RUN_TAG
 from study.run import main
 ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
-code = main(sys.argv[1:-1])
-seen = {}
-for result in Path(sys.argv[3]).glob("*/*/result.json"):
-    last = json.loads(result.read_text().splitlines()[-1])
-    seen[result.parent.name] = last["cuda_visible_devices"]
-Path(sys.argv[-1]).write_text(json.dumps({"code": code, "seen": seen}))
+report = {}
+for name, args in json.loads(sys.argv[1]).items():
+    code = main(args)
+    seen = {}
+    for result in Path(args[2]).glob("*/*/result.json"):
+        last = json.loads(result.read_text().splitlines()[-1])
+        seen[result.parent.name] = last["cuda_visible_devices"]
+    report[name] = {"code": code, "seen": seen}
+Path(sys.argv[2]).write_text(json.dumps(report))
 """
 
 
-@pytest.mark.parametrize(
-    "resources, trials, max_distinct",
-    [({"cpus": 0.25, "gpus": 0.5}, 2, 1), ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 2, 4)],
-)
-def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path, resources, trials, max_distinct):
-    spec = small_spec(tmp_path, cache_dir, seeds=list(range(trials)), resources=resources)
-    spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 2
-    spec.write_text(yaml.safe_dump(spec_data))
+def test_trials_see_the_gpus_ray_assigned(tiny_model_dir, cache_dir, tmp_path):
+    """On a Ray that says it has 4 GPUs: fractional trials share one; bundle trials get one each."""
+    cases = {"fractional": ({"cpus": 0.25, "gpus": 0.5}, 1), "bundles": ({"bundles": [{"CPU": 0.25, "GPU": 1}, {"CPU": 0.25, "GPU": 1}]}, 4)}
+    runs = {}
+    for name, (resources, _) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = small_spec(folder, cache_dir, seeds=[0, 1], resources=resources)
+        spec_data = yaml.safe_load(spec.read_text())
+        spec_data["base"]["train"]["steps"] = 2
+        spec.write_text(yaml.safe_dump(spec_data))
+        runs[name] = quiet_args(spec, folder)
     out = tmp_path / "placement.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", PLACEMENT_SCRIPT, *quiet_args(spec, tmp_path), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
-    )
+    proc = subprocess.run([sys.executable, "-c", PLACEMENT_SCRIPT, json.dumps(runs), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.exists(), proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["code"] == 0 and len(report["seen"]) == trials
-    for trial, devices in report["seen"].items():
-        ids = devices.split(",")
-        assert len(ids) == 1 and set(ids) <= {"0", "1", "2", "3"}, (trial, devices)
-    assert len(set(report["seen"].values())) <= max_distinct  # fractional trials are packed onto shared GPUs
+    for name, (_, max_distinct) in cases.items():
+        assert report[name]["code"] == 0 and len(report[name]["seen"]) == 2, (name, report)
+        for trial, devices in report[name]["seen"].items():
+            ids = devices.split(",")
+            assert len(ids) == 1 and set(ids) <= {"0", "1", "2", "3"}, (name, trial, devices)
+        assert len(set(report[name]["seen"].values())) <= max_distinct  # fractional trials share a GPU
 
 
 def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_starts(ray_cluster, cache_dir, tmp_path, capsys):
