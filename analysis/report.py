@@ -246,7 +246,8 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
         return sum(spent.get(t, {}).get("rollout_tokens", 0) + spent.get(t, {}).get("train_tokens", 0) for t in trials)
 
     text = (
-        f"{len(members)} members moved {setting.removeprefix(SETTING)}; {data.exploits.num_rows} exploit(s). Solid: "
+        f"{len(members)} members (named by their starting settings) moved {setting.removeprefix(SETTING)}; "
+        f"{data.exploits.num_rows} exploit(s). Solid: "
         "each member's effective schedule (the settings its final weights were trained under, followed back through "
         "its exploits); dotted: what the member ran itself; x: an exploit; dashed: PSI's w_corr.\n"
         f"Best member by final AES on the whole evaluation set: {best}, AES {_cell(final.get(best))}, having spent "
@@ -285,7 +286,8 @@ def write_report(tracking_uri: str, study: str, out: Path, log_artifacts: bool =
         sections.append(Section(
             "Files",
             "runs.parquet (one row per trial), history.parquet (run, key, step, value), problems.parquet "
-            "(per-problem evaluations), arm_summary.parquet, weight_shape.parquet, lstar_vs_minimal.parquet.\n"
+            "(per-problem evaluations), exploits.parquet (PBT / PB2 exploits), arm_summary.parquet, weight_shape.parquet, "
+            "lstar_vs_minimal.parquet, compute_per_trial.parquet, compute_per_arm.parquet.\n"
             f"Rebuild: python -m analysis.report --study {study} --tracking-uri {tracking_uri} --out {out}",
         ))
         title = f"Study {study}"
