@@ -336,7 +336,8 @@ class StudySpec(_Strict):
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be unique, got {names}")
-        for where, seeds in [("seeds", self.seeds)] + [(f"arms[{i}].seeds", a.seeds) for i, a in enumerate(self.arms) if a.seeds]:
+        seed_lists = [("seeds", self.seeds)] + [(f"arms[{i}].seeds", a.seeds) for i, a in enumerate(self.arms) if a.seeds]
+        for where, seeds in seed_lists:
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"{where}: must be distinct, got {seeds} (a repeated seed is the same trial twice)")
         for i, arm in enumerate(self.arms):
@@ -353,7 +354,8 @@ class StudySpec(_Strict):
         if self.search.population is not None:
             arm = self.population_arm
             if arm is None:
-                raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' (arms: {', '.join(names)})")
+                raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' "
+                                 f"(arms: {', '.join(names)})")
             members = len(arm.weighting.grid() if isinstance(arm.weighting, _Grid) else [0]) * len(arm.seeds or self.seeds)
             if members < 2:
                 raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "

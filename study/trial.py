@@ -70,7 +70,8 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
         if evaluated:
             last_eval.update({k: v for k, v in step.metrics.items() if k.startswith(("eval/", "base/"))})
         result = {**step.metrics, **last_eval, "step": step.step, EVALUATED: float(evaluated)}
-        result.update({M.SETTING_PREFIX + key: float(value) for key, value in settings.items() if isinstance(value, (int, float))})
+        numbers = {key: value for key, value in settings.items() if isinstance(value, (int, float))}
+        result.update({M.SETTING_PREFIX + key: float(value) for key, value in numbers.items()})
         result["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         if exploit is not None:
             result[EXPLOIT], exploit = json.dumps(exploit), None
