@@ -237,8 +237,8 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     kinds = weightings(data.runs)
     psi = {t: v for t, v in series(data.history, "lead/w_corr").items() if kinds.get(t) == "psi"}
     spent = {r["trial"]: r for r in per_trial.to_pylist()}
-    final = dict(zip(data.runs["trial"].to_pylist(), data.runs["final/eval/aes"].to_pylist())) \
-        if "final/eval/aes" in data.runs.column_names else {}
+    aes_column = data.runs["final/eval/aes"].to_pylist() if "final/eval/aes" in data.runs.column_names else []
+    final = dict(zip(data.runs["trial"].to_pylist(), aes_column))
     best = max(members, key=lambda t: final.get(t) if final.get(t) is not None else float("-inf"))
     psi_aes = [final[t] for t in psi if final.get(t) is not None]
 

@@ -18,6 +18,7 @@ for bit).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trainers import metrics as M
 from trainers.actor import build_actor
 from trainers.actor.update import PolicyBatch
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.evaluation import EvalResult, aes, cached_evaluation, evaluate
 from trainers.fingerprint import EVALUATION_CODE, fingerprint
 from trainers.lead import LeadState, lead_step, masked_whiten
@@ -160,22 +161,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 RESUMABLE_CHANGES = ("train.steps", "eval.every", "checkpoint")
 
 
-def _exclusion(dotted_keys) -> dict:
-    """Dotted keys (``lead.weighting.w_corr``) as pydantic's nested ``exclude`` mapping."""
-    out: dict = {}
-    for key in dotted_keys:
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = True
-    return out
-
-
 def config_hash(config: TrainConfig, changeable: tuple[str, ...] = ()) -> str:
     """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES`` and ``changeable``
     (dotted keys a population search may change when a trial continues from another's checkpoint)."""
-    payload = config.model_dump_json(exclude=_exclusion((*RESUMABLE_CHANGES, *changeable)))
+    exclude = functools.reduce(deep_merge, (dotted(key, True) for key in (*RESUMABLE_CHANGES, *changeable)), {})
+    payload = config.model_dump_json(exclude=exclude)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
