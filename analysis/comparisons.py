@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from analysis.compute import final_problems
 from analysis.load import StudyData
 from analysis.stats import SELECTION_FRACTION, ArmScores, Comparison, compare, selection_split
-from trainers import metrics as M
+from trainers import contract as M
 
 
 @dataclass(frozen=True)

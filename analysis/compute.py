@@ -21,17 +21,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis.stats import mean_interval
-from trainers import metrics as M
+from trainers import contract as M
 
-FINAL = {"accuracy": "final/eval/accuracy", "length": "final/eval/response_length", "aes": "final/eval/aes"}
+FINAL = {name: M.final_column(key) for name, key in (("accuracy", M.EVAL_ACCURACY), ("length", M.EVAL_RESPONSE_LENGTH),
+                                                     ("aes", M.EVAL_AES))}
 
 
 def arm_summary(runs: pa.Table) -> pa.Table:
-    """One row per (arm, variant): its reward, weighting and normalization, ``seeds`` and
+    """One row per (arm, variant): its reward, weighting, weight motion and normalization, ``seeds`` and
     ``<metric>_mean`` / ``<metric>_std`` / ``<metric>_low`` / ``<metric>_high`` (the 95% bootstrap
     interval over seeds, ``analysis.stats.mean_interval``; none with one seed), grouped by (reward,
     weighting), then sorted by arm."""
-    keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_NORMALIZATION]
+    keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_MOTION, M.TAG_NORMALIZATION]
     table = runs.select([c for c in [*keys, *FINAL.values()] if c in runs.column_names])
     aggregations = [("arm", "count")]
     for column in FINAL.values():
@@ -80,13 +81,18 @@ def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
 
 
 def weightings(runs: pa.Table) -> dict[str, str | None]:
-    """trial -> its weighting tag (psi, static, schedule; None where the run has no such tag)."""
+    """trial -> its weighting tag (psi, static, schedule, ...; None where the run has no such tag)."""
     return dict(zip(runs["trial"].to_pylist(), runs[M.TAG_WEIGHTING].to_pylist()))
 
 
+def motions(runs: pa.Table) -> dict[str, str | None]:
+    """trial -> how its weight moves (``trainers.contract.MOTIONS``; None where the run has no such tag)."""
+    return dict(zip(runs["trial"].to_pylist(), runs[M.TAG_MOTION].to_pylist()))
+
+
 def moving_weight_trials(runs: pa.Table) -> set[str]:
-    """The trials whose weights change during training: every one not on a static weighting."""
-    return {trial for trial, kind in weightings(runs).items() if kind != "static"}
+    """The trials whose weights change during training: every one whose weight is not fixed."""
+    return {trial for trial, motion in motions(runs).items() if motion != M.FIXED}
 
 
 def series(history: pa.Table, key: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -104,7 +110,7 @@ def weight_shape(history: pa.Table, trials: set[str] | None = None, settle_fract
     """Where each trial's used ``w_corr`` went (of ``trials``, default all): its start, peak, the first
     step it fell, and where it settled (the mean over the last ``settle_fraction`` of its steps)."""
     rows = []
-    for trial, (steps, values) in series(history, "lead/w_corr").items():
+    for trial, (steps, values) in series(history, M.lead("w_corr")).items():
         if trials is not None and trial not in trials:
             continue
         first_fall = next((steps[i] for i in range(1, len(values)) if values[i] < values[i - 1]), None)

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
 
-from analysis.compute import final_problems, series, weightings
+from analysis.compute import final_problems, motions, series
+from trainers import contract as M
 
 
 def _labels(runs: pa.Table) -> dict[str, str]:
@@ -32,16 +33,17 @@ def _labels(runs: pa.Table) -> dict[str, str]:
     }
 
 
-STATIC_W_CORR = "param.lead.weighting.w_corr"  # a static arm's weight, as the tracker flattens its config
+FIXED_W_CORR = M.param_column("lead.weighting.w_corr")  # a fixed weighting's weight
 
 
-def _static_levels(runs: pa.Table) -> list[float]:
-    if STATIC_W_CORR not in runs.column_names:
+def _fixed_levels(runs: pa.Table) -> list[float]:
+    """The weights of the trials whose weight stays fixed (a population member's moves: not one)."""
+    if FIXED_W_CORR not in runs.column_names:
         return []
-    weighting = weightings(runs)
+    motion = motions(runs)
     return sorted(
-        {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs[STATIC_W_CORR].to_pylist())
-         if weighting.get(trial) == "static" and w is not None}
+        {float(w) for trial, w in zip(runs["trial"].to_pylist(), runs[FIXED_W_CORR].to_pylist())
+         if motion.get(trial) == M.FIXED and w is not None}
     )
 
 
@@ -68,22 +70,22 @@ def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, legend_size: 
     return fig
 
 
-MARKERS = {"psi": "*", "static": "o", "schedule": "s"}  # by weighting; colour by length reward
+MARKERS = {M.ADAPTIVE: "*", M.FIXED: "o", M.SCHEDULED: "s", M.SEARCHED: "^"}  # by weight motion; colour by length reward
 
 
 def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
-    """Every (arm, variant): colour by its length reward, marker by its weighting."""
+    """Every (arm, variant): colour by its length reward, marker by how its weight moves."""
     fig = Figure(figsize=(7.6, 5.0))
     ax = fig.subplots()
     rows = [r for r in summary.to_pylist() if r["accuracy_mean"] is not None and r["length_mean"] is not None]
     rewards = sorted({str(r["reward"]) for r in rows})
     cmap = matplotlib.colormaps["tab10"]
     for r in rows:
-        marker = MARKERS.get(r["weighting"], "D")
+        marker = MARKERS.get(r[M.TAG_MOTION], "D")
         label = r["arm"] if r["arm"] == r["variant"] else f"{r['arm']} {r['variant']}"
         ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
                     fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(rewards.index(str(r["reward"])) % 10),
-                    capsize=3, label=f"{label} ({r['reward']}, {r['weighting']})")
+                    capsize=3, label=f"{label} ({r[M.TAG_REWARD]}, {r[M.TAG_WEIGHTING]})")
     on_front = sorted((r for r in rows if (r["arm"], r["variant"]) in set(front)), key=lambda r: r["length_mean"])
     if len(on_front) > 1:
         ax.plot([r["length_mean"] for r in on_front], [r["accuracy_mean"] for r in on_front],
@@ -95,26 +97,26 @@ def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
 def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    weighting = weightings(runs)
-    used, target = series(history, "lead/w_corr"), series(history, "lead/target_w_corr")
+    motion = motions(runs)
+    used, target = series(history, M.lead("w_corr")), series(history, M.lead("target_w_corr"))
     for trial, (steps, values) in used.items():
-        if weighting.get(trial) == "static":
+        if motion.get(trial) == M.FIXED:
             continue
         line = ax.plot(steps, values, label=f"{trial} used")[0]
-        if trial in target and weighting.get(trial) == "psi":
+        if trial in target and motion.get(trial) == M.ADAPTIVE:
             ax.plot(*target[trial], ":", color=line.get_color(), label=f"{trial} target")
-    for level in _static_levels(runs):
+    for level in _fixed_levels(runs):
         ax.axhline(level, color="grey", linewidth=0.8, linestyle="--")
     ax.set_ylim(-0.02, 1.02)
-    return _finish(fig, ax, "training step", "w_corr", "w_corr over training (dashed: the static grid)")
+    return _finish(fig, ax, "training step", "w_corr", "w_corr over training (dashed: the fixed weights)")
 
 
 def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(13, 3.8))
     axes = fig.subplots(1, 3)
     labels = _labels(runs)
-    for ax, (key, title) in zip(axes, (("eval/accuracy", "accuracy"), ("eval/response_length", "length (tokens)"),
-                                       ("eval/aes", "AES"))):
+    for ax, (key, title) in zip(axes, ((M.EVAL_ACCURACY, "accuracy"), (M.EVAL_RESPONSE_LENGTH, "length (tokens)"),
+                                       (M.EVAL_AES, "AES"))):
         for label, (steps, values) in _mean_over_seeds(history, key, labels).items():
             ax.plot(steps, values, "o-", markersize=3, label=label)
         ax.set_xlabel("training step")
@@ -127,7 +129,7 @@ def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
 def lstar_curves(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for label, (steps, values) in _mean_over_seeds(history, "lead/lstar_mean", _labels(runs)).items():
+    for label, (steps, values) in _mean_over_seeds(history, M.lead("lstar_mean"), _labels(runs)).items():
         ax.plot(steps, values, label=label)
     return _finish(fig, ax, "training step", "mean L* over the batch's problems (tokens)",
                    "Per-problem target length over training")

@@ -17,10 +17,8 @@ study, a crash between the two writes) is read through MLflow's metric-history A
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import tempfile
 import urllib.parse
 import urllib.request
@@ -35,67 +33,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from trainers import metrics as M
-
-LOWER_IS_BETTER = ("eval/response_length", "eval/truncated_fraction")
-HISTORY_ARTIFACT = "history/metrics.parquet"  # one trial's whole history: key, step, value
-HISTORY_SCHEMA = pa.schema([("key", pa.string()), ("step", pa.int64()), ("value", pa.float64())])
-LOGGED_STEP_TAG = "lead_study.logged_step"  # the last step whose metrics reached MLflow
-HISTORY_STEP_TAG = "lead_study.history_step"  # the last step HISTORY_ARTIFACT holds
-STUDY_RUN_TAG = "lead_study.study_run"  # on a trial run: the id of its study's run (trials are not nested,
-# so the MLflow UI lists and charts them without expanding a parent; older stores nested them instead)
-ROLE_TAG = "lead_study.role"  # "study" on a study's own run
-PLANNED_ARTIFACT = "planned_trials.json"  # on the parent run: every trial the study will run
-PROBLEMS_FOLDER = "eval_problems"  # on a trial run: step_<step>.parquet per evaluation
-EXPLOITS_ARTIFACT = "pbt/exploits.json"  # on a population member's run: its exploits (study.trial.exploit_record)
-EXPLOIT_METRIC = "pbt/exploit"  # 1 at each step whose donor checkpoint a member continued from
-EXPLOIT_SCHEMA = pa.schema([("trial", pa.string()), ("step", pa.int64()), ("donor", pa.string()),
-                            ("old", pa.string()), ("new", pa.string()), ("donor_settings", pa.string())])
+from trainers import contract as M
+from trainers.contract import (
+    EXPLOIT_METRIC, EXPLOIT_SCHEMA, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, LOWER_IS_BETTER,
+    PLANNED_ARTIFACT, PROBLEM_SCHEMA, PROBLEMS_FOLDER, STUDY_HISTORY_SCHEMA, TAG_ARM, TAG_HISTORY_STEP,
+    TAG_LOGGED_STEP, TAG_PARENT_RUN, TAG_ROLE, TAG_SEED, TAG_STUDY_RUN, TAG_VARIANT, ROLE_STUDY, best_column,
+    final_column, param_column, problems_step,
+)
+from stores.tracking import StoreError, check_store, read_json_artifact
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (what ``study.run`` writes to by default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-class StudyError(ValueError):
-    """An unknown or empty study, or a store that cannot be read (one line)."""
-
-
-def check_store(uri: str, writing: bool) -> str:
-    """The tracking URI, checked and with a SQLite path made absolute, or StudyError in one line.
-
-    ``sqlite:///PATH``: an existing file must be an MLflow store (not a corrupted or foreign file);
-    a reader (``writing=False``) never turns a missing or empty file into a new store. ``http(s)://``:
-    the server must answer. Other database URIs (``postgresql://``...) must connect now, not after
-    Ray and the base model started. A plain path is refused (MLflow 3 has no default file store)."""
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-        return uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-        if not db.is_file() or db.stat().st_size == 0:
-            if not writing:
-                raise StudyError(f"no MLflow store at {db}")
-            if not os.access(db.parent, os.W_OK) or not db.parent.is_dir():
-                raise StudyError(f"cannot write {db}")
-            return f"sqlite:///{db}"
-        try:
-            with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
-                tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
-        except sqlite3.Error as exc:
-            raise StudyError(f"{db} is not a readable MLflow store ({exc})") from None
-        if "experiments" not in tables:
-            raise StudyError(f"{db} is a SQLite file but not an MLflow store (no experiments table)")
-        return f"sqlite:///{db}"
-    if "://" not in uri:
-        raise StudyError(f"'{uri}' is a plain path: use sqlite:///{Path(uri).expanduser().resolve()}"
-                         " (a SQLite store) or http://HOST:PORT (an MLflow server)")
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:  # a missing driver, a refused connection, bad credentials: all one line
-        raise StudyError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    return uri
+class StudyError(StoreError):
+    """An unknown or empty study (one line)."""
 
 
 @dataclass
@@ -141,15 +90,7 @@ def _fetch_history(client: MlflowClient, jobs: list[tuple[str, str, str]], worke
 def _history_table(rows: list[tuple]) -> pa.Table:
     """(run_id, trial, key, step, value) rows as a table."""
     columns = list(zip(*rows)) if rows else [[], [], [], [], []]
-    return pa.table(
-        {
-            "run_id": pa.array(columns[0], pa.string()),
-            "trial": pa.array(columns[1], pa.string()),
-            "key": pa.array(columns[2], pa.string()),
-            "step": pa.array(columns[3], pa.int64()),
-            "value": pa.array(columns[4], pa.float64()),
-        }
-    )
+    return pa.table(dict(zip(STUDY_HISTORY_SCHEMA.names, columns)), schema=STUDY_HISTORY_SCHEMA)
 
 
 def _artifacts(run, tracking_uri: str):
@@ -165,7 +106,7 @@ def _download(run, tracking_uri: str, path: str) -> pa.Table:
 
 def _history_is_current(run) -> bool:
     tags = run.data.tags
-    return HISTORY_STEP_TAG in tags and tags[HISTORY_STEP_TAG] == tags.get(LOGGED_STEP_TAG)
+    return TAG_HISTORY_STEP in tags and tags[TAG_HISTORY_STEP] == tags.get(TAG_LOGGED_STEP)
 
 
 def _read_history_artifacts(tracking_uri: str, trials: list, workers: int) -> pa.Table:
@@ -182,13 +123,6 @@ def _read_history_artifacts(tracking_uri: str, trials: list, workers: int) -> pa
     return pa.concat_tables(tables) if tables else _history_table([])
 
 
-PROBLEM_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("trial", pa.string()), ("step", pa.int64()), ("problem_id", pa.int64()),
-     ("minimal_length", pa.float64()), ("lstar", pa.float64()), ("mean_length", pa.float64()),
-     ("accuracy", pa.float64()), ("truncated_fraction", pa.float64())]
-)
-
-
 def _read_problem_tables(tracking_uri: str, trials: list, workers: int) -> pa.Table:
     """Every ``eval_problems/step_<step>.parquet`` of every trial, with run, trial and step columns."""
 
@@ -198,7 +132,7 @@ def _read_problem_tables(tracking_uri: str, trials: list, workers: int) -> pa.Ta
             if not artifact.path.endswith(".parquet"):
                 continue
             table = _download(run, tracking_uri, artifact.path)
-            step = int(Path(artifact.path).stem.rsplit("_", 1)[-1])
+            step = problems_step(artifact.path)
             extra = {"run_id": run.info.run_id, "trial": run.info.run_name, "step": step}
             columns = {
                 field.name: (pa.array([extra[field.name]] * table.num_rows, field.type) if field.name in extra
@@ -211,15 +145,6 @@ def _read_problem_tables(tracking_uri: str, trials: list, workers: int) -> pa.Ta
     with ThreadPoolExecutor(max_workers=workers) as pool:
         tables = [t for chunk in pool.map(one, trials) for t in chunk]
     return pa.concat_tables(tables) if tables else PROBLEM_SCHEMA.empty_table()
-
-
-def read_json_artifact(client: MlflowClient, run_id: str, name: str):
-    """The JSON artifact ``name`` of a run (``folder/file.json``), or None if the run has none."""
-    folder = name.rpartition("/")[0] or None
-    if not any(a.path == name for a in client.list_artifacts(run_id, folder)):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
 
 
 def _read_exploits(client: MlflowClient, trials: list, workers: int) -> pa.Table:
@@ -235,14 +160,6 @@ def _read_exploits(client: MlflowClient, trials: list, workers: int) -> pa.Table
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = [row for chunk in pool.map(one, trials) for row in chunk]
     return pa.Table.from_pylist(rows, schema=EXPLOIT_SCHEMA).sort_by([("trial", "ascending"), ("step", "ascending")])
-
-
-def _check_server(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when a server does not answer."""
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-    except OSError as exc:
-        raise StudyError(f"cannot reach the MLflow server at {uri} ({exc})") from None
 
 
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # the MLflow UI's own bulk read
@@ -287,11 +204,11 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     if experiment is None:
         raise StudyError(f"no study named '{study}' in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], max_results=50_000)
-    parents = sorted((r for r in runs if r.data.tags.get(ROLE_TAG) == "study"), key=lambda r: r.info.start_time)
+    parents = sorted((r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_STUDY), key=lambda r: r.info.start_time)
     parent = parents[-1] if parents else None  # a study run again under the same name: its latest run
     trials = sorted(
-        (r for r in runs if "arm" in r.data.tags
-         and (parent is None or r.data.tags.get(STUDY_RUN_TAG, r.data.tags.get("mlflow.parentRunId")) == parent.info.run_id)),
+        (r for r in runs if TAG_ARM in r.data.tags
+         and (parent is None or r.data.tags.get(TAG_STUDY_RUN, r.data.tags.get(TAG_PARENT_RUN)) == parent.info.run_id)),
         key=lambda r: r.info.run_name or "",
     )
     if not trials:
@@ -311,25 +228,25 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
     problems = _read_problem_tables(tracking_uri, trials, workers)
     problems = problems.sort_by([("trial", "ascending"), ("step", "ascending"), ("problem_id", "ascending")])
 
-    eval_keys = sorted({key for r in trials for key in r.data.metrics if key.startswith("eval/")})
+    eval_keys = sorted({key for r in trials for key in r.data.metrics if key.startswith(M.EVALUATION_PREFIXES)})
     param_keys = sorted({key for r in trials for key in r.data.params})
-    last_step = _per_run(history, "train/accuracy", "last_step")
+    last_step = _per_run(history, M.STEP_KEY, "last_step")
     columns: dict[str, list] = {
         "run_id": [r.info.run_id for r in trials],
         "trial": [r.info.run_name for r in trials],
-        "arm": [r.data.tags.get("arm") for r in trials],
-        "variant": [r.data.tags.get("variant") for r in trials],
-        "seed": [int(r.data.tags.get("seed", -1)) for r in trials],
+        "arm": [r.data.tags.get(TAG_ARM) for r in trials],
+        "variant": [r.data.tags.get(TAG_VARIANT) for r in trials],
+        "seed": [int(r.data.tags.get(TAG_SEED, -1)) for r in trials],
         **{tag: [r.data.tags.get(tag) for r in trials] for tag in M.METHOD_TAGS},
         "status": [r.info.status for r in trials],
         "steps": [int(last_step.get(r.info.run_id, 0)) for r in trials],
     }
     for key in eval_keys:
         best = _per_run(history, key, "min" if key in LOWER_IS_BETTER else "max")
-        columns[f"final/{key}"] = [r.data.metrics.get(key) for r in trials]
-        columns[f"best/{key}"] = [best.get(r.info.run_id) for r in trials]
+        columns[final_column(key)] = [r.data.metrics.get(key) for r in trials]
+        columns[best_column(key)] = [best.get(r.info.run_id) for r in trials]
     for key in param_keys:
-        columns[f"param.{key}"] = [r.data.params.get(key) for r in trials]
+        columns[param_column(key)] = [r.data.params.get(key) for r in trials]
     return StudyData(
         study, parent.info.run_id if parent else None, pa.table(columns), history, problems,
         (read_json_artifact(client, parent.info.run_id, PLANNED_ARTIFACT) or []) if parent else [],

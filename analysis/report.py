@@ -30,10 +30,12 @@ from analysis.compute import (
     arm_summary, compute_spent, lstar_versus_minimal, moving_weight_trials, pareto_front, series, weight_shape,
     weightings,
 )
-from analysis.load import StudyData, StudyError, default_tracking_uri, load_study
+from analysis.load import StudyData, load_study
+from stores.tracking import StoreError, default_tracking_uri
 from analysis.population import effective_schedules
 from analysis.stats import Comparison
-from trainers.metrics import SETTING_PREFIX as SETTING
+from trainers import contract as M
+from trainers.contract import SETTING_PREFIX as SETTING
 from trainers.outputs import check_replaceable, check_writable_dir, replace_owned
 
 REPORT_ARTIFACT = "report"
@@ -235,9 +237,10 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     members = sorted(own)
     schedules = effective_schedules(data.history, data.exploits, setting)
     kinds = weightings(data.runs)
-    psi = {t: v for t, v in series(data.history, "lead/w_corr").items() if kinds.get(t) == "psi"}
+    psi = {t: v for t, v in series(data.history, M.lead("w_corr")).items() if kinds.get(t) == "psi"}
     spent = {r["trial"]: r for r in per_trial.to_pylist()}
-    aes_column = data.runs["final/eval/aes"].to_pylist() if "final/eval/aes" in data.runs.column_names else []
+    final_aes = M.final_column(M.EVAL_AES)
+    aes_column = data.runs[final_aes].to_pylist() if final_aes in data.runs.column_names else []
     final = dict(zip(data.runs["trial"].to_pylist(), aes_column))
     best = max(members, key=lambda t: final.get(t) if final.get(t) is not None else float("-inf"))
     psi_aes = [final[t] for t in psi if final.get(t) is not None]
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         path = write_report(tracking_uri, args.study, args.out or Path("reports") / args.study, not args.no_log)
-    except StudyError as exc:
+    except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:

@@ -19,7 +19,8 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from analysis.load import HISTORY_STEP_TAG, LOGGED_STEP_TAG, load_study
+from analysis.load import load_study
+from trainers import contract as M
 from analysis.server import local_server
 from study.tracking import write_history_artifact
 
@@ -27,16 +28,16 @@ from study.tracking import write_history_artifact
 def write_study(uri: str, trials: int, metrics: int, steps: int) -> None:
     client = MlflowClient(uri)
     exp = client.create_experiment("bench", artifact_location=(Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri())
-    parent = client.create_run(exp, run_name="bench", tags={"lead_study.role": "study"}).info.run_id
+    parent = client.create_run(exp, run_name="bench", tags={M.TAG_ROLE: M.ROLE_STUDY}).info.run_id
     keys = [f"train/m{i}" for i in range(metrics - 2)] + ["train/accuracy", "eval/aes"]
     for t in range(trials):
         run = client.create_run(
-            exp, run_name=f"t{t}", tags={"mlflow.parentRunId": parent, "arm": "psi", "variant": "psi", "seed": str(t)}
+            exp, run_name=f"t{t}", tags={M.TAG_PARENT_RUN: parent, M.TAG_ARM: "psi", M.TAG_VARIANT: "psi", M.TAG_SEED: str(t)}
         ).info.run_id
         batch = [Metric(k, (t + s) % 7 / 7, 0, s) for k in keys for s in range(1, steps + 1)]
         for i in range(0, len(batch), 1000):
             client.log_batch(run, metrics=batch[i : i + 1000])
-        client.set_tag(run, LOGGED_STEP_TAG, str(steps))
+        client.set_tag(run, M.TAG_LOGGED_STEP, str(steps))
         write_history_artifact(client, run, [(m.key, m.step, m.value) for m in batch], steps)
 
 
@@ -45,7 +46,7 @@ def drop_history_tags(uri: str) -> None:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench")
     for run in client.search_runs([exp.experiment_id], filter_string="tags.arm = 'psi'", max_results=50_000):
-        client.delete_tag(run.info.run_id, HISTORY_STEP_TAG)
+        client.delete_tag(run.info.run_id, M.TAG_HISTORY_STEP)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.config import deep_merge, load_train_config
 from trainers.grpo import base_model_path, train
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import TrainConfig, deep_merge
+from trainers.lead import weight_motion
 from trainers.models.tiny import default_cache_dir
 
 from study.spec import StudySpec
@@ -23,6 +24,7 @@ class TrialPlan:
     variant: str
     seed: int
     config: dict[str, Any]  # TrainConfig.model_dump(mode="json"), validated
+    motion: str  # how its w_corr moves (trainers.contract.MOTIONS): a population member's is "searched"
 
 
 def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -37,13 +39,16 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | None = None) -> list[TrialPlan]:
     """One trial per (arm, weight variant, seed). ``fixed`` is merged last (e.g. the model path)."""
     last = spec.last_settings(smoke)
+    population = spec.population_arm.name if spec.population_arm else None
     trials = []
     for arm in spec.arms:
         variants = arm.settings(spec.base, last)
         for variant, settings in variants:
             for seed in arm.seeds or spec.seeds:
                 settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})
-                config = absolute_paths(TrainConfig.model_validate(settings).model_dump(mode="json"))
+                config = TrainConfig.model_validate(settings)
+                motion = weight_motion(config.lead, searched=arm.name == population)
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"
-                trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed, config))
+                trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed,
+                                        absolute_paths(config.model_dump(mode="json")), motion))
     return trials

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from analysis.load import StudyError, check_store, default_tracking_uri
 from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
 from study.spec import StudySpec, load_spec
-from trainers import metrics as M
+from stores.tracking import StoreError, check_store, default_tracking_uri
+from trainers import contract as M
 from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge, lookup, print_errors
 from trainers.outputs import check_writable_dir, is_empty
@@ -63,7 +64,7 @@ def check_output_dir(path: Path) -> Path:
 def resolve_tracking_uri(uri: str | None) -> str:
     try:
         return check_store(uri or default_tracking_uri(), writing=True)
-    except StudyError as exc:
+    except StoreError as exc:
         raise UsageError(f"--tracking-uri: {exc}") from None
 
 
@@ -404,7 +405,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
 
     fixed_models, base_metrics = prepare_base_models(plans, log)
     plans = [
-        TrialPlan(p.name, p.arm, p.variant, p.seed, deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
+        dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
     experiment_id, parent_id = start_study_run(
         tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans]

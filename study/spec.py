@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_errors, load_validated
 from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
 from trainers.rewards import LENGTH_REWARDS
@@ -258,7 +258,7 @@ class Population(_Strict):
 
 class Search(_Strict):
     mode: Literal["grid", "optuna", "pbt", "pb2"] = "grid"
-    metric: str = "eval/aes"
+    metric: str = M.EVAL_AES
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
     space: dict[str, Distribution] = Field(
@@ -423,7 +423,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
                     add(f"search.population.perturbation_interval: {interval} divides train.steps ({config.train.steps}"
                         f"{', under --smoke-test' if smoke else ''}): an exploit at the last step would replace a "
                         "member's weights after its final evaluation")
-                if spec.search.metric.startswith("eval/") and interval % every:
+                if spec.search.metric.startswith(M.EVALUATION_PREFIXES) and interval % every:
                     add(f"search.population.perturbation_interval: {interval} is not a multiple of eval.every "
                         f"({every}{', under --smoke-test' if smoke else ''}): members would be ranked on stale "
                         "evaluations and exploit checkpoints older than their step")

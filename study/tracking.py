@@ -18,7 +18,6 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,30 +26,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from analysis.load import (
-    EXPLOIT_METRIC, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, HISTORY_STEP_TAG, LOGGED_STEP_TAG,
-    PLANNED_ARTIFACT, ROLE_TAG, STUDY_RUN_TAG, read_json_artifact,
-)
+from stores.tracking import read_json_artifact
 from study.trial import EVALUATED, EXPLOIT, REPORT_FILE, apply_search
-from trainers import metrics as M
+from trainers import contract as M
+from trainers.contract import (
+    EXPLOIT_METRIC, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, PLANNED_ARTIFACT, STEP_KEY,
+    TAG_HISTORY_STEP, TAG_LOGGED_STEP, TAG_ROLE, TAG_STUDY_DIR, TAG_STUDY_RUN, TAG_TRIAL_ID, ROLE_STUDY,
+)
 from trainers.fingerprint import versions
-
-STUDY_DIR_TAG = "lead_study.study_dir"
-TRIAL_TAG = "lead_study.trial_id"
-STEP_KEY = M.TRAIN_ACCURACY  # every step logs it: its history tells the last logged step
-EVERY_STEP = ("train/", "lead/", "loss/", "perf/", "grader/", M.SETTING_PREFIX)
-ON_EVALUATION = ("eval/",)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = str(value)
-    return out
 
 
 _PLAIN_VALUE = re.compile(r"[\w.:/-]*")
@@ -83,7 +66,7 @@ def write_history_artifact(client: MlflowClient, run_id: str, rows: list[tuple[s
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(table, Path(tmp) / name)
         client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
-    client.set_tag(run_id, HISTORY_STEP_TAG, str(step))
+    client.set_tag(run_id, TAG_HISTORY_STEP, str(step))
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -137,15 +120,15 @@ def start_study_run(
         study, artifact_location=artifact_location(tracking_uri)
     )
     configure_experiment(client, experiment_id)
-    run_id = find_run(client, experiment_id, {STUDY_DIR_TAG: str(study_dir), ROLE_TAG: "study"})
+    run_id = find_run(client, experiment_id, {TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY})
     if run_id is None:
         run = client.create_run(
             experiment_id,
             run_name=f"{study} (study)",
-            tags={STUDY_DIR_TAG: str(study_dir), ROLE_TAG: "study", "study": study, **version_tags()},
+            tags={TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY, M.TAG_STUDY: study, **version_tags()},
         )
         run_id = run.info.run_id
-        client.log_artifact(run_id, str(spec_path), artifact_path="spec")
+        client.log_artifact(run_id, str(spec_path), artifact_path=M.SPEC_FOLDER)
         log_json(client, run_id, PLANNED_ARTIFACT, trial_names)
         client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in base_metrics.items()])
     else:
@@ -157,7 +140,7 @@ def finish_study_run(tracking_uri: str, run_id: str, summary_rows: list[dict], s
     """End the study's run with ``status``; with trial rows, log them as ``summary.json`` (with the versions)."""
     client = MlflowClient(tracking_uri)
     if summary_rows:
-        log_json(client, run_id, "summary.json", {"trials": summary_rows, "versions": versions()})
+        log_json(client, run_id, M.SUMMARY_ARTIFACT, {"trials": summary_rows, "versions": versions()})
     client.set_terminated(run_id, status=status)
 
 
@@ -190,7 +173,7 @@ class MLflowTracker(tune.Callback):
         trial_id = trial.trial_id
         if trial_id in self._runs:
             return self._runs[trial_id]
-        tags = {TRIAL_TAG: trial_id, STUDY_RUN_TAG: self.parent_run_id}
+        tags = {TAG_TRIAL_ID: trial_id, TAG_STUDY_RUN: self.parent_run_id}
         run_id = find_run(self.client, self.experiment_id, tags)
         if run_id is None:
             plan = self.plans[trial.config["trial"]]
@@ -199,16 +182,16 @@ class MLflowTracker(tune.Callback):
                 self.experiment_id,
                 run_name=str(trial),
                 tags={
-                    **tags, "study": self.study, "arm": plan.arm, "variant": plan.variant, "seed": str(plan.seed),
-                    **M.method_tags(config["lead"]), **version_tags(),
+                    **tags, M.TAG_STUDY: self.study, M.TAG_ARM: plan.arm, M.TAG_VARIANT: plan.variant, M.TAG_SEED: str(plan.seed),
+                    **M.method_tags(config["lead"], plan.motion), **version_tags(),
                 },
             ).info.run_id
-            flat = flatten(config)
+            flat = M.params(config)
             for start in range(0, len(flat), 100):
                 chunk = list(flat.items())[start : start + 100]
                 self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in chunk])
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "train_config.yaml"
+                path = Path(tmp) / M.TRAIN_CONFIG_ARTIFACT
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
                 self.client.log_artifact(run_id, str(path))
             self._last_step[trial_id] = 0
@@ -245,7 +228,7 @@ class MLflowTracker(tune.Callback):
         step = int(result["step"])
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before a retry or resume: the repeat is identical
-        prefixes = EVERY_STEP + (ON_EVALUATION if result.get(EVALUATED) else ())
+        prefixes = M.EVERY_STEP_PREFIXES + (M.EVALUATION_PREFIXES if result.get(EVALUATED) else ())
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), now, step)
@@ -259,7 +242,7 @@ class MLflowTracker(tune.Callback):
             self._base_logged.add(trial.trial_id)
         for start in range(0, len(metrics), 500):
             last = start + 500 >= len(metrics)
-            tags = [RunTag(LOGGED_STEP_TAG, str(step))] if last else []  # with the step's last metrics
+            tags = [RunTag(TAG_LOGGED_STEP, str(step))] if last else []  # with the step's last metrics
             self.client.log_batch(run_id, metrics=metrics[start : start + 500], tags=tags)
         rows += [(m.key, m.step, m.value) for m in metrics]
         self._last_step[trial.trial_id] = step
@@ -288,10 +271,10 @@ class MLflowTracker(tune.Callback):
             table = Path(folder) / "eval_problems.parquet"
             if table.exists():
                 step = json.loads((Path(folder) / REPORT_FILE).read_text())["step"]
+                folder, name = M.problems_artifact(step).rsplit("/", 1)
                 with tempfile.TemporaryDirectory() as tmp:
-                    named = Path(tmp) / f"step_{step:06d}.parquet"
-                    named.write_bytes(table.read_bytes())
-                    self.client.log_artifact(run_id, str(named), artifact_path="eval_problems")
+                    (Path(tmp) / name).write_bytes(table.read_bytes())
+                    self.client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
         self._write_history(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

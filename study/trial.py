@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from ray import tune
 
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.grpo import StepReport, train
 
@@ -68,7 +68,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
         nonlocal exploit
         evaluated = M.EVAL_ACCURACY in step.metrics
         if evaluated:
-            last_eval.update({k: v for k, v in step.metrics.items() if k.startswith(("eval/", "base/"))})
+            last_eval.update({k: v for k, v in step.metrics.items() if k.startswith((*M.EVALUATION_PREFIXES, M.BASE_PREFIX))})
         result = {**step.metrics, **last_eval, "step": step.step, EVALUATED: float(evaluated)}
         numbers = {key: value for key, value in settings.items() if isinstance(value, (int, float))}
         result.update({M.SETTING_PREFIX + key: float(value) for key, value in numbers.items()})

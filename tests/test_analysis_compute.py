@@ -26,6 +26,7 @@ def runs_table():
             "variant": list(variant),
             "reward": list(reward),
             "weighting": list(weighting),
+            "weight_motion": ["adaptive" if w == "psi" else "fixed" for w in weighting],
             "normalization": list(normalization),
             "final/eval/accuracy": list(acc),
             "final/eval/response_length": list(length),
@@ -120,7 +121,7 @@ def history_table(rows):
 
 
 def test_a_members_effective_schedule_follows_its_exploits_back_to_their_donors():
-    from analysis.load import EXPLOIT_SCHEMA
+    from trainers.contract import EXPLOIT_SCHEMA
     from analysis.population import effective_schedules
 
     key = "setting/lead.weighting.w_corr"

@@ -7,7 +7,9 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.load import LOGGED_STEP_TAG, STUDY_RUN_TAG, StudyError, load_study
+from analysis.load import StudyError, load_study
+from stores.tracking import StoreError
+from trainers.contract import TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from analysis.server import local_server
 from study.tracking import write_history_artifact
 
@@ -23,7 +25,8 @@ def store(tmp_path):
     for name, arm, aes_values in (("psi-s0", "psi", [0.2, 0.9, 0.7]), ("static-wc1-s0", "static", [0.1, float("nan"), 0.3])):
         run = client.create_run(
             exp, run_name=name, tags={STUDY_RUN_TAG: parent, "arm": arm, "variant": arm, "seed": "0",
-                                      "reward": "lead", "weighting": arm, "normalization": "decoupled", "whiten": "true"}
+                                      "reward": "lead", "weighting": arm, "normalization": "decoupled", "whiten": "true",
+                                      "weight_motion": "adaptive" if arm == "psi" else "fixed"}
         ).info.run_id
         metrics = [Metric("train/accuracy", 0.1 * s, 0, s) for s in range(1, 31)]
         metrics += [Metric("eval/aes", v, 0, 10 * (i + 1)) for i, v in enumerate(aes_values)]
@@ -53,9 +56,9 @@ def test_find_run_takes_any_tag_value(tmp_path):
     ("mlruns", "'mlruns' is a plain path: use sqlite:///"),
 ])
 def test_store_uris_that_would_fail_later_fail_now(uri, message):
-    from analysis.load import check_store
+    from stores.tracking import check_store
 
-    with pytest.raises(StudyError, match=message):
+    with pytest.raises(StoreError, match=message):
         check_store(uri, writing=True)
 
 
@@ -71,6 +74,7 @@ def test_runs_and_history_tables(store, tmp_path):
     assert psi["best/eval/response_length"] == 70  # shorter is better
     assert (psi["reward"], psi["weighting"], psi["normalization"], psi["whiten"]) == ("lead", "psi", "decoupled", "true")
     assert static["weighting"] == "static" and psi["param.lead.weighting.kind"] == "psi"
+    assert (psi["weight_motion"], static["weight_motion"]) == ("adaptive", "fixed")
     assert data.history.num_rows == 2 * (30 + 3 + 3)
     nan_rows = [r for r in data.history.to_pylist() if r["trial"] == "static-wc1-s0" and r["key"] == "eval/aes"]
     assert [r["step"] for r in nan_rows] == [10, 20, 30] and math.isnan(nan_rows[1]["value"])
@@ -85,7 +89,7 @@ def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path)
         load_study(uri, "nope")
     with pytest.raises(StudyError, match="study 'empty' has no trials yet"):
         load_study(uri, "empty")
-    with pytest.raises(StudyError, match="cannot reach the MLflow server"):
+    with pytest.raises(StoreError, match="cannot reach the MLflow server"):
         load_study("http://127.0.0.1:9", "demo")
 
 

@@ -4,8 +4,6 @@ REST API over the same store; partial, failed and missing trials; bad input."""
 import json
 import os
 import re
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,7 +15,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.load import LOGGED_STEP_TAG, STUDY_RUN_TAG, load_study
+from analysis.load import load_study
+from trainers.contract import TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from analysis.report import main
 from analysis.server import local_server
 from tests.conftest import run_main
@@ -136,6 +135,7 @@ def partial_study(tmp_path):
     for name, arm, status, steps in (("psi-s0", "psi", "FINISHED", 4), ("static-wc0.5-s0", "static", "FAILED", 1),
                                      ("psi-s1", "psi", "RUNNING", 3)):
         run = client.create_run(exp, run_name=name, tags={STUDY_RUN_TAG: parent, "arm": arm, "weighting": arm,
+                                                          "weight_motion": "adaptive" if arm == "psi" else "fixed",
                                                           "variant": "psi" if arm == "psi" else "wc0.5", "seed": name[-1]}).info.run_id
         metrics = [Metric(k, v, 0, s) for s in range(1, steps + 1)
                    for k, v in (("train/accuracy", 0.1 * s), ("lead/w_corr", 1 - 0.1 * s), ("lead/target_w_corr", 0.5),

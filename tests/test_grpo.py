@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import tiny_config
 from trainers import grpo
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.actor.update import clipped_objective, kl_penalty
 from trainers.grpo import ModelLoadError, build_sequences, latest_checkpoint, train
 from trainers.rollout.base import Rollouts

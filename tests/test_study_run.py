@@ -2,7 +2,6 @@
 contents, a trial killed mid-run and retried, a driver killed and resumed, and GPU placement."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.load import HISTORY_ARTIFACT, HISTORY_STEP_TAG, LOGGED_STEP_TAG, STUDY_RUN_TAG
+from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
 from trainers.config import TrainConfig, deep_merge, dotted
@@ -122,6 +121,8 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
     check_method_tags(children, prefix="length_rewards.")
+    motions = {r.data.tags["arm"]: r.data.tags["weight_motion"] for r in children if r.data.tags["arm"].startswith("psi_vs_pbt.")}
+    assert motions == {"psi_vs_pbt.psi": "adaptive", "psi_vs_pbt.pbt": "searched"}
     report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
     assert "Chosen: " in report or "No comparison" in report
     assert "## Population (PBT / PB2) against PSI" in report and "## Compute spent" in report
@@ -135,14 +136,16 @@ def test_the_optuna_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
 
 
 def check_method_tags(children, prefix=""):
-    """Each trial's run names its method in tags: the arm's reward, weighting, normalization, whitening."""
-    tags = {r.data.tags["arm"].removeprefix(prefix): tuple(r.data.tags[t] for t in ("reward", "weighting", "normalization", "whiten"))
+    """Each trial's run names its method in tags: the arm's reward, weighting, how its weight moves,
+    normalization, whitening."""
+    names = ("reward", "weighting", "weight_motion", "normalization", "whiten")
+    tags = {r.data.tags["arm"].removeprefix(prefix): tuple(r.data.tags[t] for t in names)
             for r in children if r.data.tags["arm"].startswith(prefix)}
-    assert tags["psi"] == ("lead", "psi", "decoupled", "true")
-    assert tags["kimi"] == ("kimi", "static", "combined", "false")
-    assert tags["psi-kimi"] == ("kimi", "psi", "decoupled", "true")
-    assert tags["grpo-threshold"] == ("threshold", "static", "combined", "false")
-    assert tags["thinkprune"] == ("lead", "static", "combined", "false")
+    assert tags["psi"] == ("lead", "psi", "adaptive", "decoupled", "true")
+    assert tags["kimi"] == ("kimi", "static", "fixed", "combined", "false")
+    assert tags["psi-kimi"] == ("kimi", "psi", "adaptive", "decoupled", "true")
+    assert tags["grpo-threshold"] == ("threshold", "static", "fixed", "combined", "false")
+    assert tags["thinkprune"] == ("lead", "static", "fixed", "combined", "false")
 
 
 def test_the_paper_scale_comparison_runs_in_smoke_mode_on_a_tiny_chat_model(ray_cluster, study_cache, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import TINY, tiny_config
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.actor import build_actor
 from trainers.grpo import build_sequences
 from trainers.rollout import build_engine

@@ -33,7 +33,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.actor import build_actor
 from trainers.actor.update import PolicyBatch
 from trainers.config import TrainConfig, deep_merge, dotted

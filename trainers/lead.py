@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from trainers.contract import ADAPTIVE, FIXED, SCHEDULED, SEARCHED
 from trainers.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
 from trainers.segments import Groups
 
@@ -77,6 +78,7 @@ class PsiWeighting(_Combination):
     """PSI: the EMA of PSI's target weights from (0.5, 0.5), ``w_c = max(ema_c, lambda_min)``."""
 
     kind: Literal["psi"] = "psi"
+    motion: ClassVar[str] = ADAPTIVE
     alpha: float = Field(1.0, ge=0.0, description="exponent of the headroom potentials")
     beta: float = Field(0.95, ge=0.0, le=1.0, description="EMA coefficient of the weights")
     lambda_min: float = Field(0.3, ge=0.0, le=1.0, description="floor on the used w_corr")
@@ -93,6 +95,7 @@ class StaticWeighting(_Combination):
     """Fixed weights ``w_c = w_corr``, ``w_e = 1 - w_corr``, no floor."""
 
     kind: Literal["static"] = "static"
+    motion: ClassVar[str] = FIXED
     w_corr: float = Field(0.5, ge=0.0, le=1.0, description="static weight of correctness")
 
     def weights(self, stats: dict[str, torch.Tensor], state: "LeadState") -> Weights:
@@ -104,6 +107,7 @@ class ScheduleWeighting(_Combination):
     linear ``w = start + (end - start) t``; cosine ``w = end + (start - end) (1 + cos(pi t)) / 2``."""
 
     kind: Literal["schedule"] = "schedule"
+    motion: ClassVar[str] = SCHEDULED
     w_corr_start: float = Field(1.0, ge=0.0, le=1.0)
     w_corr_end: float = Field(0.5, ge=0.0, le=1.0)
     schedule_steps: int = Field(100, ge=1)
@@ -128,6 +132,12 @@ def _fixed(w_corr: float, stats: dict[str, torch.Tensor]) -> Weights:
 
 Weighting = Annotated[PsiWeighting | StaticWeighting | ScheduleWeighting, Field(discriminator="kind")]
 WEIGHTING_KINDS = ("psi", "static", "schedule")
+
+
+def weight_motion(lead: "LeadConfig", searched: bool = False) -> str:
+    """How a run's ``w_corr`` moves (``trainers.contract.MOTIONS``): ``searched`` for a population
+    member (PBT / PB2 move it), else its weighting's own motion (fixed, scheduled or adaptive)."""
+    return SEARCHED if searched else type(lead.weighting).motion
 _LEGACY_WEIGHTING_KEYS = {  # flat keys of configs written before the weighting union, by kind
     "psi": ("alpha", "beta", "lambda_min", "eps"),
     "static": ("w_corr",),

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
-from trainers import metrics as M
+from trainers import contract as M
 from trainers.config import ConfigError, load_train_config, print_errors
 from trainers.fingerprint import versions
 from trainers.grpo import (

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from trainers import metrics as M
+from trainers import contract as M
 
 LOGPROB_CHUNK_TOKENS = 1024  # tokens per full-vocabulary float32 log_softmax
 

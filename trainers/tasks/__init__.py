@@ -8,7 +8,7 @@ whose grading raised or hit the limit so far: ``{"errors": n, "timeouts": n}``),
 
 from __future__ import annotations
 
-from trainers import metrics as M
+from trainers import contract as M
 
 
 def build_task(config):

@@ -1,0 +1,16 @@
+"""Imports point one way: trainers -> nothing of ours, stores -> trainers, study -> analysis only
+for the report it writes at the end."""
+
+from benchmarks.import_graph import imports
+
+
+def targets(package: str) -> set[str]:
+    return {name for names in imports(package).values() for name in names}
+
+
+def test_imports_point_one_way():
+    assert {name.split(".")[0] for name in targets("trainers")} == set()
+    assert {name.split(".")[0] for name in targets("stores")} <= {"trainers"}
+    assert {name.split(".")[0] for name in targets("analysis")} <= {"trainers", "stores"}
+    assert {name for name in targets("study") if name.startswith("analysis")} <= {"analysis.report"}
+
