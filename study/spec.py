@@ -32,14 +32,11 @@ from trainers import contract as M
 from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_errors, load_validated
 from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
 from trainers.rewards import LENGTH_REWARDS
+from trainers.strict import Strict
 
 
 # letters, digits, "_", "." and "-", not starting with "." (so never "." or "..": names become folders)
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _as_list(value: Any) -> Any:
@@ -55,7 +52,7 @@ class PsiArm(PsiWeighting):
         return [("psi", PsiWeighting(**self.model_dump()))]
 
 
-class _Grid(_Strict):
+class _Grid(Strict):
     """A grid of fixed weights, as ``w_corr`` values or as the paper's ratios ``w_eff / w_corr``."""
 
     w_corr: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
@@ -125,9 +122,9 @@ class ArmReward(BaseModel):
 
     @model_validator(mode="after")
     def _known(self):
-        reward = LENGTH_REWARDS.get(self.kind)
-        if reward is None:
-            raise ValueError(f"kind: unknown length reward {self.kind!r} (known: {', '.join(sorted(LENGTH_REWARDS))})")
+        if self.kind not in LENGTH_REWARDS:
+            raise ValueError(f"kind: {LENGTH_REWARDS.unknown(self.kind)}")
+        reward = LENGTH_REWARDS[self.kind]
         takes = reward.params.model_fields
         for key in self.model_extra:
             if key not in takes:
@@ -144,7 +141,7 @@ class ArmReward(BaseModel):
         return {"length_reward": self.kind, "length_params": own, **shared}
 
 
-class Arm(_Strict):
+class Arm(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     seeds: list[int] | None = Field(None, min_length=1, description="this arm's seeds (default: the study's)")
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
@@ -173,7 +170,7 @@ def _finite_range(bounds: tuple[float, float], positive: bool = False) -> tuple[
     return bounds
 
 
-class Uniform(_Strict):
+class Uniform(Strict):
     uniform: tuple[float, float]
 
     @field_validator("uniform")
@@ -185,7 +182,7 @@ class Uniform(_Strict):
         return self.uniform
 
 
-class LogUniform(_Strict):
+class LogUniform(Strict):
     loguniform: tuple[float, float]
 
     @field_validator("loguniform")
@@ -197,7 +194,7 @@ class LogUniform(_Strict):
         return self.loguniform
 
 
-class Choice(_Strict):
+class Choice(Strict):
     choice: list[Any] = Field(min_length=1)
 
     def extremes(self) -> tuple[Any, ...]:
@@ -218,12 +215,12 @@ Distribution = Annotated[
 ]
 
 
-class Asha(_Strict):
+class Asha(Strict):
     grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
-class Population(_Strict):
+class Population(Strict):
     """Population Based Training (``pbt``, Ray Tune's ``PopulationBasedTraining``) or PB2 (``pb2``,
     its Gaussian-process bandit) over one arm's trials: every ``perturbation_interval`` steps, the
     members in the bottom ``quantile_fraction`` by ``search.metric`` continue from the checkpoint
@@ -256,7 +253,7 @@ class Population(_Strict):
         return {key: dist.extremes() for key, dist in self.mutations.items()} | dict(self.bounds)
 
 
-class Search(_Strict):
+class Search(Strict):
     mode: Literal["grid", "optuna", "pbt", "pb2"] = "grid"
     metric: str = M.EVAL_AES
     direction: Literal["max", "min"] = "max"
@@ -284,7 +281,7 @@ class Search(_Strict):
         return self
 
 
-class Resources(_Strict):
+class Resources(Strict):
     cpus: float = Field(1.0, gt=0.0)
     gpus: float = Field(0.0, ge=0.0, description="fractions share one GPU among trials")
     bundles: list[dict[str, float]] | None = Field(
@@ -302,7 +299,7 @@ class Resources(_Strict):
         return " + ".join("{" + ", ".join(f"{k}: {v:g}" for k, v in b.items() if v) + "}" for b in bundles)
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every trial")

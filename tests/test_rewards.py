@@ -142,7 +142,7 @@ def test_a_user_reward_is_one_function_and_one_registration():
 @pytest.mark.parametrize(
     "config, message",
     [
-        (dict(length_reward="nope"), "length_reward: unknown 'nope'"),
+        (dict(length_reward="nope"), "length_reward: unknown length reward 'nope'"),
         (dict(length_reward="overlong", length_params={"max_len": 10}), "length_params.cache_len: Field required"),
         (dict(length_reward="kimi", length_params={"bmax": 10}), "length_params.bmax: set it as lead.bmax"),
         (dict(length_reward="kimi", length_params={"scale": 10}), "length_params.scale: unknown key"),

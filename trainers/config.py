@@ -14,26 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from trainers.actor import BACKEND_MODULES
+from trainers.actor import BACKENDS
 from trainers.checks import must_exist
 from trainers.lead import LeadConfig, Weighting
 from trainers.models.tiny import TinyModelConfig
-from trainers.rollout import ENGINE_MODULES, ENGINES
+from trainers.rollout import ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.tasks.math import MathTaskConfig
+from trainers.strict import Strict
+from trainers.tasks import TaskSettings, task_settings
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
-TaskConfig = Annotated[SyntheticTaskConfig | MathTaskConfig, Field(discriminator="kind")]
-TASK_KINDS = ("synthetic", "math")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: Path | None = Field(None, description="a local Hugging Face model directory; None builds the tiny base model")
     cache_dir: Path | None = Field(None, description="where built base models and base evaluations are cached")
     tiny: TinyModelConfig = TinyModelConfig()
@@ -52,8 +46,8 @@ class ModelConfig(_Strict):
 BudgetSchedule = list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]]
 
 
-class RolloutConfig(_Strict):
-    engine: str = Field("hf", description="the rollout engine, a name in trainers.rollout.ENGINE_MODULES")
+class RolloutConfig(Strict):
+    engine: str = Field("hf", description="the rollout engine, a name in trainers.rollout.ENGINES")
     n: int = Field(8, ge=1, description="rollouts per prompt")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -71,8 +65,8 @@ class RolloutConfig(_Strict):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, engine: str) -> str:
-        if engine not in ENGINE_MODULES and engine not in ENGINES:
-            raise ValueError(f"unknown rollout engine '{engine}' (known: {', '.join(sorted(ENGINE_MODULES))})")
+        if engine not in ENGINES:
+            raise ValueError(ENGINES.unknown(engine))
         return engine
 
     @field_validator("max_new_tokens")
@@ -101,8 +95,8 @@ def max_budget(max_new_tokens: int | list) -> int:
     return max_new_tokens if isinstance(max_new_tokens, int) else max(budget for _, budget in max_new_tokens)
 
 
-class OptimConfig(_Strict):
-    backend: str = Field("single", description="the training backend, a name in trainers.actor.BACKEND_MODULES")
+class OptimConfig(Strict):
+    backend: str = Field("single", description="the training backend, a name in trainers.actor.BACKENDS")
     workers: int = Field(1, ge=1, description="training processes (deepspeed: one per GPU, or CPU processes on gloo)")
     zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: ZeRO stage")
     gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward pass")
@@ -125,8 +119,8 @@ class OptimConfig(_Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, backend: str) -> str:
-        if backend not in BACKEND_MODULES:
-            raise ValueError(f"unknown training backend '{backend}' (known: {', '.join(sorted(BACKEND_MODULES))})")
+        if backend not in BACKENDS:
+            raise ValueError(BACKENDS.unknown(backend))
         return backend
 
     @model_validator(mode="after")
@@ -136,7 +130,7 @@ class OptimConfig(_Strict):
         return self
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     every: int = Field(25, ge=1, description="evaluate every this many steps, and at the end")
     n_samples: int = Field(1, ge=1, description="samples per problem; pass@1 is averaged over them")
     temperature: float = Field(0.8, ge=0.0)
@@ -146,14 +140,14 @@ class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1, description="prompts per generate call")
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     every: int = Field(25, ge=1)
     keep_last: int = Field(2, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     seed: int = 0
-    task: TaskConfig = SyntheticTaskConfig()
+    task: SerializeAsAny[TaskSettings] = SyntheticTaskConfig()
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     train: OptimConfig = OptimConfig()
@@ -161,14 +155,13 @@ class TrainConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
+    _task_by_kind = field_validator("task", mode="wrap")(lambda value, handler: task_settings(value))
+
     @model_validator(mode="before")
     @classmethod
     def _lead_defaults_follow_the_budget(cls, data: Any) -> Any:
-        """``task.kind`` defaults to "synthetic", ``lead.bmax`` to the (largest) response budget and
-        ``lead.floor`` to 8 tokens."""
+        """``lead.bmax`` defaults to the (largest) response budget and ``lead.floor`` to 8 tokens."""
         if isinstance(data, dict):
-            if isinstance(data.get("task"), dict) and "kind" not in data["task"]:
-                data = {**data, "task": {"kind": "synthetic", **data["task"]}}  # the default task
             lead = data.get("lead", {})
             if isinstance(lead, dict):
                 budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
@@ -191,14 +184,7 @@ class TrainConfig(_Strict):
             )
         if self.train.mini_batch_size % self.train.micro_batch_size:
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
-        if self.task.kind == "math" and self.model.path is None:
-            raise ValueError("model.path: the math task needs a model directory (the built-in tiny model knows only sums)")
-        longest_prompt = len("Q:") + 2 * self.task.max_terms if self.task.kind == "synthetic" else 0
-        if longest_prompt > self.rollout.max_prompt_tokens:
-            raise ValueError(
-                f"rollout.max_prompt_tokens ({self.rollout.max_prompt_tokens}) is smaller than the longest "
-                f"prompt ({longest_prompt} tokens)"
-            )
+        self.task.check_run(self)
         return self
 
     def rollout_sampling(self, step: int) -> SamplingParams:
@@ -265,7 +251,7 @@ def lookup(config: dict[str, Any], key: str) -> Any:
 def _field_path(loc: tuple, prefix: str) -> str:
     """``task.math.train_files`` -> ``task.train_files``: a tagged union's tag is not a key the user wrote."""
     path, loc = prefix, list(loc)
-    unions = {"task": TASK_KINDS, "weighting": typing.get_args(Weighting.__origin__)}
+    unions = {"weighting": typing.get_args(Weighting.__origin__)}
     loc = [part for i, part in enumerate(loc) if not (i and loc[i - 1] in unions and part in _tags(unions[loc[i - 1]]))]
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))

@@ -38,7 +38,7 @@ from trainers.evaluation import aes
 from trainers.fingerprint import versions
 from trainers.grading import Grader, extract_answer
 from trainers.outputs import check_writable_dir
-from trainers.rollout import ENGINE_MODULES, build_engine
+from trainers.rollout import ENGINES, build_engine
 from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.tasks.math import DatasetError, chat_prompt_ids, load_problems
 
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="problems per chunk (one generate call, one saved file)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--engine", default="hf", choices=sorted(ENGINE_MODULES), help="the rollout engine")
+    parser.add_argument("--engine", default="hf", choices=ENGINES.names(), help="the rollout engine")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per graded response")
     parser.add_argument("--base-results", type=Path, default=None, help="the base model's results.json, for AES")

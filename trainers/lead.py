@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from trainers.contract import ADAPTIVE, FIXED, SCHEDULED, SEARCHED
 from trainers.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
 from trainers.segments import Groups
+from trainers.strict import Strict
 
 __all__ = [
     "LeadConfig",
@@ -48,10 +49,6 @@ SIGMA_EPS = 1e-8  # inside sqrt of the PSI spread
 WHITEN_EPS = 1e-8  # inside sqrt of the token whitening variance
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 @dataclass(frozen=True)
 class Weights:
     """One step's weights: the used pair, the target, and the EMA state to carry (None: unchanged)."""
@@ -62,7 +59,7 @@ class Weights:
     ema: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-class _Combination(_Strict):
+class _Combination(Strict):
     """How the two rewards become one advantage, shared by every weighting.
 
     ``decoupled`` (normalize-then-combine, LEAD): ``A = w_c norm_g(r_corr) + w_e norm_g(r_len)``;
@@ -145,7 +142,7 @@ _LEGACY_WEIGHTING_KEYS = {  # flat keys of configs written before the weighting 
 }
 
 
-class LeadConfig(_Strict):
+class LeadConfig(Strict):
     """Settings of the length reward, the target length and the weighting (defaults: the paper's)."""
 
     length_reward: str = Field("lead", description="a name in trainers.rewards.LENGTH_REWARDS")
@@ -196,9 +193,9 @@ class LeadConfig(_Strict):
     def _consistent(self) -> "LeadConfig":
         if self.floor > self.bmax:
             raise ValueError(f"floor ({self.floor}) must not exceed bmax ({self.bmax})")
-        reward = LENGTH_REWARDS.get(self.length_reward)
-        if reward is None:
-            raise ValueError(f"length_reward: unknown {self.length_reward!r} (known: {', '.join(sorted(LENGTH_REWARDS))})")
+        if self.length_reward not in LENGTH_REWARDS:
+            raise ValueError(f"length_reward: {LENGTH_REWARDS.unknown(self.length_reward)}")
+        reward = LENGTH_REWARDS[self.length_reward]
         shared = [key for key in self.length_params if key in type(self).model_fields]
         if shared:
             raise ValueError(f"length_params.{shared[0]}: set it as lead.{shared[0]}")

@@ -24,15 +24,14 @@ it and blend it with earlier visits of the same problem (``lead.lstar_memory``).
 
 from __future__ import annotations
 
-import inspect
-import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field
 
+from trainers.registry import Registry, settings_model
 from trainers.segments import Groups
 
 Aggregator = Literal["mean_correct", "min_correct", "median_correct", "mean_all"]
@@ -110,26 +109,17 @@ class LengthReward:
         return self.compute.__doc__
 
 
-LENGTH_REWARDS: dict[str, LengthReward] = {}
+LENGTH_REWARDS: Registry[LengthReward] = Registry("length reward")
 
 
 def register_length_reward(name: str, *, low: float, high: float):
-    """Decorator: register ``fn(batch, **params) -> tensor`` under ``name`` with range [low, high]."""
+    """Decorator: register ``fn(batch, **params) -> tensor`` under ``name`` with range [low, high];
+    its keyword parameters are its settings (``trainers.registry.settings_model``)."""
     if not low < high:
         raise ValueError(f"length reward {name}: low ({low}) must be below high ({high})")
 
     def register(fn: Callable[..., torch.Tensor]) -> LengthReward:
-        if name in LENGTH_REWARDS:
-            raise ValueError(f"a length reward named {name!r} is already registered")
-        hints = typing.get_type_hints(fn, include_extras=True)
-        fields = {
-            p.name: (hints[p.name], ... if p.default is inspect.Parameter.empty else p.default)
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        params = create_model(f"{name}_params", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
-        LENGTH_REWARDS[name] = LengthReward(name, fn, float(low), float(high), params)
-        return LENGTH_REWARDS[name]
+        return LENGTH_REWARDS.add(name, LengthReward(name, fn, float(low), float(high), settings_model(name, fn)))
 
     return register
 

@@ -9,32 +9,20 @@
 
 Checkpoints hold the full state, so a run saved with one backend or number of workers resumes with
 another. A new backend is one class with those methods and one ``@register_backend("name")`` line
-above it; its module is listed in ``BACKEND_MODULES`` so that naming it imports it.
+above it, in any module a config's ``plugins:`` imports; the built-in ones are imported only when named.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
-BACKENDS: dict[str, Callable] = {}
-BACKEND_MODULES = {"single": "trainers.actor.single", "deepspeed": "trainers.actor.deepspeed"}
+from trainers.registry import Registry
 
-
-def register_backend(name: str) -> Callable:
-    """Class decorator: ``@register_backend("single")`` makes ``build_actor("single", ...)`` construct it."""
-
-    def add(cls: Callable) -> Callable:
-        BACKENDS[name] = cls
-        return cls
-
-    return add
+BACKENDS: Registry = Registry("training backend",
+                              modules={"single": "trainers.actor.single", "deepspeed": "trainers.actor.deepspeed"})
+register_backend = BACKENDS.register  # class decorator: @register_backend("single")
 
 
 def build_actor(name: str, config, model, log: Callable[[str], None] = print):
     """The backend ``name`` training ``model`` (a ``TrainConfig``'s run)."""
-    if name not in BACKENDS:
-        if name not in BACKEND_MODULES:
-            raise ValueError(f"unknown training backend '{name}' (known: {', '.join(sorted(BACKEND_MODULES))})")
-        importlib.import_module(BACKEND_MODULES[name])
-    return BACKENDS[name](config, model, log)
+    return BACKENDS.lookup(name)(config, model, log)

@@ -21,20 +21,19 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from trainers.fingerprint import BASE_MODEL_CODE, fingerprint, versions
+from trainers.strict import Strict
 from trainers.tasks import task_identity
 from trainers.tasks.synthetic import VOCAB, SyntheticTaskConfig, sample_problem, verbose_response
 
 
 
-class TinyModelConfig(BaseModel):
+class TinyModelConfig(Strict):
     """Architecture and SFT settings of the base model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(4, ge=1)

@@ -6,35 +6,20 @@ evaluator and ``python -m trainers.evaluate`` all get theirs from ``build_engine
     engine.sync_weights(model)        # after every policy update (a no-op for an engine sharing them)
     engine.close()
 
-A new engine is one class with ``__init__(model, tokenizer, spec)``, ``generate``, ``sync_weights`` and ``close`` (``trainers.rollout.base``) and one
-``@register_engine("name")`` line above it; its module is listed in ``ENGINE_MODULES`` so that
-naming the engine imports it (heavy engines stay unimported until asked for).
+A new engine is one class with ``__init__(model, tokenizer, spec)``, ``generate``, ``sync_weights``
+and ``close`` (``trainers.rollout.base``) and one ``@register_engine("name")`` line above it, in
+any module a config's ``plugins:`` imports; the built-in ones are imported only when named.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+from trainers.registry import Registry
 
-ENGINES: dict[str, Callable] = {}
-ENGINE_MODULES = {"hf": "trainers.rollout.hf", "vllm": "trainers.rollout.vllm"}  # engine name -> the module that registers it
-
-
-def register_engine(name: str) -> Callable:
-    """Class decorator: ``@register_engine("hf")`` makes ``build_engine("hf", ...)`` construct it."""
-
-    def add(cls: Callable) -> Callable:
-        ENGINES[name] = cls
-        return cls
-
-    return add
+ENGINES: Registry = Registry("rollout engine", modules={"hf": "trainers.rollout.hf", "vllm": "trainers.rollout.vllm"})
+register_engine = ENGINES.register  # class decorator: @register_engine("hf")
 
 
 def build_engine(name: str, model, tokenizer, spec):
     """The engine ``name`` over ``model`` (the trainer's policy), its tokenizer and an
     ``EngineSpec`` (``trainers.rollout.base``)."""
-    if name not in ENGINES:
-        if name not in ENGINE_MODULES:
-            raise ValueError(f"unknown rollout engine '{name}' (known: {', '.join(sorted(ENGINE_MODULES))})")
-        importlib.import_module(ENGINE_MODULES[name])
-    return ENGINES[name](model, tokenizer, spec)
+    return ENGINES.lookup(name)(model, tokenizer, spec)

@@ -1,24 +1,58 @@
-"""Tasks the trainer takes: ``build_task(config.task)`` gives the synthetic sums or a math data set.
+"""Tasks by name: ``task.kind`` in a config picks one from ``TASKS``; ``build_task(config.task)``
+gives the task object.
 
-Every task offers ``config``, ``train_problems(step, count, seed)``, ``eval_problems()``,
-``prompt_ids(problem, tokenizer)``, ``grade(responses, problems)``, ``grading_counts()`` (responses
-whose grading raised or hit the limit so far: ``{"errors": n, "timeouts": n}``),
+A task is registered as its settings model (a ``TaskSettings``: validated at config load, errors
+at ``task.<key>``), which builds the task::
+
+    @register_task("synthetic")
+    class SyntheticTaskConfig(TaskSettings):
+        kind: Literal["synthetic"] = "synthetic"
+        truncated_is_wrong: bool = False
+        ...
+        def build(self): return SyntheticTask(self)
+
+Every task object offers ``config``, ``train_problems(step, count, seed)``, ``eval_problems()``,
+``prompt_ids(problem, tokenizer)``, ``grade(responses, problems)``, ``grading_counts()``
+(responses whose grading raised or hit the limit so far: ``{"errors": n, "timeouts": n}``),
 ``response_features(text)`` and ``close()`` (release what it holds, such as grading processes).
 """
 
 from __future__ import annotations
 
 from trainers import contract as M
+from trainers.registry import Registry
+from trainers.strict import Strict
 
 
-def build_task(config):
-    if config.kind == "math":
-        from trainers.tasks.math import MathTask
+class TaskSettings(Strict):
+    """What every task's settings offer besides their fields (``kind`` and ``truncated_is_wrong``,
+    which each declares itself)."""
 
-        return MathTask(config)
-    from trainers.tasks.synthetic import SyntheticTask
+    def build(self):
+        """The task object these settings describe."""
+        raise NotImplementedError
 
-    return SyntheticTask(config)
+    def check_run(self, config) -> None:
+        """Raise ValueError (one line) if a ``TrainConfig`` cannot run this task (none by default)."""
+
+
+TASKS: Registry[type[TaskSettings]] = Registry(
+    "task", modules={"synthetic": "trainers.tasks.synthetic", "math": "trainers.tasks.math"}
+)
+register_task = TASKS.register  # class decorator on a TaskSettings: @register_task("math")
+
+
+def task_settings(data):
+    """A task's settings from a mapping (``kind`` picks the registered model; default "synthetic")."""
+    if isinstance(data, TaskSettings):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("expected a mapping of task settings")
+    return TASKS.lookup(data.get("kind", "synthetic")).model_validate(data)
+
+
+def build_task(config: TaskSettings):
+    return config.build()
 
 
 TRAINING_ONLY = {"truncated_is_wrong"}  # task settings that shape the training reward only

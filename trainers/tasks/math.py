@@ -29,11 +29,12 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from trainers.checks import must_exist
-
 from trainers.grading import FALLBACKS, Grader, last_boxed
+from trainers.strict import Strict
+from trainers.tasks import TaskSettings, register_task
 
 SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 # jsonl quirk (benchmarks/SOURCES.md): "\f" and "\t" of "\frac" / "\triangle" read as JSON escapes
@@ -44,18 +45,15 @@ class DatasetError(ValueError):
     """A data file that cannot be used, in one line naming the file (and row)."""
 
 
-class GraderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class GraderConfig(Strict):
     fallbacks: list[Literal[FALLBACKS]] = Field(default_factory=list, description="where else to look without a box")
     timeout_s: float = Field(5.0, gt=0.0, description="CPU-seconds per graded response (a pathological output stops there and counts as wrong)")
     workers: int | None = Field(None, ge=1, description="grading processes (None: up to 4)")
 
 
-class MathTaskConfig(BaseModel):
+@register_task("math")
+class MathTaskConfig(TaskSettings):
     """Settings of a math task: where the data is, how prompts are built and answers graded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["math"] = "math"
     train_files: list[Path] = Field(description="training problems (.parquet in verl's layout, or .jsonl)")
@@ -75,6 +73,13 @@ class MathTaskConfig(BaseModel):
         for path in files:
             must_exist(path, f"{path}: no such file")
         return files
+
+    def build(self) -> "MathTask":
+        return MathTask(self)
+
+    def check_run(self, config) -> None:
+        if config.model.path is None:
+            raise ValueError("model.path: the math task needs a model directory (the built-in tiny model knows only sums)")
 
 
 @dataclass(frozen=True)

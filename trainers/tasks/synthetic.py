@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from trainers.tasks import TaskSettings, register_task
 
 PROMPT_PREFIX = "Q:"
 PROMPT_SUFFIX = "="
@@ -32,10 +34,9 @@ ANSWER_RE = re.compile(r"A:(\d+)$")
 VOCAB = ["<pad>", "<eos>", "<unk>", *"0123456789", "+", "=", ";", ":", "Q", "A", "c", "r"]
 
 
-class SyntheticTaskConfig(BaseModel):
+@register_task("synthetic")
+class SyntheticTaskConfig(TaskSettings):
     """Settings of the generated task (problems, split and verbose traces)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["synthetic"] = "synthetic"
     min_terms: int = Field(2, ge=2)
@@ -53,6 +54,17 @@ class SyntheticTaskConfig(BaseModel):
         if self.min_terms > self.max_terms:
             raise ValueError(f"min_terms ({self.min_terms}) must not exceed max_terms ({self.max_terms})")
         return self
+
+    def build(self) -> "SyntheticTask":
+        return SyntheticTask(self)
+
+    def check_run(self, config) -> None:
+        longest_prompt = len("Q:") + 2 * self.max_terms
+        if longest_prompt > config.rollout.max_prompt_tokens:
+            raise ValueError(
+                f"rollout.max_prompt_tokens ({config.rollout.max_prompt_tokens}) is smaller than the longest "
+                f"prompt ({longest_prompt} tokens)"
+            )
 
 
 @dataclass(frozen=True)

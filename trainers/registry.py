@@ -1,0 +1,102 @@
+"""One registry for every extension point: length rewards, weightings, advantage normalizations,
+tasks, rollout engines, training backends (here, in ``trainers/``) and search modes (``study/``).
+
+    ENGINES = Registry("rollout engine", modules={"hf": "trainers.rollout.hf", "vllm": "trainers.rollout.vllm"})
+
+    @ENGINES.register("hf")
+    class HFRolloutEngine: ...
+
+    ENGINES["hf"]          # the entry (its module is imported the first time the name is asked for)
+    "hf" in ENGINES        # registered, or known by module
+    ENGINES.names()        # every name a config may use
+
+A registry maps names to entries. ``modules`` names the module that registers a built-in entry, so
+a heavy one (vLLM, DeepSpeed) is imported only when a config asks for it. Registering a name twice
+is an error (``RegistryError``), so a plugin cannot silently replace a built-in. An entry's
+settings, where it has any, are a strict pydantic model it carries itself (``settings_model``
+builds one from a function's keyword parameters), validated when a config is loaded, so the
+error names the key path. Config validation asks the registry, so a registered entry is
+selectable from YAML at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, create_model
+
+from trainers.strict import Strict
+
+T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """A name registered twice, or an unknown name (one line)."""
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    def __init__(self, what: str, modules: dict[str, str] | None = None):
+        self.what = what  # "length reward", "rollout engine", ...: how errors name an entry
+        self.modules = dict(modules or {})  # built-in name -> the module that registers it
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> T:
+        """Register ``entry`` under ``name``; a name already taken is a RegistryError."""
+        if name in self._entries:
+            raise RegistryError(f"a {self.what} named {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")`` above a function or class registers it as it is."""
+        return lambda entry: self.add(name, entry)
+
+    def names(self) -> list[str]:
+        """Every selectable name: registered, or registered by a known module once imported."""
+        return sorted({*self._entries, *self.modules})
+
+    def unknown(self, name: str) -> str:
+        """The one-line message for a name this registry does not know."""
+        return f"unknown {self.what} {name!r} (known: {', '.join(self.names())})"
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._entries and name in self.modules:
+            importlib.import_module(self.modules[name])
+        if name not in self._entries:
+            raise KeyError(self.unknown(name))
+        return self._entries[name]
+
+    def lookup(self, name: str) -> T:
+        """``self[name]``, with an unknown name as a ValueError (inside a pydantic validator: a
+        validation error at that key's path)."""
+        try:
+            return self[name]
+        except KeyError:
+            raise RegistryError(self.unknown(name)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self.modules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __delitem__(self, name: str) -> None:  # tests that register a temporary entry remove it
+        del self._entries[name]
+
+
+def settings_model(name: str, fn: Callable) -> type[BaseModel]:
+    """A strict pydantic model of ``fn``'s keyword-only parameters (their annotations and defaults)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields = {
+        p.name: (hints[p.name], ... if p.default is inspect.Parameter.empty else p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    return create_model(f"{name}_settings", __base__=Strict, **fields)
