@@ -22,15 +22,18 @@ Unknown keys are errors; every error names its key path (``arms[1].weighting.w_c
 from __future__ import annotations
 
 import difflib
+import functools
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError, field_validator, model_validator
 
 from trainers import contract as M
-from trainers.config import SMOKE_SETTINGS, ConfigError, OptimConfig, TrainConfig, deep_merge, dotted, format_errors, load_validated
-from trainers.lead import LeadConfig, PsiWeighting, ScheduleWeighting, StaticWeighting
+from trainers.config import SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, format_errors, load_validated
+from trainers.lead import LeadConfig
+from trainers.weightings import Weighting, weighting_settings
 from trainers.rewards import LENGTH_REWARDS
 from trainers.strict import Strict
 
@@ -39,76 +42,44 @@ from trainers.strict import Strict
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
 
-def _as_list(value: Any) -> Any:
-    return value if value is None or isinstance(value, list) else [value]
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
-class PsiArm(PsiWeighting):
-    """PSI, as the trainer takes it (``trainers.lead.PsiWeighting``); unset settings keep LEAD's defaults."""
-
-    kind: Literal["psi"]
-
-    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
-        return [("psi", PsiWeighting(**self.model_dump()))]
+W_CORR = "lead.weighting.w_corr"
+GRID_LABELS = {W_CORR: "wc"}  # how a grid value of a setting is labelled (default: the setting's last part)
 
 
-class _Grid(Strict):
-    """A grid of fixed weights, as ``w_corr`` values or as the paper's ratios ``w_eff / w_corr``."""
-
-    w_corr: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
-    ratios: list[Annotated[float, Field(ge=0.0)]] | None = None
-    whiten: bool = True
-
-    _to_list = field_validator("w_corr", "ratios", mode="before")(_as_list)
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.w_corr is None) == (self.ratios is None):
-            raise ValueError("give exactly one of w_corr (weights) or ratios (w_eff / w_corr)")
-        return self
-
-    def grid(self) -> list[tuple[str, float]]:
-        """(label, w_corr) pairs; a ratio r gives w_corr = 1 / (1 + r)."""
-        if self.ratios is not None:
-            return [(f"ratio{r:g}", 1.0 / (1.0 + r)) for r in self.ratios]
-        return [(f"wc{w:g}", w) for w in self.w_corr]
+def _grid_label(key: str, value: Any) -> str:
+    prefix = GRID_LABELS.get(key, key.rsplit(".", 1)[-1])
+    return f"{prefix}{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{prefix}{value}"
 
 
-class StaticArm(_Grid):
-    """One trial per grid value, each with ``trainers.lead.StaticWeighting``."""
-
-    kind: Literal["static"]
-    normalization: Literal["decoupled", "combined"] = "decoupled"
-
-    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
-        return [
-            (label, StaticWeighting(w_corr=w, normalization=self.normalization, whiten=self.whiten))
-            for label, w in self.grid()
-        ]
-
-
-class CombinedArm(StaticArm):
-    """The GRPO baseline: combine the rewards with static weights, then normalize once per group
-    (static weights with ``normalization: combined``; ``whiten: false`` is the release's estimator)."""
-
-    kind: Literal["combined"]
-    normalization: Literal["combined"] = "combined"
-
-
-class ScheduleArm(ScheduleWeighting):
-    """A hand-made curriculum from ``w_corr_start`` to ``w_corr_end`` over ``schedule_steps``."""
-
-    kind: Literal["schedule"]
-    w_corr_start: float = Field(ge=0.0, le=1.0)
-    w_corr_end: float = Field(ge=0.0, le=1.0)
-    schedule_steps: int | None = Field(None, ge=1, description="None: the run's number of steps")
-
-    def variants(self, steps: int) -> list[tuple[str, BaseModel]]:
-        weighting = ScheduleWeighting(**{**self.model_dump(), "schedule_steps": self.schedule_steps or steps})
-        return [(f"{self.schedule_shape}{self.w_corr_start:g}-{self.w_corr_end:g}", weighting)]
-
-
-ArmWeighting = Annotated[PsiArm | StaticArm | CombinedArm | ScheduleArm, Field(discriminator="kind")]
+def compile_shorthands(arm: dict[str, Any]) -> dict[str, Any]:
+    """The spec's shorthands for weightings, compiled to the trainer's own settings and a grid:
+    ``kind: combined`` is ``kind: static`` with ``normalization: combined`` (the GRPO baseline);
+    a list of ``w_corr`` is a grid over ``lead.weighting.w_corr`` (labels ``wc<w>``); ``ratios``
+    (the paper's ``w_eff / w_corr``, one or a list) is a grid of ``w_corr = 1 / (1 + r)`` (labels
+    ``ratio<r>``)."""
+    weighting = arm.get("weighting")
+    if not isinstance(weighting, dict):
+        return arm
+    weighting, grid, labels = dict(weighting), dict(arm.get("grid") or {}), arm.get("labels")
+    if weighting.get("kind") == "combined":
+        if weighting.get("normalization", "combined") != "combined":
+            raise ValueError("weighting.normalization: kind combined is combine-then-normalize; use kind static")
+        weighting.update(kind="static", normalization="combined")
+    if "ratios" in weighting:
+        if "w_corr" in weighting:
+            raise ValueError("weighting: give exactly one of w_corr (weights) or ratios (w_eff / w_corr)")
+        ratios = _as_list(weighting.pop("ratios"))
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in ratios):
+            raise ValueError(f"weighting.ratios: each ratio is a number >= 0, got {ratios}")
+        grid[W_CORR] = [1.0 / (1.0 + r) for r in ratios]
+        labels = labels or [f"ratio{r:g}" for r in ratios]
+    elif isinstance(weighting.get("w_corr"), list):
+        grid[W_CORR] = weighting.pop("w_corr")
+    return {**arm, "weighting": weighting, "grid": grid, **({"labels": labels} if labels else {})}
 
 
 class ArmReward(BaseModel):
@@ -142,22 +113,59 @@ class ArmReward(BaseModel):
 
 
 class Arm(Strict):
+    """One arm: the trainer's own weighting and length reward (``trainers.weightings``,
+    ``trainers.rewards``), a grid over any dotted trainer settings, seeds and overrides."""
+
     name: str = Field(pattern=NAME_PATTERN)
     seeds: list[int] | None = Field(None, min_length=1, description="this arm's seeds (default: the study's)")
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
-    weighting: ArmWeighting
+    weighting: SerializeAsAny[Weighting] = Field(description="the trainer's weighting settings (kind: a name in "
+                                                 "trainers.weightings.WEIGHTINGS), or a shorthand (compile_shorthands)")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted trainer settings and their values: "
+                                       "one trial per combination")
+    labels: list[str] | None = Field(None, description="the grid's variant names (default: each setting's name and value)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings for this arm only")
 
+    _shorthands = model_validator(mode="before")(lambda data: compile_shorthands(data) if isinstance(data, dict) else data)
+    _weighting_by_kind = field_validator("weighting", mode="wrap")(lambda value, handler: weighting_settings(value))
+
+    @field_validator("grid")
+    @classmethod
+    def _values_given(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"{empty[0]}: give at least one value")
+        return grid
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> "Arm":
+        combinations = len(list(itertools.product(*self.grid.values()))) if self.grid else 0
+        if self.labels is not None and len(self.labels) != combinations:
+            raise ValueError(f"labels: {len(self.labels)} names for {combinations} grid variants")
+        labels = [label for label, _ in self.variants()]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"grid: variants must be distinct, got {labels}")
+        return self
+
+    def variants(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, dotted settings) per grid combination; one unnamed variant (the weighting's own
+        label) without a grid."""
+        if not self.grid:
+            return [(self.weighting.label(), {})]
+        combos = [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
+        labels = self.labels or ["-".join(_grid_label(k, v) for k, v in combo.items()) for combo in combos]
+        return list(zip(labels, combos))
+
     def settings(self, shared: dict[str, Any], last: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-        """(variant, trainer settings) for each weight variant: the shared settings, then the arm's
-        length reward, then its weighting (replacing any other), then its overrides, then ``last``
-        (a smoke test's settings, which win over the arm's)."""
+        """(variant, trainer settings) for each grid variant: the shared settings, then the arm's
+        length reward, then its weighting (replacing any other), then the variant's grid values,
+        then its overrides, then ``last`` (a smoke test's settings, which win over the arm's)."""
         settings = deep_merge(shared, {"lead": self.reward.lead_settings()})
-        steps = deep_merge(deep_merge(settings, self.overrides), last or {}).get("train", {}).get("steps", OptimConfig().steps)
+        settings = {**settings, "lead": {**settings["lead"], "weighting": self.weighting.model_dump()}}
         out = []
-        for variant, weighting in self.weighting.variants(steps):
-            lead = {**settings["lead"], "weighting": weighting.model_dump()}
-            out.append((variant, deep_merge(deep_merge({**settings, "lead": lead}, self.overrides), last or {})))
+        for variant, values in self.variants():
+            merged = functools.reduce(deep_merge, (dotted(key, value) for key, value in values.items()), settings)
+            out.append((variant, deep_merge(deep_merge(merged, self.overrides), last or {})))
         return out
 
 
@@ -337,10 +345,6 @@ class StudySpec(Strict):
         for where, seeds in seed_lists:
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"{where}: must be distinct, got {seeds} (a repeated seed is the same trial twice)")
-        for i, arm in enumerate(self.arms):
-            labels = [label for label, _ in arm.weighting.grid()] if isinstance(arm.weighting, _Grid) else []
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"arms[{i}].weighting: grid values must be distinct, got {labels}")
         if self.search.mode == "optuna":
             if len(self.arms) != 1 or len(self.seeds) != 1:
                 raise ValueError("search.mode optuna takes exactly one arm and one seed (Ray Tune cannot mix a grid with a searcher)")
@@ -353,7 +357,7 @@ class StudySpec(Strict):
             if arm is None:
                 raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' "
                                  f"(arms: {', '.join(names)})")
-            members = len(arm.weighting.grid() if isinstance(arm.weighting, _Grid) else [0]) * len(arm.seeds or self.seeds)
+            members = len(arm.variants()) * len(arm.seeds or self.seeds)
             if members < 2:
                 raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
                                  "(weight variants x seeds)")

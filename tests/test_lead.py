@@ -154,7 +154,8 @@ def test_efficiency_statistics_are_zero_without_any_correct_rollout():
 
 def test_lambda_min_floor_is_applied_after_the_ema_and_not_stored():
     # every rollout correct: mu_c = 1 -> P_c = 0 -> target w_corr = 0; beta = 0 makes the EMA that target
-    out = step([10, 20, 30, 40], [1, 1, 1, 1], [0, 0, 1, 1], beta=0.0, lambda_min=0.3, floor=1, bmax=100)
+    out = step([10, 20, 30, 40], [1, 1, 1, 1], [0, 0, 1, 1], weighting={"kind": "psi", "beta": 0.0, "lambda_min": 0.3},
+               floor=1, bmax=100)
     assert out.metrics["target_w_corr"] == pytest.approx(0.0, abs=1e-12)
     assert out.w_corr == pytest.approx(0.3)
     assert out.w_eff == pytest.approx(0.7)
@@ -162,7 +163,7 @@ def test_lambda_min_floor_is_applied_after_the_ema_and_not_stored():
 
 
 def test_static_weights_have_no_floor_and_keep_the_ema_untouched():
-    out = step(*_two_group_batch(), weighting="static", w_corr=0.2, lambda_min=0.3, floor=1, bmax=100)
+    out = step(*_two_group_batch(), weighting={"kind": "static", "w_corr": 0.2}, floor=1, bmax=100)
     assert (out.w_corr, out.w_eff) == pytest.approx((0.2, 0.8))
     assert out.state.w_corr_ema == 0.5
     assert out.state.step == 1
@@ -178,23 +179,21 @@ def test_schedule(shape, step_index, expected):
     out = step(
         *_two_group_batch(),
         state=state,
-        weighting="schedule",
-        w_corr_start=1.0,
-        w_corr_end=0.5,
-        schedule_steps=10,
-        schedule_shape=shape,
+        weighting={"kind": "schedule", "w_corr_start": 1.0, "w_corr_end": 0.5, "schedule_steps": 10, "schedule_shape": shape},
         floor=1,
         bmax=100,
     )
     assert out.w_corr == pytest.approx(expected)
-    late = step(*_two_group_batch(), state=LeadState(step=50), weighting="schedule", schedule_steps=10, floor=1, bmax=100)
+    late = step(*_two_group_batch(), state=LeadState(step=50), weighting={"kind": "schedule", "schedule_steps": 10},
+                floor=1, bmax=100)
     assert late.w_corr == pytest.approx(0.5)
 
 
 def test_combined_normalization_normalizes_the_weighted_sum():
     # static .5/.5; group 0 rewards: r_corr [1, 0], r_eff with L* = 10: [1, 1 - 10/10 = 0]
     # combined r = [1, 0] -> mean .5, unbiased std sqrt(.5) -> +-.5 / (sqrt(.5) + 1e-6)
-    out = step([10, 20], [1, 0], [0, 0], weighting="static", w_corr=0.5, normalization="combined", floor=1, bmax=100)
+    out = step([10, 20], [1, 0], [0, 0], weighting={"kind": "static", "w_corr": 0.5, "normalization": "combined"},
+               floor=1, bmax=100)
     a = 0.5 / (math.sqrt(0.5) + 1e-6)
     assert out.advantages.tolist() == pytest.approx([a, -a])
 
@@ -250,8 +249,10 @@ def test_bad_input_raises_value_error_naming_the_problem(lengths, scores, groups
 @pytest.mark.parametrize(
     "config, message",
     [
-        (dict(lambda_min=1.5), "lambda_min"),
-        (dict(lambda_min=-0.1), "lambda_min"),
+        (dict(weighting={"kind": "psi", "lambda_min": 1.5}), "weighting.lambda_min"),
+        (dict(weighting={"lambda_min": -0.1}), "weighting.lambda_min"),
+        (dict(weighting={"kind": "fancy"}), "unknown weighting 'fancy'"),
+        (dict(weighting={"kind": "static", "normalization": "zscore"}), "unknown advantage normalization 'zscore'"),
         (dict(aggregator="max_correct"), "aggregator"),
         (dict(floor=200, bmax=100), "floor"),
     ],
@@ -264,3 +265,12 @@ def test_bad_config_raises_value_error_naming_the_field(config, message):
 def test_float_group_ids_are_refused():
     with pytest.raises(ValueError, match="group_ids"):
         lead_step(T([1.0, 2.0]), T([1.0, 0.0]), T([0.0, 1.0]), config=LeadConfig())
+
+
+def test_a_schedule_of_points_holds_each_value_until_the_next_point():
+    weighting = {"kind": "schedule", "points": [[0, 0.2], [7, 0.64], [14, 0.7]]}
+    got = [step(*_two_group_batch(), state=LeadState(step=s), weighting=weighting, floor=1, bmax=100).w_corr
+           for s in (0, 6, 7, 13, 14, 99)]
+    assert got == pytest.approx([0.2, 0.2, 0.64, 0.64, 0.7, 0.7])
+    assert LeadConfig(weighting=weighting).model_dump()["weighting"] == {
+        "normalization": "decoupled", "whiten": True, "kind": "schedule", "points": [(0, 0.2), (7, 0.64), (14, 0.7)]}

@@ -6,17 +6,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.lead import LeadConfig, LeadState, lead_step
+from trainers.lead import LeadConfig, LeadState, PsiWeighting, ScheduleWeighting, StaticWeighting, lead_step
 
+WEIGHTINGS = st.one_of(
+    st.builds(PsiWeighting, beta=st.floats(0, 1), lambda_min=st.floats(0, 1), normalization=st.sampled_from(["decoupled", "combined"])),
+    st.builds(StaticWeighting, w_corr=st.floats(0, 1), normalization=st.sampled_from(["decoupled", "combined"])),
+    st.builds(ScheduleWeighting, schedule_steps=st.integers(1, 200), normalization=st.sampled_from(["decoupled", "combined"])),
+)
 CONFIGS = st.builds(
     LeadConfig,
-    weighting=st.sampled_from(["psi", "static", "schedule"]),
-    w_corr=st.floats(0, 1),
-    beta=st.floats(0, 1),
-    lambda_min=st.floats(0, 1),
+    weighting=WEIGHTINGS,
     aggregator=st.sampled_from(["mean_correct", "min_correct", "median_correct", "mean_all"]),
     lstar_mode=st.sampled_from(["sym", "asym", "upper_only"]),
-    normalization=st.sampled_from(["decoupled", "combined"]),
     floor=st.just(5.0),
     bmax=st.just(200.0),
     short_guard=st.floats(0, 20),
@@ -50,8 +51,8 @@ def test_weights_are_a_convex_pair_and_outputs_are_finite(batch, config, step_in
     out = lead_step(*batch, config=config, state=LeadState(step=step_index))
     assert 0.0 <= out.w_corr <= 1.0 and 0.0 <= out.w_eff <= 1.0
     assert math.isclose(out.w_corr + out.w_eff, 1.0, abs_tol=1e-12)
-    if config.weighting == "psi":
-        assert out.w_corr >= config.lambda_min
+    if config.weighting.kind == "psi":  # the floor holds (up to the float the metrics round through)
+        assert out.w_corr >= config.weighting.lambda_min - 1e-12
     for name in ("targets", "r_eff", "adv_corr", "adv_eff", "advantages"):
         assert finite(getattr(out, name)), name
     for key in ("w_corr", "target_w_corr", "mu_corr", "sigma_corr", "mu_eff", "sigma_eff", "lstar_mean"):

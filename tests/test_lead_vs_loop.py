@@ -15,9 +15,7 @@ def test_loop_and_vectorized_agree(aggregator, lstar_mode, weighting, normalizat
     config = LeadConfig(
         aggregator=aggregator,
         lstar_mode=lstar_mode,
-        weighting=weighting,
-        normalization=normalization,
-        w_corr=0.3,
+        weighting={"kind": weighting, "normalization": normalization, **{"static": {"w_corr": 0.3}, "schedule": {"schedule_steps": 100}}.get(weighting, {})},
         short_guard=900,
         floor=1000,
         bmax=8000,

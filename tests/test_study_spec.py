@@ -84,6 +84,31 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
     assert sched["lead"]["weighting"]["schedule_steps"] == 40  # a schedule spans the run unless told
 
 
+def test_a_grid_over_any_dotted_settings_expands_to_every_combination(tmp_path):
+    arms = [{"name": "psi", "weighting": {"kind": "psi"}, "grid": {"lead.weighting.beta": [0.9, 0.99], "train.lr": [1e-4, 3e-4]}},
+            {"name": "fixed", "weighting": {"kind": "static", "normalization": "combined"},
+             "grid": {"lead.weighting.w_corr": [0.2, 0.8]}, "labels": ["low", "high"]},
+            {"name": "steps", "weighting": {"kind": "schedule", "points": [[0, 0.2], [7, 0.64], [14, 0.7]]}}]
+    plans = plan_trials(load_spec(write(tmp_path, minimal(arms=arms))))
+    assert [p.name for p in plans] == ["psi-beta0.9-lr0.0001-s0", "psi-beta0.9-lr0.0003-s0", "psi-beta0.99-lr0.0001-s0",
+                                       "psi-beta0.99-lr0.0003-s0", "fixed-low-s0", "fixed-high-s0", "steps-s0"]
+    assert [(p.config["lead"]["weighting"]["beta"], p.config["train"]["lr"]) for p in plans[:4]] == [
+        (0.9, 1e-4), (0.9, 3e-4), (0.99, 1e-4), (0.99, 3e-4)]
+    assert [(p.config["lead"]["weighting"]["w_corr"], p.variant) for p in plans[4:6]] == [(0.2, "low"), (0.8, "high")]
+    assert plans[6].config["lead"]["weighting"]["points"] == [[0, 0.2], [7, 0.64], [14, 0.7]]
+    assert plans[6].variant == "points3" and plans[6].motion == "scheduled"
+
+
+def test_shorthands_compile_to_the_trainers_own_settings(tmp_path):
+    """``kind: combined``, a list of ``w_corr`` and ``ratios`` plan exactly as their long forms."""
+    short = [{"name": "a", "weighting": {"kind": "combined", "ratios": [0.25, 1], "whiten": False}}]
+    long = [{"name": "a", "weighting": {"kind": "static", "normalization": "combined", "whiten": False},
+             "grid": {"lead.weighting.w_corr": [0.8, 0.5]}, "labels": ["ratio0.25", "ratio1"]}]
+    plan = lambda arms, name: plan_trials(load_spec(write(tmp_path / name, minimal(arms=arms))))  # noqa: E731
+    (tmp_path / "short").mkdir(), (tmp_path / "long").mkdir()
+    assert plan(short, "short") == plan(long, "long")
+
+
 def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
     arms = [
         {"name": "kimi", "reward": {"kind": "kimi"}, "weighting": {"kind": "static", "w_corr": [0.5]}},
@@ -102,7 +127,25 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
     "data, message",
     [
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static", "w_corr": 1.5}}]),
-         "arms[1].weighting.w_corr[0]: Input should be less than or equal to 1"),
+         "arms[1].weighting.w_corr: Input should be less than or equal to 1"),
+        (minimal(arms=[{"name": "b", "weighting": {"kind": "static", "w_corr": [0.5, 1.5]}}]),
+         "arms[0].lead.weighting.w_corr: Input should be less than or equal to 1"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "ratios": [-1]}}]),
+         "arms[0]: weighting.ratios: each ratio is a number >= 0, got [-1]"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "psi"}, "grid": {"lead.weighting.betta": [0.5]}}]),
+         "arms[0].lead.weighting.betta: unknown key"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "psi"}, "grid": {"lead.weighting.beta": [0.5, 0.9]}, "labels": ["a"]}]),
+         "arms[0]: labels: 1 names for 2 grid variants"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "psi"}, "grid": {"train.lr": []}}]),
+         "arms[0].grid: train.lr: give at least one value"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "combined", "normalization": "decoupled"}}]),
+         "arms[0]: weighting.normalization: kind combined is combine-then-normalize; use kind static"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "schedule", "points": [[1, 0.5]]}}]),
+         "arms[0].weighting.points: points start at step 0 and their steps increase, got steps [1]"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "schedule", "points": [[0, 0.5]], "w_corr_end": 0.2}}]),
+         "arms[0].weighting: points: give either points or w_corr_end, not both"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "fancy"}}]),
+         "arms[0].weighting: unknown weighting 'fancy' (known: psi, schedule, static)"),
         (minimal(arms=[{"name": "a", "reward": {"kind": "kimmy"}, "weighting": {"kind": "psi"}}]),
          "arms[0].reward: kind: unknown length reward 'kimmy'"),
         (minimal(arms=[{"name": "a", "reward": {"kind": "overlong", "max_len": 100}, "weighting": {"kind": "psi"}}]),
@@ -120,7 +163,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(base={"rollout": {"engine": "sglang"}}), "base.rollout.engine: unknown rollout engine 'sglang' (known: hf, vllm)"),
         (minimal(seeds=[0, 0]), "seeds: must be distinct, got [0, 0]"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "ratios": [1, 1.0]}}]),
-         "arms[0].weighting: grid values must be distinct, got ['ratio1', 'ratio1']"),
+         "arms[0]: grid: variants must be distinct, got ['ratio1', 'ratio1']"),
         (minimal(name=".."), "name: String should match pattern"),
         (minimal(name="."), "name: String should match pattern"),
         (minimal(arms=[{"name": "..", "weighting": {"kind": "psi"}}]), "arms[0].name: String should match pattern"),

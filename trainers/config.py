@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +17,8 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 
 from trainers.actor import BACKENDS
 from trainers.checks import must_exist
-from trainers.lead import LeadConfig, Weighting
+from trainers.lead import LeadConfig
+from trainers.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout import ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
@@ -159,17 +159,22 @@ class TrainConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _lead_defaults_follow_the_budget(cls, data: Any) -> Any:
-        """``lead.bmax`` defaults to the (largest) response budget and ``lead.floor`` to 8 tokens."""
-        if isinstance(data, dict):
-            lead = data.get("lead", {})
-            if isinstance(lead, dict):
-                budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
-                try:
-                    data = {**data, "lead": {"floor": 8, "bmax": max_budget(budget), **lead}}
-                except (TypeError, ValueError):  # a malformed budget: its own validation names it
-                    pass
-        return data
+    def _lead_defaults_follow_the_run(cls, data: Any) -> Any:
+        """``lead.bmax`` defaults to the (largest) response budget, ``lead.floor`` to 8 tokens, and a
+        weighting's run-dependent settings to the run's (``Weighting.for_run``: a schedule spans
+        ``train.steps``)."""
+        if not isinstance(data, dict) or not isinstance(data.get("lead", {}), dict):
+            return data
+        lead = data.get("lead", {})
+        budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
+        try:
+            lead = {"floor": 8, "bmax": max_budget(budget), **lead}
+        except (TypeError, ValueError):  # a malformed budget: its own validation names it
+            pass
+        weighting, steps = lead.get("weighting"), (data.get("train") or {}).get("steps", OptimConfig().steps)
+        if isinstance(weighting, dict) and weighting.get("kind", "psi") in WEIGHTINGS and isinstance(steps, int):
+            lead["weighting"] = WEIGHTINGS[weighting.get("kind", "psi")].for_run(weighting, steps)
+        return {**data, "lead": lead}
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -249,17 +254,11 @@ def lookup(config: dict[str, Any], key: str) -> Any:
 
 
 def _field_path(loc: tuple, prefix: str) -> str:
-    """``task.math.train_files`` -> ``task.train_files``: a tagged union's tag is not a key the user wrote."""
-    path, loc = prefix, list(loc)
-    unions = {"weighting": typing.get_args(Weighting.__origin__)}
-    loc = [part for i, part in enumerate(loc) if not (i and loc[i - 1] in unions and part in _tags(unions[loc[i - 1]]))]
+    """``("arms", 1, "weighting", "w_corr")`` -> ``arms[1].weighting.w_corr``."""
+    path = prefix
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
-
-
-def _tags(members) -> set[str]:
-    return {m if isinstance(m, str) else m.model_fields["kind"].default for m in members}
 
 
 def format_errors(error: ValidationError, prefix: str = "") -> list[str]:

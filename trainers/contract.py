@@ -48,10 +48,10 @@ def lead(name: str) -> str:
     return f"lead/{name}"
 
 
+# What every weighting reports at every step (PSI adds its own statistics: cv_*, potential_*, d_*, psi_target_*).
 LEAD_REPORTED = (
     "w_corr", "w_eff", "target_w_corr", "target_w_eff", "mu_corr", "sigma_corr", "mu_eff", "sigma_eff",
-    "cv_corr", "cv_eff", "potential_corr", "potential_eff", "lstar_mean", "lstar_mean_solvable",
-    "num_unsolved_prompts",
+    "lstar_mean", "lstar_mean_solvable", "num_unsolved_prompts",
 )
 
 STEP_METRICS = (

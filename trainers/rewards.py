@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from trainers.registry import Registry, settings_model
 from trainers.segments import Groups
+from trainers.target_memory import Recall, TargetMemory
 
 Aggregator = Literal["mean_correct", "min_correct", "median_correct", "mean_all"]
 LstarMode = Literal["sym", "asym", "upper_only"]
@@ -58,22 +59,20 @@ def check_batch(lengths, correctness, group_ids) -> tuple[torch.Tensor, torch.Te
     return lengths, correctness, group_ids
 
 
-def _no_blend(per_group: torch.Tensor, solved: torch.Tensor) -> torch.Tensor:
-    return per_group
-
-
 @dataclass
 class RewardBatch:
     """What a length reward sees: float64 ``lengths``, boolean ``correct``, the ``groups``.
 
-    ``blend`` adjusts a per-group target before use (the trainer's L* memory); ``targets`` holds
-    the per-group target a reward aimed at, once it called ``target``."""
+    With ``recall`` (the trainer's L* memory), a per-group target is blended with earlier visits
+    before use. Once the reward called ``target``: ``targets`` holds the per-group target it aimed
+    at, and ``memory`` the updated memory (``trainers.target_memory``)."""
 
     lengths: torch.Tensor
     correct: torch.Tensor
     groups: Groups
-    blend: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _no_blend
+    recall: Recall | None = None
     targets: torch.Tensor | None = field(default=None)
+    memory: TargetMemory | None = field(default=None)
 
     @classmethod
     def of(cls, lengths, correctness, group_ids) -> "RewardBatch":
@@ -86,8 +85,12 @@ class RewardBatch:
         return self.groups.sum(self.correct.to(torch.int64)) > 0
 
     def target(self, per_group: torch.Tensor) -> torch.Tensor:
-        """Record ``per_group`` (after ``blend``) as this batch's targets; returns it per rollout."""
-        self.targets = self.blend(per_group, self.solved)
+        """Record ``per_group`` (blended through ``recall``, if any) as this batch's targets;
+        returns it per rollout."""
+        if self.recall is None:
+            self.targets = per_group
+        else:
+            self.targets, self.memory = self.recall(per_group, self.solved)
         return self.targets[self.groups.index]
 
 

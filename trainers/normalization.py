@@ -1,0 +1,83 @@
+"""Advantage normalizations: how the correctness and length rewards, weighted, become one
+advantage per rollout (a registry: a weighting's ``normalization`` names one), and the token
+whitening applied after it.
+
+    @register_normalization("decoupled")
+    def decoupled(batch: WeightedRewards) -> torch.Tensor: ...
+
+Every function takes the step's ``WeightedRewards`` (float64 tensors of shape (N,), each reward
+also group-normalized, the two 0-d weights and the ``Groups`` of the batch) and returns the
+advantages (N,). A normalization has no settings of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from trainers.registry import Registry
+from trainers.segments import Groups
+
+GROUP_STD_EPS = 1e-6  # GRPO outcome-advantage epsilon: (r - mean) / (std + 1e-6)
+WHITEN_EPS = 1e-8  # inside sqrt of the token whitening variance
+
+
+
+@dataclass(frozen=True)
+class WeightedRewards:
+    r_corr: torch.Tensor  # correctness reward
+    r_eff: torch.Tensor  # length reward
+    adv_corr: torch.Tensor  # group_normalize(r_corr)
+    adv_eff: torch.Tensor  # group_normalize(r_eff)
+    w_corr: torch.Tensor  # 0-d
+    w_eff: torch.Tensor  # 0-d
+    groups: Groups
+
+
+Normalization = Callable[[WeightedRewards], torch.Tensor]
+NORMALIZATIONS: Registry[Normalization] = Registry("advantage normalization")
+register_normalization = NORMALIZATIONS.register
+
+
+def group_normalize(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """GRPO outcome advantage within each group.
+
+    ``A_i = (r_i - mean_g(r)) / (std_g(r) + 1e-6)`` with the unbiased std; a group of one rollout
+    uses mean 0 and std 1.
+    """
+    count, mean, popvar = groups.mean_popvar(rewards)
+    single = count <= 1
+    std = torch.sqrt(popvar * count / (count - 1).clamp(min=1.0))
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    return (rewards - mean[groups.index]) / (std[groups.index] + GROUP_STD_EPS)
+
+
+@register_normalization("decoupled")
+def decoupled(batch: WeightedRewards) -> torch.Tensor:
+    """Normalize-then-combine (LEAD, arXiv 2605.09806): ``A = w_c norm_g(r_corr) + w_e norm_g(r_len)``."""
+    return batch.w_corr * batch.adv_corr + batch.w_eff * batch.adv_eff
+
+
+@register_normalization("combined")
+def combined(batch: WeightedRewards) -> torch.Tensor:
+    """Combine-then-normalize (the GRPO baseline): ``A = norm_g(w_c r_corr + w_e r_len)``."""
+    return group_normalize(batch.w_corr * batch.r_corr + batch.w_eff * batch.r_eff, batch.groups)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Whiten token values over the masked tokens of the whole batch (verl's ``masked_whiten``).
+
+    ``(v - mean) / sqrt(var + 1e-8)``, mean and unbiased variance over tokens where ``mask`` is
+    set, so a long response counts once per token. Positions outside the mask come back as 0.
+    """
+    mask_f = mask.to(values.dtype)
+    num_tokens = mask_f.sum()
+    if not bool(num_tokens > 1):
+        raise ValueError("masked_whiten needs at least two masked tokens")
+    mean = (values * mask_f).sum() / num_tokens
+    centered = (values - mean) * mask_f
+    var = (centered * centered).sum() / (num_tokens - 1)
+    return centered * torch.rsqrt(var + WHITEN_EPS)
