@@ -13,21 +13,20 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
+from study.search_modes import SEARCH_MODES
 from study.spec import StudySpec, load_spec
 from stores.tracking import StoreError, check_store, default_tracking_uri
 from trainers import contract as M
 from trainers.checks import files_unchecked
-from trainers.config import ConfigError, TrainConfig, deep_merge, lookup, print_errors
+from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
 from trainers.outputs import check_writable_dir, is_empty
 
 
@@ -154,10 +153,12 @@ def check_trial_fits(spec: StudySpec) -> None:
 class Phase:
     """One Ray Tune experiment of a study. ``grid``: every arm but a population (a grid, or an
     Optuna search), in the study's folder; ``population``: a pbt / pb2 search's arm, in the
-    ``population`` folder inside it. They run one after the other, into one MLflow experiment."""
+    ``population`` folder inside it. They run one after the other, into one MLflow experiment.
+    ``mode``: the search mode that sets up its Tuner."""
 
     name: str
     plans: list[TrialPlan]
+    mode: str
 
     def folder(self, experiment_dir: Path) -> Path:
         return experiment_dir if self.name == "grid" else experiment_dir / "population"
@@ -166,7 +167,9 @@ class Phase:
 def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
     arm = spec.population_arm.name if spec.population_arm else None
     grid, population = [p for p in plans if p.arm != arm], [p for p in plans if p.arm == arm]
-    return [Phase(name, members) for name, members in (("grid", grid), ("population", population)) if members]
+    phases = (("grid", grid, "grid" if spec.search.population_search else spec.search.mode),
+              ("population", population, spec.search.mode))
+    return [Phase(name, members, mode) for name, members, mode in phases if members]
 
 
 def trainable(spec: StudySpec, phase: Phase):
@@ -181,93 +184,41 @@ def trainable(spec: StudySpec, phase: Phase):
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
-def tune_domain(distribution, population: bool = False):
-    """A spec distribution as Ray Tune's search space; a population's choices stay a list (PBT
-    shifts a list value to a neighbour, and would multiply a ``tune.choice`` value)."""
-    from ray import tune
-
-    if hasattr(distribution, "uniform"):
-        return tune.uniform(*distribution.uniform)
-    if hasattr(distribution, "loguniform"):
-        return tune.loguniform(*distribution.loguniform)
-    return list(distribution.choice) if population else tune.choice(distribution.choice)
-
-
-def population_scheduler(spec: StudySpec):
-    """Ray Tune's ``PopulationBasedTraining`` or ``PB2``, synchronous, over the trial's ``search``
-    settings; PBT's perturbed numbers are clipped into their space."""
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.schedulers.pb2 import PB2
-
-    population = spec.search.population
-    common = dict(time_attr="step", perturbation_interval=population.perturbation_interval,
-                  quantile_fraction=population.quantile_fraction, synch=True)
-    if spec.search.mode == "pb2":
-        return PB2(hyperparam_bounds={"search": {k: list(v) for k, v in population.bounds.items()}}, **common)
-    ranges = {k: d.extremes() for k, d in population.mutations.items() if not hasattr(d, "choice")}
-
-    def clip(config: dict) -> dict:
-        for key, (low, high) in ranges.items():
-            config["search"][key] = min(max(config["search"][key], low), high)
-        return config
-
-    return PopulationBasedTraining(
-        hyperparam_mutations={"search": {k: tune_domain(d, population=True) for k, d in population.mutations.items()}},
-        resample_probability=population.resample_probability, custom_explore_fn=clip, **common,
-    )
-
-
 def build_tuner(
     spec: StudySpec, study_name: str, phase: Phase, output_dir: Path, tracker, max_concurrent, smoke: bool = False
 ):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    names = [p.name for p in phase.plans]
-    search_alg, scheduler, reuse = None, None, smoke
-    storage, name, keep = output_dir, study_name, 2
-    if phase.name == "population":
-        # each member starts from its own plan's values of the settings the population moves
-        start = {p.name: {key: lookup(p.config, key) for key in spec.search.population.keys} for p in phase.plans}
-        param_space = {"trial": tune.grid_search(names),
-                       "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
-        scheduler, num_samples = population_scheduler(spec), 1
-        random.seed(spec.seeds[0])  # PBT and PB2 draw their perturbations from these generators
-        np.random.seed(spec.seeds[0])
+    setup = SEARCH_MODES[phase.mode]().setup(spec, phase.plans)
+    reuse, storage, name, keep = smoke, output_dir, study_name, 2
+    if setup.population:
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
         reuse, storage, name = True, output_dir / study_name, "population"
         keep = max(3, spec.search.population.perturbation_interval + 1)
-    elif spec.search.mode == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        param_space = {"trial": names[0], "search": {k: tune_domain(d) for k, d in spec.search.space.items()}}
-        search_alg = OptunaSearch(seed=spec.seeds[0])
-        num_samples = spec.search.num_samples
-    else:
-        param_space = {"trial": tune.grid_search(names)}
-        num_samples = 1
     if spec.search.asha is not None:
         max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in phase.plans)
-        scheduler = ASHAScheduler(
+        setup.scheduler = ASHAScheduler(
             time_attr="step",
             max_t=max_steps,
             grace_period=min(spec.search.asha.grace_period, max_steps),
             reduction_factor=spec.search.asha.reduction_factor,
         )
+
     def trial_name(trial) -> str:
         name = trial.config["trial"]
-        return f"{name}-{trial.trial_id}" if spec.search.mode == "optuna" else name
+        return f"{name}-{trial.trial_id}" if setup.trial_ids_in_names else name
 
     return tune.Tuner(
         trainable(spec, phase),
-        param_space=param_space,
+        param_space=setup.param_space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric,
             mode=spec.search.direction,
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
+            search_alg=setup.search_alg,
+            scheduler=setup.scheduler,
+            num_samples=setup.num_samples,
             max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
             # a smoke test's trials are mostly start-up: there, a trial after the first in a worker skips it.
             # A real study gives each trial a fresh process (a finished trial is on record before the next starts).

@@ -33,9 +33,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny
 from trainers import contract as M
 from trainers.config import SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, format_errors, load_validated
 from trainers.lead import LeadConfig
-from trainers.weightings import Weighting, weighting_settings
 from trainers.rewards import LENGTH_REWARDS
 from trainers.strict import Strict
+from trainers.weightings import Weighting, weighting_settings
+
+from study.search_modes import SEARCH_FIELDS, SEARCH_MODES, users_of
 
 
 # letters, digits, "_", "." and "-", not starting with "." (so never "." or "..": names become folders)
@@ -262,7 +264,7 @@ class Population(Strict):
 
 
 class Search(Strict):
-    mode: Literal["grid", "optuna", "pbt", "pb2"] = "grid"
+    mode: str = Field("grid", description="a name in study.search_modes.SEARCH_MODES: grid, optuna, pbt, pb2")
     metric: str = M.EVAL_AES
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
@@ -272,21 +274,26 @@ class Search(Strict):
     asha: Asha | None = None
     population: Population | None = Field(None, description="pbt and pb2: the population and how it moves")
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in SEARCH_MODES:
+            raise ValueError(SEARCH_MODES.unknown(mode))
+        return mode
+
     @model_validator(mode="after")
-    def _population(self):
-        if self.mode in ("pbt", "pb2"):
-            if self.population is None:
-                raise ValueError(f"population: search.mode {self.mode} needs one (arm, perturbation_interval, ...)")
-            given, unused = ("mutations", "bounds") if self.mode == "pbt" else ("bounds", "mutations")
-            if not getattr(self.population, given):
-                raise ValueError(f"population.{given}: {self.mode} needs at least one setting to move")
-            if getattr(self.population, unused):
-                raise ValueError(f"population.{unused}: not used by {self.mode} (it takes {given})")
-            if self.asha is not None:
-                raise ValueError(f"asha: cannot be combined with {self.mode} (both are schedulers)")
-        elif self.population is not None:
-            raise ValueError("population: only used with search.mode pbt or pb2")
+    def _settings_of_the_mode(self):
+        uses = SEARCH_MODES[self.mode].uses
+        for name in SEARCH_FIELDS:
+            given = name in self.model_fields_set and getattr(self, name) not in (None, {})
+            if given and name not in uses:
+                raise ValueError(f"{name}: only used with search.mode {' or '.join(users_of(name))}")
         return self
+
+    @property
+    def population_search(self) -> bool:
+        """Whether the mode moves one arm's trials as a population (pbt, pb2)."""
+        return SEARCH_MODES[self.mode].population
 
 
 class Resources(Strict):
@@ -345,13 +352,7 @@ class StudySpec(Strict):
         for where, seeds in seed_lists:
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"{where}: must be distinct, got {seeds} (a repeated seed is the same trial twice)")
-        if self.search.mode == "optuna":
-            if len(self.arms) != 1 or len(self.seeds) != 1:
-                raise ValueError("search.mode optuna takes exactly one arm and one seed (Ray Tune cannot mix a grid with a searcher)")
-            if not self.search.space:
-                raise ValueError("search.space: optuna needs at least one parameter")
-        elif self.search.space:
-            raise ValueError("search.space: only used with search.mode optuna")
+        SEARCH_MODES[self.search.mode]().check(self)
         if self.search.population is not None:
             arm = self.population_arm
             if arm is None:

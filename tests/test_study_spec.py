@@ -174,7 +174,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(arms=[{"name": "a", "weighting": {"kind": "static", "w_corr": [0.5], "ratios": [1]}}]), "exactly one of w_corr"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.weighting.betta"),
-        (minimal(search={"mode": "pbt"}), "search: population: search.mode pbt needs one"),
+        (minimal(search={"mode": "pbt"}), "search.population: search.mode pbt needs one"),
         (pbt(population={"arm": "nope"}), "search.population.arm: no arm named 'nope' (arms: psi, pbt)"),
         (pbt(population={"mutations": {}}), "population.mutations: pbt needs at least one setting to move"),
         (pbt(mode="pb2"), "population.bounds: pb2 needs at least one setting to move"),
@@ -334,13 +334,17 @@ def test_search_space_bounds_are_checked_at_both_ends(tmp_path):
 
 
 def test_a_population_plans_its_members_beside_the_other_arms_and_moves_only_them(tmp_path):
-    from study.run import population_scheduler, study_phases
+    from study.run import study_phases
+    from study.search_modes import SEARCH_MODES
+
+    def population_scheduler(spec):
+        return SEARCH_MODES[spec.search.mode]().scheduler(spec)
 
     spec = load_spec(write(tmp_path, pbt()))
     plans = plan_trials(spec)
     phases = study_phases(spec, plans)
-    assert [(p.name, [t.name for t in p.plans]) for p in phases] == [
-        ("grid", ["psi-s0"]), ("population", ["pbt-wc0.3-s0", "pbt-wc0.7-s0"])]
+    assert [(p.name, p.mode, [t.name for t in p.plans]) for p in phases] == [
+        ("grid", "grid", ["psi-s0"]), ("population", "pbt", ["pbt-wc0.3-s0", "pbt-wc0.7-s0"])]
     assert phases[1].folder(tmp_path) == tmp_path / "population" and phases[0].folder(tmp_path) == tmp_path
     scheduler = population_scheduler(spec)
     assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch

@@ -59,6 +59,10 @@ class Registry(Mapping[str, T], Generic[T]):
         """Every selectable name: registered, or registered by a known module once imported."""
         return sorted({*self._entries, *self.modules})
 
+    def registered(self) -> list[str]:
+        """The names registered so far, in the order they were registered."""
+        return list(self._entries)
+
     def unknown(self, name: str) -> str:
         """The one-line message for a name this registry does not know."""
         return f"unknown {self.what} {name!r} (known: {', '.join(self.names())})"
