@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny
 from trainers import contract as M
 from trainers.config import SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, format_errors, load_validated
 from trainers.lead import LeadConfig
+from trainers.plugins import load_plugins
 from trainers.rewards import LENGTH_REWARDS
 from trainers.strict import Strict
 from trainers.weightings import Weighting, weighting_settings
@@ -317,6 +318,8 @@ class Resources(Strict):
 class StudySpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    plugins: list[str] = Field(default_factory=list, description="your own rewards, weightings, tasks, ...: .py files "
+                               "(relative to the spec) or module names, imported first, here and in every trial")
     base: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every trial")
     smoke: dict[str, Any] = Field(
         default_factory=dict, description="extra settings applied by --smoke-test, over every arm's own"
@@ -331,6 +334,18 @@ class StudySpec(Strict):
         "so a GPU study's smoke test runs on a CPU machine",
     )
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_first(cls, data: Any) -> Any:
+        """Import the plugins before anything else is validated, and hand them to every trial
+        (through ``base``), so each trial's process imports them before it builds its config."""
+        if isinstance(data, dict) and data.get("plugins"):
+            load_plugins(data["plugins"])
+            base = data.get("base", {})
+            if isinstance(base, dict):  # (a malformed base gets its own error)
+                data = {**data, "base": {**base, "plugins": data["plugins"]}}
+        return data
 
     def for_smoke(self) -> "StudySpec":
         """This spec as --smoke-test runs it: ``smoke_resources`` (if given) replace the resources."""

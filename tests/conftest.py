@@ -86,3 +86,33 @@ def smoke_study(ray_cluster, study_cache, tmp_path_factory):
     spec = Path(__file__).resolve().parents[1] / "search_spaces/psi_vs_static.yaml"
     code = main([str(spec), "--smoke-test", "--output-dir", str(folder / "runs"), "--tracking-uri", uri])
     return SimpleNamespace(folder=folder, uri=uri, name="psi_vs_static-smoke", code=code)
+
+
+@contextlib.contextmanager
+def registries_restored():
+    """Whatever a test registers (a plugin's rewards, weightings, ...) is gone after it: the
+    registries and the imported plugins are as they were before."""
+    from study.search_modes import SEARCH_MODES
+    from trainers import plugins
+    from trainers.actor import BACKENDS
+    from trainers.normalization import NORMALIZATIONS
+    from trainers.rewards import LENGTH_REWARDS
+    from trainers.rollout import ENGINES
+    from trainers.tasks import TASKS
+    from trainers.weightings import WEIGHTINGS
+
+    registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES)
+    saved = [dict(r._entries) for r in registries], dict(plugins._LOADED)
+    try:
+        yield
+    finally:
+        for registry, entries in zip(registries, saved[0]):
+            registry._entries = entries
+        plugins._LOADED.clear()
+        plugins._LOADED.update(saved[1])
+
+
+@pytest.fixture()
+def fresh_registries():
+    with registries_restored():
+        yield

@@ -92,32 +92,41 @@ def history_artifact_matches(client, run) -> bool:
     return True
 
 
-COMBINED = ("aggregator_ablation", "lstar_mode_ablation", "schedule_vs_psi", "length_rewards", "psi_vs_pbt")
+COMBINED = ("aggregator_ablation", "lstar_mode_ablation", "schedule_vs_psi", "length_rewards", "psi_vs_pbt",
+            "plugin_study")
+SPEC_FILES = {**{name: ROOT / f"search_spaces/{name}.yaml" for name in COMBINED}, "plugin_study": ROOT / "examples/plugin_study.yaml"}
 
 
 def combined_spec(tmp_path) -> Path:
-    """The arms of several shipped specs as one study (one base model, one Ray Tune run per phase):
-    each arm renamed ``spec.arm``, carrying its spec's ``base`` as overrides; their smoke settings
-    are the same. The psi_vs_pbt population stays a population."""
-    specs = {name: yaml.safe_load((ROOT / f"search_spaces/{name}.yaml").read_text()) for name in COMBINED}
+    """The arms of several shipped specs and of the example plugin's spec as one study (one base
+    model, one Ray Tune run per phase): each arm renamed ``spec.arm``, carrying its spec's ``base``
+    as overrides; their smoke settings are the same; the plugin file is named from where the
+    example names it. The psi_vs_pbt population stays a population."""
+    specs = {name: yaml.safe_load(SPEC_FILES[name].read_text()) for name in COMBINED}
     smoke = {json.dumps(spec["smoke"], sort_keys=True) for spec in specs.values()}
     assert len(smoke) == 1, "the combined specs must share their smoke settings"
     arms = [{**arm, "name": f"{name}.{arm['name']}", "overrides": deep_merge(spec["base"], arm.get("overrides", {}))}
             for name, spec in specs.items() for arm in spec["arms"]]
     search = specs["psi_vs_pbt"]["search"]
-    combined = {"name": "shipped", "smoke": specs["psi_vs_pbt"]["smoke"], "seeds": [0], "arms": arms,
+    plugins = [str(SPEC_FILES["plugin_study"].parent / p) for p in specs["plugin_study"]["plugins"]]
+    combined = {"name": "shipped", "plugins": plugins, "smoke": specs["psi_vs_pbt"]["smoke"], "seeds": [0], "arms": arms,
                 "search": {**search, "population": {**search["population"], "arm": "psi_vs_pbt.pbt"}}}
     path = tmp_path / "shipped.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(combined))))  # copies: no YAML aliases for shared bases
     return path
 
 
-def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
+def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path, fresh_registries):
     assert main(study_args(combined_spec(tmp_path), tmp_path, "--smoke-test")) == 0
     client, parents, children = child_runs(tmp_path, "shipped-smoke")
     counts = {name: sum(r.data.tags["arm"].startswith(f"{name}.") for r in children) for name in COMBINED}
     assert counts == {"aggregator_ablation": 4, "lstar_mode_ablation": 3, "schedule_vs_psi": 4, "length_rewards": 14,
-                      "psi_vs_pbt": 1 + 4}  # psi_vs_pbt's PSI runs the study's one seed here
+                      "psi_vs_pbt": 1 + 4, "plugin_study": 2}  # psi_vs_pbt's PSI runs the study's one seed here
+    # the example plugin's reward and weighting trained in their trials' own processes, and name their method
+    gate = next(r for r in children if r.data.tags["arm"] == "plugin_study.gate")
+    assert (gate.data.tags["reward"], gate.data.tags["weighting"], gate.data.tags["weight_motion"]) == (
+        "budget_linear", "accuracy_gate", "adaptive")
+    assert steps_of(client, gate, "lead/gate_open") == [1, 2] and gate.data.params["lead.length_params"] == "{'budget': 120.0}"
     assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
     check_method_tags(children, prefix="length_rewards.")

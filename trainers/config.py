@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_serializer, model_validator
 
 from trainers.actor import BACKENDS
 from trainers.checks import must_exist
 from trainers.lead import LeadConfig
+from trainers.plugins import load_plugins, resolve
 from trainers.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout import ENGINES
@@ -154,16 +155,26 @@ class TrainConfig(Strict):
     lead: LeadConfig = LeadConfig(floor=8, bmax=160)
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    plugins: list[str] = Field(default_factory=list, description="your own rewards, weightings, ...: .py files or "
+                               "module names, imported before the rest is validated (trainers.plugins)")
 
     _task_by_kind = field_validator("task", mode="wrap")(lambda value, handler: task_settings(value))
 
     @model_validator(mode="before")
     @classmethod
-    def _lead_defaults_follow_the_run(cls, data: Any) -> Any:
-        """``lead.bmax`` defaults to the (largest) response budget, ``lead.floor`` to 8 tokens, and a
-        weighting's run-dependent settings to the run's (``Weighting.for_run``: a schedule spans
-        ``train.steps``)."""
-        if not isinstance(data, dict) or not isinstance(data.get("lead", {}), dict):
+    def _plugins_then_defaults(cls, data: Any) -> Any:
+        """First the plugins are imported (a relative ``.py`` path against the working directory),
+        so the rest can name what they register. Then ``lead.bmax`` defaults to the (largest)
+        response budget, ``lead.floor`` to 8 tokens, and a weighting's run-dependent settings to the
+        run's (``Weighting.for_run``: a schedule spans ``train.steps``)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("plugins"):
+            plugins = data["plugins"]
+            plugins = [resolve(p, Path.cwd()) for p in plugins] if isinstance(plugins, list) else plugins
+            load_plugins(plugins)
+            data = {**data, "plugins": plugins}
+        if not isinstance(data.get("lead", {}), dict):
             return data
         lead = data.get("lead", {})
         budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
@@ -191,6 +202,14 @@ class TrainConfig(Strict):
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
         self.task.check_run(self)
         return self
+
+    @model_serializer(mode="wrap")
+    def _plugins_only_if_any(self, handler) -> dict[str, Any]:
+        """No ``plugins`` key without plugins: a config written before plugins keeps its hash."""
+        data = handler(self)
+        if not self.plugins:
+            data.pop("plugins", None)
+        return data
 
     def rollout_sampling(self, step: int) -> SamplingParams:
         """Sampling of training step ``step`` (0-based), with that step's budget."""
@@ -296,7 +315,7 @@ def print_errors(error: Exception) -> int:
 
 # ``${NAME}`` / ``${NAME:-default}`` expand only in settings that hold paths: a secret never reaches
 # a prompt, a tag or an MLflow param by way of the environment.
-ENV_KEYS = frozenset({"path", "cache_dir", "train_files", "eval_files"})
+ENV_KEYS = frozenset({"path", "cache_dir", "train_files", "eval_files", "plugins"})
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -351,6 +370,8 @@ def load_validated(path: str | Path, model: type[BaseModel]):
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     data = expand_environment(data, path)
+    if isinstance(data.get("plugins"), list):  # a plugin file is named relative to the YAML that names it
+        data["plugins"] = [resolve(p, path.parent) if isinstance(p, str) else p for p in data["plugins"]]
     try:
         return model.model_validate(data)
     except ValidationError as exc:

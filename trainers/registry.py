@@ -39,15 +39,19 @@ class RegistryError(ValueError):
 
 
 class Registry(Mapping[str, T], Generic[T]):
-    def __init__(self, what: str, modules: dict[str, str] | None = None):
+    def __init__(self, what: str, modules: dict[str, str] | None = None, check: Callable[[str, T], None] | None = None):
         self.what = what  # "length reward", "rollout engine", ...: how errors name an entry
         self.modules = dict(modules or {})  # built-in name -> the module that registers it
+        self.check = check  # raises RegistryError when an entry does not fit the extension point
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
-        """Register ``entry`` under ``name``; a name already taken is a RegistryError."""
+        """Register ``entry`` under ``name``; a name already taken, or an entry that ``check``
+        refuses, is a RegistryError."""
         if name in self._entries:
             raise RegistryError(f"a {self.what} named {name!r} is already registered")
+        if self.check is not None:
+            self.check(name, entry)
         self._entries[name] = entry
         return entry
 
@@ -104,3 +108,17 @@ def settings_model(name: str, fn: Callable) -> type[BaseModel]:
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
     return create_model(f"{name}_settings", __base__=Strict, **fields)
+
+
+def kind_model(base: type[BaseModel]) -> Callable[[str, object], None]:
+    """A registry ``check`` for entries registered as their settings model: a subclass of ``base``
+    whose ``kind`` defaults to the name it is registered under (so ``kind: NAME`` selects it)."""
+
+    def check(name: str, entry: object) -> None:
+        if not (isinstance(entry, type) and issubclass(entry, base)):
+            raise RegistryError(f"{name!r}: register a subclass of {base.__module__}.{base.__name__}")
+        kind = entry.model_fields.get("kind")
+        if kind is None or kind.default != name:
+            raise RegistryError(f"{name!r}: declare kind: Literal[{name!r}] = {name!r}")
+
+    return check

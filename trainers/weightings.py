@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from trainers.contract import ADAPTIVE, FIXED, SCHEDULED
 from trainers.normalization import NORMALIZATIONS
-from trainers.registry import Registry
+from trainers.registry import Registry, RegistryError, kind_model
 from trainers.segments import Groups
 from trainers.strict import Strict
 
@@ -93,7 +93,15 @@ class Weighting(Strict):
         raise NotImplementedError
 
 
-WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
+def _fits(name: str, entry: Any) -> None:
+    """A weighting is a ``Weighting`` whose ``kind`` defaults to its name and whose ``motion`` is one
+    a weighting can have by itself."""
+    kind_model(Weighting)(name, entry)
+    if getattr(entry, "motion", None) not in (FIXED, SCHEDULED, ADAPTIVE):
+        raise RegistryError(f"{name!r}: set motion (a ClassVar) to one of {FIXED}, {SCHEDULED}, {ADAPTIVE}")
+
+
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", check=_fits)
 register_weighting = WEIGHTINGS.register  # class decorator on a Weighting: @register_weighting("psi")
 
 

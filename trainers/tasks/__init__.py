@@ -20,7 +20,7 @@ Every task object offers ``config``, ``train_problems(step, count, seed)``, ``ev
 from __future__ import annotations
 
 from trainers import contract as M
-from trainers.registry import Registry
+from trainers.registry import Registry, kind_model
 from trainers.strict import Strict
 
 
@@ -37,7 +37,7 @@ class TaskSettings(Strict):
 
 
 TASKS: Registry[type[TaskSettings]] = Registry(
-    "task", modules={"synthetic": "trainers.tasks.synthetic", "math": "trainers.tasks.math"}
+    "task", modules={"synthetic": "trainers.tasks.synthetic", "math": "trainers.tasks.math"}, check=kind_model(TaskSettings)
 )
 register_task = TASKS.register  # class decorator on a TaskSettings: @register_task("math")
 
