@@ -19,7 +19,8 @@ from pathlib import Path
 
 from trainers import contract as M
 from trainers.config import deep_merge, load_train_config
-from trainers.grpo import base_model_path, train
+from trainers.base_model import base_model_path
+from trainers.grpo import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "trainers/configs/synthetic_psi.yaml"
 

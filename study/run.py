@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -103,18 +104,12 @@ def prepare_base_models(plans: list[TrialPlan], log) -> tuple[dict[str, Any], di
 
     Returns the ``model`` settings to fix in each trial (an absolute path, by trial name) and the
     first trial's base metrics (for the parent run)."""
-    from trainers.grpo import TARGET_FIELDS, prepare
+    from trainers.base_model import base_identity, prepare
 
     fixed, base_metrics, seen = {}, {}, {}
     for plan in plans:
         config = TrainConfig.model_validate(plan.config)
-        key = (
-            config.task.model_dump_json(),
-            config.model.model_dump_json(),
-            config.eval.model_dump_json(),
-            config.rollout.engine,
-            config.lead.model_dump_json(include=TARGET_FIELDS),  # the same settings the cached evaluation keys on
-        )
+        key = json.dumps(base_identity(config), sort_keys=True, default=str)  # what the evaluation cache keys on too
         if key not in seen:
             model_path, base = prepare(config, log=log)
             seen[key] = model_path

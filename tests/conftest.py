@@ -48,7 +48,7 @@ def tiny_config(cache_dir: Path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(cache_dir) -> Path:
-    from trainers.grpo import base_model_path
+    from trainers.base_model import base_model_path
 
     return base_model_path(tiny_config(cache_dir), log=lambda _: None)
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from trainers import grpo
+from trainers import checkpoint
 from trainers import contract as M
 from trainers.actor.update import clipped_objective, kl_penalty
-from trainers.grpo import ModelLoadError, build_sequences, latest_checkpoint, train
+from trainers.base_model import ModelLoadError
+from trainers.checkpoint import latest_checkpoint
+from trainers.grpo import build_sequences, train
 from trainers.rollout.base import Rollouts
 
 
@@ -156,8 +158,8 @@ def test_resume_never_runs_a_pickle_planted_in_the_checkpoint(tiny_model_dir, ca
     planted = tmp_path / "checkpoints" / "step_000002"
     planted.mkdir(parents=True)
     (planted / "trainer_state.pt").write_bytes(pickle.dumps({"model": Payload()}))
-    config_hash = grpo.config_hash(tiny_config(cache_dir))  # a planter can read the config next to it
-    (planted / grpo.CHECKPOINT_INFO).write_text(json.dumps({"step": 2, "config_hash": config_hash}))
+    config_hash = checkpoint.config_hash(tiny_config(cache_dir))  # a planter can read the config next to it
+    (planted / checkpoint.CHECKPOINT_INFO).write_text(json.dumps({"step": 2, "config_hash": config_hash}))
     with pytest.raises(pickle.UnpicklingError):
         run(tiny_config(cache_dir), tmp_path / "out", resume_from=planted)
     assert not marker.exists()

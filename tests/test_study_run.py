@@ -126,7 +126,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     gate = next(r for r in children if r.data.tags["arm"] == "plugin_study.gate")
     assert (gate.data.tags["reward"], gate.data.tags["weighting"], gate.data.tags["weight_motion"]) == (
         "budget_linear", "accuracy_gate", "adaptive")
-    assert steps_of(client, gate, "lead/gate_open") == [1, 2] and gate.data.params["lead.length_params"] == "{'budget': 120.0}"
+    assert steps_of(client, gate, "lead/gate_open") == [1, 2] and gate.data.params["lead.length_params.budget"] == "120.0"
     assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
     check_method_tags(children, prefix="length_rewards.")
@@ -342,7 +342,8 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
     checkpoint with the new w_corr; MLflow holds each step once, the exploit record and its mark."""
     from analysis.load import load_study
     from analysis.population import effective_schedules
-    from trainers.grpo import CHECKPOINT_FILE, train
+    from trainers.checkpoint import CHECKPOINT_FILE
+    from trainers.grpo import train
 
     spec = small_spec(
         tmp_path, cache_dir,

@@ -30,7 +30,7 @@ VLLM_TINY = {**TINY, "hidden_size": 64}
 @pytest.fixture(scope="module")
 def engines(cache_dir):
     """The trainer's model, its tokenizer, an hf engine over it and a vLLM engine following it."""
-    from trainers.grpo import base_model_path
+    from trainers.base_model import base_model_path
 
     config = tiny_config(cache_dir, model={"tiny": VLLM_TINY}, rollout={"engine": "vllm"})
     path = base_model_path(config, log=lambda _: None)

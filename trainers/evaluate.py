@@ -40,6 +40,7 @@ from trainers.grading import Grader, extract_answer
 from trainers.outputs import check_writable_dir
 from trainers.rollout import ENGINES, build_engine
 from trainers.rollout.base import EngineSpec, SamplingParams
+from trainers.seeding import mix_seed
 from trainers.tasks.math import DatasetError, chat_prompt_ids, load_problems
 
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.grpo import resolve_device
+    from trainers.base_model import resolve_device
 
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" and device.type == "cuda" else torch.float32
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists():  # saved chunks are what an interrupted run already did
                 chunk = problems[name][start : start + args.batch_size]
                 table = evaluate_chunk(engine, tokenizer, grader, name, chunk, benchmarks[name][1], sampling,
-                                       args.seed * 1_000_003 + start, args.grading_timeout)
+                                       mix_seed(args.seed, start), args.grading_timeout)
                 _write_atomic(table, path)
             tables.append(pq.read_table(path))
     finally:

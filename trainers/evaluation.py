@@ -17,8 +17,9 @@ import torch
 
 from trainers.lead import LeadConfig
 from trainers.rewards import target_lengths
-from trainers.segments import Groups
 from trainers.rollout.base import RolloutEngine, SamplingParams
+from trainers.seeding import step_seed
+from trainers.segments import Groups
 
 
 def aes(
@@ -157,3 +158,24 @@ def cached_evaluation(cache_dir: Path, key: dict, compute: Callable[[], EvalResu
         features=summary["features"],
         table=pq.read_table(folder / "problems.parquet"),
     )
+
+
+@dataclass
+class Evaluator:
+    """Evaluation on the fixed eval set with the eval sampling. One seed serves every evaluation
+    (the base model's included), so arms and steps are compared on common random numbers."""
+
+    config: object  # the run's TrainConfig
+    engine: RolloutEngine
+    tokenizer: object
+    task: object  # see trainers.tasks
+
+    def __post_init__(self):
+        self.problems = self.task.eval_problems()[: self.config.eval.num_problems]
+
+    def __call__(self) -> EvalResult:
+        cfg = self.config
+        return evaluate(
+            self.engine, self.tokenizer, self.task, self.problems, cfg.eval_sampling, cfg.eval.n_samples,
+            step_seed(cfg.task.eval_seed, 0, 7), cfg.lead, cfg.eval.batch_size,
+        )

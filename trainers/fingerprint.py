@@ -19,7 +19,7 @@ LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "ray", "mlflow", "ma
 # The code each cache depends on (paths under PACKAGE_ROOT; folders mean every .py file in them).
 BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py")  # the tiny model and its SFT data
 EVALUATION_CODE = ("trainers/models", "trainers/rollout", "trainers/tasks", "trainers/evaluation.py",
-                   "trainers/grading.py")  # sampling, grading, and what an evaluation computes
+                   "trainers/grading.py", "trainers/seeding.py")  # sampling, grading, and what an evaluation computes
 
 
 def library_version(name: str) -> str:

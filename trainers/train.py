@@ -27,9 +27,9 @@ from tqdm import tqdm
 from trainers import contract as M
 from trainers.config import ConfigError, load_train_config, print_errors
 from trainers.fingerprint import versions
-from trainers.grpo import (
-    CheckpointMismatch, ModelLoadError, StepReport, check_checkpoint, checkpoint_step, latest_checkpoint, train,
-)
+from trainers.base_model import ModelLoadError
+from trainers.checkpoint import CheckpointMismatch, check_checkpoint, checkpoint_step, latest_checkpoint
+from trainers.grpo import StepReport, train
 from trainers.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner
 
 METRICS_FILE = "metrics.jsonl"

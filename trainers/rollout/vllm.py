@@ -32,11 +32,12 @@ from vllm.inputs import TokensPrompt
 
 from trainers.rollout import register_engine
 from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
+from trainers.seeding import mix_seed
 
 
 def prompt_seed(seed: int, row: int) -> int:
     """A distinct, reproducible seed for each prompt of a call."""
-    return (seed * 1_000_003 + row) % (2**63)
+    return mix_seed(seed, row) % (2**63)
 
 
 @register_engine("vllm")
