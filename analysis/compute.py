@@ -27,6 +27,11 @@ FINAL = {name: M.final_column(key) for name, key in (("accuracy", M.EVAL_ACCURAC
                                                      ("aes", M.EVAL_AES))}
 
 
+def arm_label(arm: str, variant: str, separator: str = "/") -> str:
+    """An (arm, variant) as one name: the arm alone where the variant is the arm's only one."""
+    return arm if arm == variant else f"{arm}{separator}{variant}"
+
+
 def arm_summary(runs: pa.Table) -> pa.Table:
     """One row per (arm, variant): its reward, weighting, weight motion and normalization, ``seeds`` and
     ``<metric>_mean`` / ``<metric>_std`` / ``<metric>_low`` / ``<metric>_high`` (the 95% bootstrap

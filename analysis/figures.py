@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
 
-from analysis.compute import final_problems, motions, series
+from analysis.compute import arm_label, final_problems, motions, series
 from trainers import contract as M
 
 
 def _labels(runs: pa.Table) -> dict[str, str]:
     """trial -> "arm/variant" (or just the arm where they are the same)."""
     return {
-        r["trial"]: r["arm"] if r["arm"] == r["variant"] else f"{r['arm']}/{r['variant']}"
+        r["trial"]: arm_label(r["arm"], r["variant"])
         for r in runs.select(["trial", "arm", "variant"]).to_pylist()
     }
 
@@ -82,7 +82,7 @@ def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
     cmap = matplotlib.colormaps["tab10"]
     for r in rows:
         marker = MARKERS.get(r[M.TAG_MOTION], "D")
-        label = r["arm"] if r["arm"] == r["variant"] else f"{r['arm']} {r['variant']}"
+        label = arm_label(r["arm"], r["variant"], " ")
         ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
                     fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(rewards.index(str(r["reward"])) % 10),
                     capsize=3, label=f"{label} ({r[M.TAG_REWARD]}, {r[M.TAG_WEIGHTING]})")

@@ -41,6 +41,7 @@ from trainers.contract import (
     final_column, param_column, problems_step,
 )
 from stores.tracking import StoreError, check_store, read_json_artifact
+from trainers.outputs import write_atomic
 
 
 class StudyError(StoreError):
@@ -64,17 +65,9 @@ class StudyData:
         return [name for name in self.planned if name not in present]
 
     def write_parquet(self, folder: Path) -> list[Path]:
-        """``runs``, ``history``, ``problems`` and ``exploits`` as Parquet in ``folder``, each written then renamed."""
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
+        """``runs``, ``history``, ``problems`` and ``exploits`` as Parquet in ``folder``, each written whole."""
         tables = (("runs", self.runs), ("history", self.history), ("problems", self.problems), ("exploits", self.exploits))
-        for name, table in tables:
-            path = folder / f"{name}.parquet"
-            tmp = folder / f".{name}.parquet.tmp"
-            pq.write_table(table, tmp)
-            tmp.replace(path)
-            written.append(path)
-        return written
+        return [write_atomic(folder / f"{name}.parquet", table) for name, table in tables]
 
 
 def _fetch_history(client: MlflowClient, jobs: list[tuple[str, str, str]], workers: int) -> pa.Table:

@@ -139,13 +139,13 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
         "Accuracy against length",
         "On the Pareto front (nothing else is both more accurate and shorter): "
         + (", ".join(f"{arm}/{variant}" for arm, variant in front) or "none yet") + ". Colour: the length "
-        "reward; marker: the weighting (star PSI, circle static, square schedule).",
+        "reward; marker: how the weight moves (star adaptive, circle fixed, square scheduled, triangle searched).",
         figure=_save(figures.pareto(summary, front), folder, "pareto.png"),
     ))
     sections.append(Section(
         "Where PSI's weights went",
-        "For every trial whose weights move (PSI, schedules): start, peak, the first step w_corr fell, and "
-        "where it settled (mean of the last 20% of steps). The figure sets them against the static grid.",
+        "For every trial whose weights move (adaptive, scheduled, searched): start, peak, the first step w_corr "
+        "fell, and where it settled (mean of the last 20% of steps). The figure sets them against the fixed weights.",
         table=shapes.to_pylist() or None,
         figure=_save(figures.weight_trajectories(data.history, data.runs), folder, "w_corr.png"),
     ))

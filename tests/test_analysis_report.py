@@ -54,7 +54,7 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
                      r"(PSI ahead|PSI behind|not distinguishable)", markdown)
     assert tables["compute_per_arm"]["arm"].to_pylist() == ["psi", "static"]
     assert min(tables["compute_per_trial"]["rollout_tokens"].to_pylist()) > 0
-    assert re.search(r"\| psi \| psi \| lead \| psi \| decoupled \| 1 \|", markdown)
+    assert re.search(r"\| psi \| psi \| lead \| psi \| adaptive \| decoupled \| 1 \|", markdown)
     for figure in FIGURES:
         assert f"(figures/{figure})" in markdown
 

@@ -25,7 +25,6 @@ import json
 import math
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from trainers.evaluation import aes
 from trainers.fingerprint import versions
 from trainers.grading import Grader, extract_answer
-from trainers.outputs import check_writable_dir
+from trainers.outputs import check_writable_dir, write_atomic
 from trainers.rollout import ENGINES, build_engine
 from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.seeding import mix_seed
@@ -137,13 +136,6 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     return errors
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        pq.write_table(table, tmp.name)
-    Path(tmp.name).replace(path)
-
-
 def evaluate_chunk(engine, tokenizer, grader: Grader, name: str, problems: list, n: int, sampling: SamplingParams,
                    seed: int, timeout_s: float) -> pa.Table:
     prompts = [chat_prompt_ids(tokenizer, p.problem) for p in problems]
@@ -189,8 +181,9 @@ def with_aes(results: dict, base: dict | None) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def check_inputs(args: argparse.Namespace) -> tuple[dict, dict, dict | None, Path, dict, list[str]]:
+    """The benchmarks, their problems, the base results, the output folder and the run's settings,
+    with every problem in the flags, one line each."""
     errors = check_flags(args)
     benchmarks, benchmark_errors = resolve_benchmarks(args.benchmarks, args.data_dir)
     errors += benchmark_errors
@@ -214,21 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"model": str(args.model.resolve()), "max_tokens": args.max_tokens, "temperature": args.temperature,
                 "top_p": args.top_p, "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
                 "benchmarks": {name: [str(file), n] for name, (file, n) in benchmarks.items()}}
-    settings_file = out / "settings.json"
     try:
+        settings_file = out / "settings.json"
         if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
             errors.append(f"--out: {out} holds an evaluation with other settings; choose another --out")
         else:
             check_writable_dir(out)
     except (OSError, ValueError) as exc:
         errors.append(f"--out: {out}: {exc}")
-    if errors:
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings, indent=2))
+    return benchmarks, problems, base, out, settings, errors
 
+
+def sample_chunks(args: argparse.Namespace, benchmarks: dict, problems: dict, out: Path) -> tuple[pa.Table, Grader]:
+    """Every benchmark's samples, chunk by chunk; a chunk already saved (an interrupted run) is read back."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainers.base_model import resolve_device
@@ -250,23 +241,33 @@ def main(argv: list[str] | None = None) -> int:
                 chunk = problems[name][start : start + args.batch_size]
                 table = evaluate_chunk(engine, tokenizer, grader, name, chunk, benchmarks[name][1], sampling,
                                        mix_seed(args.seed, start), args.grading_timeout)
-                _write_atomic(table, path)
+                write_atomic(path, table)
             tables.append(pq.read_table(path))
     finally:
         grader.close()
         engine.close()
+    return pa.concat_tables(tables), grader
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    benchmarks, problems, base, out, settings, errors = check_inputs(args)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(settings, indent=2))
+    samples, grader = sample_chunks(args, benchmarks, problems, out)
     if grader.timeouts or grader.errors:
         print(f"grader: {grader.timeouts} responses hit the grading limit, {grader.errors} raised (scored 0)")
-    samples = pa.concat_tables(tables)
-    _write_atomic(samples, out / "samples.parquet")
+    write_atomic(out / "samples.parquet", samples)
     per_benchmark = {name: summarize(samples.filter(pa.compute.equal(samples["benchmark"], name))) for name in benchmarks}
     overall = {key: sum(r[key] for r in per_benchmark.values()) / len(per_benchmark)
                for key in ("accuracy", "response_length", "truncated_fraction")}  # the mean over benchmarks
     results = with_aes({"model": settings["model"], "settings": settings, "benchmarks": per_benchmark,
                         "overall": overall, "grader": grader.counts(), "versions": versions()}, base)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out / "results.json")
+    write_atomic(out / "results.json", json.dumps(results, indent=2))
     print(f"{'benchmark':16} {'acc':>7} {'length':>8} {'trunc':>6} {'AES':>7}")
     for name, numbers in [*per_benchmark.items(), ("overall", overall)]:
         score = f"{numbers['aes']:7.3f}" if "aes" in numbers else "      –"

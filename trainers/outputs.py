@@ -5,6 +5,7 @@ A run folder (``trainers.train``), a study's Ray results folder and a report fol
 ``MARKER``, a small JSON file naming what made them. ``--out .`` or ``--out ~`` can never delete a
 folder this project did not make. Folders are created with mode 0700: checkpoints are loaded with
 ``torch.load(weights_only=True)``, but a private folder keeps others from planting files at all.
+Files are written whole or not at all (``write_atomic``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 MARKER = ".lead-study"
 
@@ -83,3 +87,21 @@ def replace_owned(built: Path, target: Path, kind: str) -> None:
         target.rename(old)
     built.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: Path, content: str | pa.Table) -> Path:
+    """Write ``content`` (text, or a table as Parquet) to a temporary file beside ``path``, then
+    rename it over ``path``: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        pass
+    try:
+        if isinstance(content, pa.Table):
+            pq.write_table(content, tmp.name)
+        else:
+            Path(tmp.name).write_text(content)
+        Path(tmp.name).replace(path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return path

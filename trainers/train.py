@@ -20,7 +20,6 @@ import math
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
@@ -30,7 +29,7 @@ from trainers.fingerprint import versions
 from trainers.base_model import ModelLoadError
 from trainers.checkpoint import CheckpointMismatch, check_checkpoint, checkpoint_step, latest_checkpoint
 from trainers.grpo import StepReport, train
-from trainers.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner
+from trainers.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner, write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -62,11 +61,7 @@ class RunFiles:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"step": report.step, **report.metrics}) + "\n")
         for name, table in report.tables.items():
-            folder = self.output_dir / name
-            folder.mkdir(exist_ok=True)
-            tmp = folder / f".step_{report.step:06d}.parquet.tmp"
-            pq.write_table(table, tmp)
-            tmp.replace(folder / f"step_{report.step:06d}.parquet")
+            write_atomic(self.output_dir / name / f"step_{report.step:06d}.parquet", table)
         m = report.metrics
         postfix = {"acc": m[M.TRAIN_ACCURACY], "len": m[M.TRAIN_RESPONSE_LENGTH], "w_corr": m[M.lead("w_corr")]}
         if M.EVAL_ACCURACY in m:
@@ -155,12 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_line(final))
     print(f"outputs: {output_dir}")
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

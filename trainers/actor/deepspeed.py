@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 import traceback
 
@@ -28,6 +27,7 @@ import torch
 import torch.multiprocessing as mp
 
 from trainers.actor import register_backend
+from trainers.ports import free_port
 from trainers.actor.update import PolicyBatch, combine_sums, policy_update, token_logprobs
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
@@ -192,12 +192,6 @@ def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model
         conn.send(("error", traceback.format_exc()))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @register_backend("deepspeed")
 class DeepSpeedActor:
     def __init__(self, config, model: torch.nn.Module, log=print):
@@ -207,7 +201,7 @@ class DeepSpeedActor:
 
     def _start(self, state: dict | None) -> None:
         context = mp.get_context("spawn")
-        world, port = self.config.train.workers, _free_port()
+        world, port = self.config.train.workers, free_port()
         self.workers = []
         for rank in range(world):
             ours, theirs = context.Pipe()
