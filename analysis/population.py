@@ -2,8 +2,9 @@
 
 A member's run holds the steps it trained itself, each once. After an exploit at step ``t`` its
 weights are the donor's at ``t``: the schedule that produced them is the donor's (itself possibly
-inherited) up to ``t``, then the member's own. ``effective_schedules`` follows those links back,
-so each member's series is the setting its final weights were trained under, step by step.
+inherited) up to ``t``, then the member's own. ``effective_schedules`` follows those links back
+(``trainers.lineage``), so each member's series is the setting its final weights were trained
+under, step by step.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from analysis.compute import series
+from trainers.lineage import lineage
 
 
 def exploit_links(exploits: pa.Table) -> dict[str, list[tuple[int, str]]]:
@@ -23,21 +25,11 @@ def exploit_links(exploits: pa.Table) -> dict[str, list[tuple[int, str]]]:
 
 def effective_schedules(history: pa.Table, exploits: pa.Table, key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Every trial that logged ``key`` (e.g. ``setting/lead.weighting.w_corr``): (steps, values) of
-    the lineage of its final weights (see the module docstring)."""
+    the lineage of its final weights (``trainers.lineage``)."""
     own = series(history, key)
     links = exploit_links(exploits)
-
-    def lineage(trial: str, upto: int) -> list[tuple[int, float]]:
-        steps, values = own.get(trial, ([], []))
-        cuts = [(step, donor) for step, donor in links.get(trial, []) if step <= upto]
-        start, inherited = 0, []
-        if cuts:
-            start, donor = cuts[-1]
-            inherited = lineage(donor, start)
-        return inherited + [(s, v) for s, v in zip(steps, values) if start < s <= upto]
-
     out = {}
-    for trial, (steps, _) in own.items():
-        points = lineage(trial, max(steps))
-        out[trial] = ([s for s, _ in points], [v for _, v in points])
+    for trial in own:
+        points = lineage(own, links, trial)
+        out[trial] = ([s for s, _, _ in points], [v for _, v, _ in points])
     return out

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from stores.tracking import read_json_artifact
+from study.replay import HEADER, W_CORR, replay_config
 from study.trial import EVALUATED, EXPLOIT, REPORT_FILE, apply_search
 from trainers import contract as M
 from trainers.contract import (
@@ -34,6 +35,7 @@ from trainers.contract import (
     TAG_HISTORY_STEP, TAG_LOGGED_STEP, TAG_ROLE, TAG_STUDY_DIR, TAG_STUDY_RUN, TAG_TRIAL_ID, ROLE_STUDY,
 )
 from trainers.fingerprint import versions
+from trainers.lineage import lineage
 
 
 _PLAIN_VALUE = re.compile(r"[\w.:/-]*")
@@ -56,6 +58,14 @@ def log_json(client: MlflowClient, run_id: str, name: str, content) -> None:
         path = Path(tmp) / file
         path.write_text(json.dumps(content, indent=2))
         client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def log_yaml(client: MlflowClient, run_id: str, name: str, content: dict, header: str = "") -> None:
+    """``content`` as the YAML artifact ``name`` (at the run's top level), after a ``header`` comment."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(header + yaml.safe_dump(content, sort_keys=False))
+        client.log_artifact(run_id, str(path))
 
 
 def write_history_artifact(client: MlflowClient, run_id: str, rows: list[tuple[str, int, float]], step: int) -> None:
@@ -169,6 +179,11 @@ class MLflowTracker(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    def _plan_of(self, trial):
+        """The plan a trial started from. A population member's ``config["trial"]`` becomes its
+        donor's after an exploit (PBT copies the donor's config); its name stays its own."""
+        return self.plans.get(str(trial)) or self.plans[trial.config["trial"]]
+
     def _run_for(self, trial) -> str:
         trial_id = trial.trial_id
         if trial_id in self._runs:
@@ -176,7 +191,7 @@ class MLflowTracker(tune.Callback):
         tags = {TAG_TRIAL_ID: trial_id, TAG_STUDY_RUN: self.parent_run_id}
         run_id = find_run(self.client, self.experiment_id, tags)
         if run_id is None:
-            plan = self.plans[trial.config["trial"]]
+            plan = self._plan_of(trial)
             config = apply_search(plan.config, trial.config.get("search", {}))
             run_id = self.client.create_run(
                 self.experiment_id,
@@ -184,16 +199,14 @@ class MLflowTracker(tune.Callback):
                 tags={
                     **tags, M.TAG_STUDY: self.study, M.TAG_ARM: plan.arm, M.TAG_VARIANT: plan.variant, M.TAG_SEED: str(plan.seed),
                     **M.method_tags(config["lead"], plan.motion), **version_tags(),
+                    **({M.TAG_PARAMS_ARE: M.STARTING_VALUES} if plan.motion == M.SEARCHED else {}),
                 },
             ).info.run_id
             flat = M.params(config)
             for start in range(0, len(flat), 100):
                 chunk = list(flat.items())[start : start + 100]
                 self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in chunk])
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / M.TRAIN_CONFIG_ARTIFACT
-                path.write_text(yaml.safe_dump(config, sort_keys=False))
-                self.client.log_artifact(run_id, str(path))
+            log_yaml(self.client, run_id, M.TRAIN_CONFIG_ARTIFACT, config)
             self._last_step[trial_id] = 0
             self._history[trial_id] = []
         else:  # found again after a driver restart: ``_rows`` reads back what it holds
@@ -277,9 +290,35 @@ class MLflowTracker(tune.Callback):
                     self.client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
         self._write_history(trial)
 
+    def _replay(self, trial, trials) -> dict:
+        """A population member's replay config (``study.replay``): its final weights' w_corr
+        lineage through its donors' runs (``trials``: the population), its final searched
+        settings, the lineage's first seed."""
+        own, links = {}, {}
+        for member in trials:
+            name, trial_id, run_id = self._plan_of(member).name, member.trial_id, self._run_for(member)
+            rows = self._rows(trial_id, run_id)
+            key = M.SETTING_PREFIX + W_CORR
+            steps = sorted((step, value) for k, step, value in rows if k == key)
+            own[name] = ([s for s, _ in steps], [v for _, v in steps])
+            records = self._exploits.get(trial_id)
+            if records is None:
+                records = self._exploits[trial_id] = read_json_artifact(self.client, run_id, EXPLOITS_ARTIFACT) or []
+            links[name] = sorted((r["step"], r["donor"]) for r in records)
+        name = self._plan_of(trial).name
+        search = trial.config.get("search", {})
+        chain = lineage(own, links, name) if W_CORR in search else None
+        root = chain[0][2] if chain else name
+        return replay_config(self.plans[name].config, search, chain, self.plans[root].seed)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write_history(trial)
-        self.client.set_terminated(self._run_for(trial), status="FINISHED")
+        run_id = self._run_for(trial)
+        plan = self._plan_of(trial)
+        if plan.motion == M.SEARCHED:
+            header = HEADER.format(arm=plan.arm, trial=plan.name)
+            log_yaml(self.client, run_id, M.TRAIN_CONFIG_ARTIFACT, self._replay(trial, trials), header)
+        self.client.set_terminated(run_id, status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write_history(trial)

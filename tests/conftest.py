@@ -102,12 +102,13 @@ def registries_restored():
     from trainers.weightings import WEIGHTINGS
 
     registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES)
-    saved = [dict(r._entries) for r in registries], dict(plugins._LOADED)
+    saved = [set(r.registered()) for r in registries], dict(plugins._LOADED)
     try:
         yield
-    finally:
-        for registry, entries in zip(registries, saved[0]):
-            registry._entries = entries
+    finally:  # built-in entries imported meanwhile (a lazily imported engine or task) stay
+        for registry, names in zip(registries, saved[0]):
+            for name in set(registry.registered()) - names - set(registry.modules):
+                del registry[name]
         plugins._LOADED.clear()
         plugins._LOADED.update(saved[1])
 

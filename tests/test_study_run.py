@@ -387,7 +387,9 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
 
     assert 2 in checkpoints(donor) and 3 in checkpoints(receiver), (checkpoints(donor), checkpoints(receiver))
     donor_config = client.download_artifacts(runs[donor].info.run_id, "train_config.yaml", str(tmp_path))
-    settings = deep_merge(yaml.safe_load(Path(donor_config).read_text()), dotted("lead.weighting.w_corr", new_w))
+    settings = yaml.safe_load(Path(donor_config).read_text())  # its replay: never exploited, one point
+    assert settings["lead"]["weighting"]["points"] == [[0, pytest.approx(donor_w)]]
+    settings["lead"]["weighting"] = {"normalization": "decoupled", "whiten": True, "kind": "static", "w_corr": new_w}
     config = TrainConfig.model_validate(settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran
@@ -399,3 +401,21 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
     again = torch.load(tmp_path / "again/checkpoints/step_000003" / CHECKPOINT_FILE, weights_only=True)
     ran = torch.load(checkpoints(receiver)[3] / CHECKPOINT_FILE, weights_only=True)
     assert all(torch.equal(ran["model"][k], v) for k, v in again["model"].items())
+
+    # the receiver's run ends with the replay of its lineage: w_corr as points, from scratch
+    assert runs[receiver].data.tags["lead_study.params_are"] == "starting values"
+    replay_file = Path(client.download_artifacts(runs[receiver].info.run_id, "train_config.yaml", str(tmp_path / "replay")))
+    assert replay_file.read_text().startswith(f"# The replay of {receiver}, a member of the pbt population")
+    replay = TrainConfig.model_validate(yaml.safe_load(replay_file.read_text()))
+    assert replay.lead.weighting.points == [(0, pytest.approx(donor_w)), (2, pytest.approx(new_w))] and replay.seed == 0
+    replay = replay.model_validate(deep_merge(replay.model_dump(), {"checkpoint": {"every": 1, "keep_last": 5}}))
+    torch.set_num_threads(1)
+    try:
+        train(replay, tmp_path / "replayed", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    replayed = {step: torch.load(tmp_path / f"replayed/checkpoints/step_{step:06d}" / CHECKPOINT_FILE, weights_only=True)
+                for step in (2, 3)}
+    first_exploit = torch.load(checkpoints(donor)[2] / CHECKPOINT_FILE, weights_only=True)  # the receiver's weights at step 2
+    assert all(torch.equal(first_exploit["model"][k], v) for k, v in replayed[2]["model"].items())
+    assert all(torch.equal(ran["model"][k], v) for k, v in replayed[3]["model"].items())  # donor and receiver share seed 0

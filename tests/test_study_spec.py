@@ -366,3 +366,34 @@ def test_the_psi_against_pbt_study_is_a_population_of_four_beside_three_psi_seed
     assert [p.config["lead"]["weighting"]["w_corr"] for p in members] == [0.2, 0.4, 0.6, 0.8]
     assert spec.search.mode == "pbt" and spec.search.population.keys == ("lead.weighting.w_corr",)
     assert all(p.config["train"]["steps"] == 30 for p in plans)
+
+
+EXPECTED_MOTION = {"psi": "adaptive", "static": "fixed", "combined": "fixed", "schedule": "scheduled", "accuracy_gate": "adaptive"}
+
+
+@pytest.mark.parametrize("spec", [*SPECS, ROOT / "examples/plugin_study.yaml"], ids=lambda p: p.stem)
+def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch, tmp_path, fresh_registries):
+    """What the tracker tags each trial with, against what the spec's YAML says of its arm: the
+    length reward, the weighting (``combined`` is static weights), how the weight moves (a
+    population member's is searched), the normalization and the whitening."""
+    from trainers import contract as M
+    from trainers.checks import files_unchecked
+
+    monkeypatch.setenv("LEAD_MODEL_PATH", str(tmp_path / "model"))
+    monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
+    raw = yaml.safe_load(spec.read_text())
+    arms = {arm["name"]: arm for arm in raw["arms"]}
+    population = (raw.get("search") or {}).get("population", {}).get("arm")
+    with files_unchecked():
+        plans = plan_trials(load_spec(spec))
+    for plan in plans:
+        arm = arms[plan.arm]
+        kind = arm["weighting"]["kind"]
+        expected = {
+            "reward": arm.get("reward", {}).get("kind", "lead"),
+            "weighting": "static" if kind == "combined" else kind,
+            "weight_motion": "searched" if plan.arm == population else EXPECTED_MOTION[kind],
+            "normalization": "combined" if kind == "combined" else arm["weighting"].get("normalization", "decoupled"),
+            "whiten": str(arm["weighting"].get("whiten", True)).lower(),
+        }
+        assert M.method_tags(plan.config["lead"], plan.motion) == expected, plan.name
