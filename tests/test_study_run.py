@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
-from trainers.config import TrainConfig, deep_merge, dotted
+from trainers.config import TrainConfig, deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 
