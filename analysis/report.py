@@ -258,6 +258,10 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
         + (f"PSI: mean final AES {sum(psi_aes) / len(psi_aes):.4g} over {len(psi_aes)} run(s), "
            f"{tokens(psi) / max(len(psi), 1):.4g} tokens per run, {tokens(psi):.4g} in all." if psi_aes else
            "No PSI trial to set against it.")
+        + ("\nEach member's run ends with the replay of its schedule (train_config.yaml: w_corr as points). Does the "
+           f"schedule {best} found beat PSI when replayed on other seeds? python -m analysis.replay_spec --study "
+           f"{data.study} --seeds 1 2 3 --out replay.yaml, then python -m study.run replay.yaml: its report answers "
+           "with intervals over those seeds." if psi_aes else "")
         + "\nThe comparison with intervals (and the member chosen on held-out problems) is in the section above."
     )
     table = [{"trial": r["trial"], "step": r["step"], "donor": r["donor"], "old": r["old"], "new": r["new"]}

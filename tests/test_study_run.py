@@ -126,7 +126,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     gate = next(r for r in children if r.data.tags["arm"] == "plugin_study.gate")
     assert (gate.data.tags["reward"], gate.data.tags["weighting"], gate.data.tags["weight_motion"]) == (
         "budget_linear", "accuracy_gate", "adaptive")
-    assert steps_of(client, gate, "lead/gate_open") == [1, 2] and gate.data.params["lead.length_params.budget"] == "120.0"
+    assert steps_of(client, gate, "lead/gate_open") == [1, 2] and gate.data.params["lead.length_params.budget"] == "120"
     assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
     check_method_tags(children, prefix="length_rewards.")
@@ -135,6 +135,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
     assert "Chosen: " in report or "No comparison" in report
     assert "## Population (PBT / PB2) against PSI" in report and "## Compute spent" in report
+    assert "python -m analysis.replay_spec --study shipped-smoke" in report  # the question the replays ask
 
 
 def test_the_optuna_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
