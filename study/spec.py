@@ -265,7 +265,7 @@ class Population(Strict):
 
 
 class Search(Strict):
-    mode: str = Field("grid", description="a name in study.search_modes.SEARCH_MODES: grid, optuna, pbt, pb2")
+    mode: SEARCH_MODES.Name = Field("grid", description="a name in study.search_modes.SEARCH_MODES: grid, optuna, pbt, pb2")
     metric: str = M.EVAL_AES
     direction: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, description="optuna: number of trials")
@@ -274,13 +274,6 @@ class Search(Strict):
     )
     asha: Asha | None = None
     population: Population | None = Field(None, description="pbt and pb2: the population and how it moves")
-
-    @field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in SEARCH_MODES:
-            raise ValueError(SEARCH_MODES.unknown(mode))
-        return mode
 
     @model_validator(mode="after")
     def _settings_of_the_mode(self):

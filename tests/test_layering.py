@@ -14,3 +14,9 @@ def test_imports_point_one_way():
     assert {name.split(".")[0] for name in targets("analysis")} <= {"trainers", "stores"}
     assert {name for name in targets("study") if name.startswith("analysis")} <= {"analysis.report"}
 
+
+
+def test_no_function_in_the_packages_is_over_80_lines():
+    from benchmarks.import_graph import longest_functions
+
+    assert [where for lines, where in longest_functions(5) if lines > 80] == []

@@ -93,3 +93,45 @@ def test_a_weighting_that_does_not_fit_is_refused_at_registration():
         register_weighting("nameless")(type("Nameless", (Weighting,), {}))
     with pytest.raises(RegistryError, match="set motion"):
         register_weighting("still")(type("Still", (Weighting,), {"__annotations__": {"kind": Literal["still"]}, "kind": "still"}))
+
+
+def test_a_registered_engine_with_its_own_settings_is_selectable_and_trains(cache_dir, tiny_model_dir, tmp_path):
+    """An engine registered outside the package (here: the transformers engine, counting its calls)
+    is chosen by name from a config, gets its validated options, and runs a real training step."""
+    from trainers.grpo import train
+    from trainers.rollout import register_engine
+    from trainers.rollout.hf import HFRolloutEngine
+    from trainers.strict import Strict
+
+    from tests.conftest import tiny_config
+
+    calls = []
+
+    @register_engine("counting")
+    class Counting(HFRolloutEngine):
+        class Settings(Strict):
+            label: str
+
+        def __init__(self, model, tokenizer, spec):
+            super().__init__(model, tokenizer, spec)
+            self.label = self.Settings.model_validate(spec.options).label
+
+        def generate(self, *args, **kwargs):
+            calls.append(self.label)
+            return super().generate(*args, **kwargs)
+
+    config = tiny_config(cache_dir, rollout={"engine": "counting", "engine_options": {"label": "mine"}},
+                         train={"steps": 1}, eval={"every": 5})
+    assert config.model_dump()["rollout"]["engine_options"] == {"label": "mine"}
+    train(config, tmp_path / "run", log=lambda _: None)
+    assert calls and set(calls) == {"mine"}  # the base evaluation, one step's rollouts, the final evaluation
+    from pydantic import ValidationError
+
+    from trainers.config import format_error
+
+    with pytest.raises(ValidationError) as info:
+        tiny_config(cache_dir, rollout={"engine": "counting", "engine_options": {"label": "x", "colour": 1}})
+    assert format_error(info.value) == "rollout: engine_options.colour: unknown key"
+    with pytest.raises(ValidationError) as info:
+        tiny_config(cache_dir, train={"backend_options": {"fused": True}})
+    assert format_error(info.value) == "train: backend_options: the training backend 'single' takes no options"

@@ -23,7 +23,7 @@ from trainers.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout import ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.strict import Strict
+from trainers.strict import Strict, omit_empty
 from trainers.tasks import TaskSettings, task_settings
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
@@ -48,7 +48,8 @@ BudgetSchedule = list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge
 
 
 class RolloutConfig(Strict):
-    engine: str = Field("hf", description="the rollout engine, a name in trainers.rollout.ENGINES")
+    engine: ENGINES.Name = Field("hf", description="the rollout engine, a name in trainers.rollout.ENGINES")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="the engine's own settings (its Settings model)")
     n: int = Field(8, ge=1, description="rollouts per prompt")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -63,12 +64,14 @@ class RolloutConfig(Strict):
         "(it shares the GPU with training, and sleeps while the policy updates)"
     )
 
-    @field_validator("engine")
-    @classmethod
-    def _known_engine(cls, engine: str) -> str:
-        if engine not in ENGINES:
-            raise ValueError(ENGINES.unknown(engine))
-        return engine
+    @model_validator(mode="after")
+    def _engine_options(self) -> "RolloutConfig":
+        ENGINES.check_options(self.engine, self.engine_options, "engine_options")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_options(self, handler) -> dict[str, Any]:
+        return omit_empty(handler(self), "engine_options")
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -97,7 +100,8 @@ def max_budget(max_new_tokens: int | list) -> int:
 
 
 class OptimConfig(Strict):
-    backend: str = Field("single", description="the training backend, a name in trainers.actor.BACKENDS")
+    backend: BACKENDS.Name = Field("single", description="the training backend, a name in trainers.actor.BACKENDS")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own settings (its Settings model)")
     workers: int = Field(1, ge=1, description="training processes (deepspeed: one per GPU, or CPU processes on gloo)")
     zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: ZeRO stage")
     gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward pass")
@@ -117,15 +121,13 @@ class OptimConfig(Strict):
     entropy_coef: float = Field(0.001, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
 
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, backend: str) -> str:
-        if backend not in BACKENDS:
-            raise ValueError(BACKENDS.unknown(backend))
-        return backend
+    @model_serializer(mode="wrap")
+    def _without_empty_options(self, handler) -> dict[str, Any]:
+        return omit_empty(handler(self), "backend_options")
 
     @model_validator(mode="after")
     def _one_single_worker(self) -> "OptimConfig":
+        BACKENDS.check_options(self.backend, self.backend_options, "backend_options")
         if self.backend == "single" and self.workers != 1:
             raise ValueError(f"workers: the single backend trains in one process (got {self.workers}); use backend: deepspeed")
         return self
@@ -204,12 +206,8 @@ class TrainConfig(Strict):
         return self
 
     @model_serializer(mode="wrap")
-    def _plugins_only_if_any(self, handler) -> dict[str, Any]:
-        """No ``plugins`` key without plugins: a config written before plugins keeps its hash."""
-        data = handler(self)
-        if not self.plugins:
-            data.pop("plugins", None)
-        return data
+    def _without_empty_plugins(self, handler) -> dict[str, Any]:
+        return omit_empty(handler(self), "plugins")
 
     def rollout_sampling(self, step: int) -> SamplingParams:
         """Sampling of training step ``step`` (0-based), with that step's budget."""
@@ -220,7 +218,7 @@ class TrainConfig(Strict):
         longest = max(self.rollout.max_budget, self.eval_sampling.max_new_tokens)
         return EngineSpec(
             model_path, self.rollout.max_prompt_tokens + longest, self.model.dtype, self.seed,
-            self.rollout.gpu_memory_utilization,
+            self.rollout.gpu_memory_utilization, self.rollout.engine_options,
         )
 
     @property

@@ -25,9 +25,9 @@ import importlib
 import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, create_model
+from pydantic import AfterValidator, BaseModel, ValidationError, create_model
 
 from trainers.strict import Strict
 
@@ -77,6 +77,32 @@ class Registry(Mapping[str, T], Generic[T]):
         if name not in self._entries:
             raise KeyError(self.unknown(name))
         return self._entries[name]
+
+    def known(self, name: str) -> str:
+        """``name``, if this registry knows it; else ValueError (a pydantic ``AfterValidator``)."""
+        if name not in self:
+            raise ValueError(self.unknown(name))
+        return name
+
+    @property
+    def Name(self):  # noqa: N802 (a type): a str field that must name an entry, ``engine: ENGINES.Name = "hf"``
+        return Annotated[str, AfterValidator(self.known)]
+
+    def check_options(self, name: str, options: dict[str, Any], key: str) -> None:
+        """Check an entry's own settings (``options``, found at ``key``) against the strict model the
+        entry declares as ``Settings`` (none declared: it takes none); ValueError names the key. The
+        entry is imported only when options are given."""
+        if not options:
+            return
+        model = getattr(self.lookup(name), "Settings", None)
+        if model is None:
+            raise ValueError(f"{key}: the {self.what} {name!r} takes no options")
+        try:
+            model.model_validate(options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{key}.{where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}") from None
 
     def lookup(self, name: str) -> T:
         """``self[name]``, with an unknown name as a ValueError (inside a pydantic validator: a

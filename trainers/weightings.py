@@ -68,16 +68,10 @@ class Weighting(Strict):
 
     motion: ClassVar[str]  # trainers.contract: FIXED, SCHEDULED or ADAPTIVE
 
-    normalization: str = Field("decoupled", description="a name in trainers.normalization.NORMALIZATIONS: "
-                               "decoupled (normalize-then-combine, LEAD) | combined (combine-then-normalize, GRPO)")
+    normalization: NORMALIZATIONS.Name = Field(
+        "decoupled", description="a name in trainers.normalization.NORMALIZATIONS: decoupled (normalize-then-combine, "
+        "LEAD) | combined (combine-then-normalize, GRPO)")
     whiten: bool = Field(True, description="whiten token advantages over the batch (the release's GRPO does not)")
-
-    @field_validator("normalization")
-    @classmethod
-    def _known_normalization(cls, name: str) -> str:
-        if name not in NORMALIZATIONS:
-            raise ValueError(NORMALIZATIONS.unknown(name))
-        return name
 
     def label(self) -> str:
         """A short name of these settings (a study's variant label)."""

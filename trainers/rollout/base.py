@@ -11,7 +11,7 @@ kernels and batching make that weaker).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +47,7 @@ class EngineSpec:
     dtype: str = "float32"  # float32 | bfloat16
     seed: int = 0
     gpu_memory_utilization: float = 0.4  # vLLM on a GPU: its share of memory (weights + KV cache)
+    options: dict = field(default_factory=dict)  # rollout.engine_options, validated by the engine's Settings
 
 
 class RolloutEngine(Protocol):
