@@ -232,7 +232,8 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     settings = sorted({k for k in data.history["key"].to_pylist() if k.startswith(SETTING)})
     if not settings:
         return None
-    setting = next((k for k in settings if k.endswith("w_corr")), settings[0])
+    w_corr = M.SETTING_PREFIX + "lead.weighting.w_corr"
+    setting = w_corr if w_corr in settings else settings[0]
     own = series(data.history, setting)
     members = sorted(own)
     schedules = effective_schedules(data.history, data.exploits, setting)
