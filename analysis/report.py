@@ -31,7 +31,7 @@ from analysis.compute import (
     weightings,
 )
 from analysis.load import StudyData, load_study
-from stores.tracking import StoreError, default_tracking_uri
+from stores.tracking import default_tracking_uri
 from analysis.population import effective_schedules
 from analysis.stats import Comparison
 from trainers import contract as M
@@ -320,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         path = write_report(tracking_uri, args.study, args.out or Path("reports") / args.study, not args.no_log)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
+    except ValueError as exc:  # a store, a study or a folder that cannot be used (StoreError is one)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

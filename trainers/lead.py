@@ -30,6 +30,7 @@ from pydantic import Field, PrivateAttr, SerializeAsAny, ValidationError, field_
 
 from trainers.contract import SEARCHED
 from trainers.normalization import NORMALIZATIONS, WeightedRewards, group_normalize, masked_whiten
+from trainers.registry import first_error
 from trainers.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
 from trainers.segments import Groups
 from trainers.strict import Strict
@@ -92,10 +93,7 @@ class LeadConfig(Strict):
         try:
             params = reward.params.model_validate({**own, **self.length_params})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise ValueError(f"length_params.{where}: {message} (length reward {self.length_reward})") from None
+            raise ValueError(f"{first_error(exc, 'length_params')} (length reward {self.length_reward})") from None
         self._reward_params = params.model_dump()
         return self
 

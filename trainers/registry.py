@@ -100,9 +100,7 @@ class Registry(Mapping[str, T], Generic[T]):
         try:
             model.model_validate(options)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"{key}.{where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}") from None
+            raise ValueError(first_error(exc, key)) from None
 
     def lookup(self, name: str) -> T:
         """``self[name]``, with an unknown name as a ValueError (inside a pydantic validator: a
@@ -123,6 +121,13 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __delitem__(self, name: str) -> None:  # tests that register a temporary entry remove it
         del self._entries[name]
+
+
+def first_error(error: ValidationError, key: str) -> str:
+    """An entry's settings error as one line under ``key``: ``length_params.scale: Input should be ...``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{key}.{where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}"
 
 
 def settings_model(name: str, fn: Callable) -> type[BaseModel]:
