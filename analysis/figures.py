@@ -33,7 +33,7 @@ def _labels(runs: pa.Table) -> dict[str, str]:
     }
 
 
-FIXED_W_CORR = M.param_column("lead.weighting.w_corr")  # a fixed weighting's weight
+FIXED_W_CORR = M.param_column(M.W_CORR_SETTING)  # a fixed weighting's weight
 
 
 def _fixed_levels(runs: pa.Table) -> list[float]:

@@ -232,7 +232,7 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     settings = sorted({k for k in data.history["key"].to_pylist() if k.startswith(SETTING)})
     if not settings:
         return None
-    w_corr = M.SETTING_PREFIX + "lead.weighting.w_corr"
+    w_corr = M.SETTING_PREFIX + M.W_CORR_SETTING
     setting = w_corr if w_corr in settings else settings[0]
     own = series(data.history, setting)
     members = sorted(own)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainers import contract as M
 from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.lineage import schedule_points
 
-W_CORR = "lead.weighting.w_corr"
+W_CORR = M.W_CORR_SETTING
 HEADER = ("# The replay of {trial}, a member of the {arm} population: its final weights' lineage as one config.\n"
           "# w_corr as schedule points (when searched), other searched settings at their final values,\n"
           "# the seed of the run that trained the first steps. python -m trainers.train THIS_FILE\n")

@@ -49,7 +49,7 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-W_CORR = "lead.weighting.w_corr"
+W_CORR = M.W_CORR_SETTING
 GRID_LABELS = {W_CORR: "wc"}  # how a grid value of a setting is labelled (default: the setting's last part)
 
 

@@ -42,6 +42,7 @@ BASE_RESPONSE_LENGTH = "base/response_length"
 
 
 SETTING_PREFIX = "setting/"  # + a dotted key (setting/train.lr): a searched setting's value at each step
+W_CORR_SETTING = "lead.weighting.w_corr"  # the weight of correctness, as a dotted setting (grids, searches, replays)
 
 
 def lead(name: str) -> str:
