@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from analysis.load import StudyData, load_study
 from stores.tracking import StoreError, check_store, default_tracking_uri
 from trainers import contract as M
-from trainers.config import deep_merge, dotted, lookup
+from trainers.config import deep_merge, dotted, lookup, print_errors
 from trainers.outputs import write_atomic
 
 
@@ -93,11 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                            member["trial"], sorted(set(args.seeds)))
         write_atomic(out, f"# python -m study.run {out}\n" + yaml.safe_dump(spec, sort_keys=False))
     except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_errors(exc)
     except OSError as exc:
-        print(f"error: --out: {exc}", file=sys.stderr)
-        return 2
+        return print_errors(OSError(f"--out: {exc}"))
     print(f"{out}: {member['trial']}'s schedule against {psi['trial']} on seeds {sorted(set(args.seeds))}")
     print(f"next: python -m study.run {out}")
     return 0

@@ -31,10 +31,11 @@ from analysis.compute import (
     weightings,
 )
 from analysis.load import StudyData, load_study
-from stores.tracking import default_tracking_uri
 from analysis.population import effective_schedules
 from analysis.stats import Comparison
+from stores.tracking import default_tracking_uri
 from trainers import contract as M
+from trainers.config import print_errors
 from trainers.contract import SETTING_PREFIX as SETTING
 from trainers.outputs import check_replaceable, check_writable_dir, replace_owned
 
@@ -321,11 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write_report(tracking_uri, args.study, args.out or Path("reports") / args.study, not args.no_log)
     except ValueError as exc:  # a store, a study or a folder that cannot be used (StoreError is one)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_errors(exc)
     except OSError as exc:
-        print(f"error: --out: {exc}", file=sys.stderr)
-        return 2
+        return print_errors(OSError(f"--out: {exc}"))
     print(f"Report: {path}")
     print(f"        {path.with_name('report.md')}")
     return 0
