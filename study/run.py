@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
+from stores.tracking import StoreError, check_store, default_tracking_uri
 from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
 from study.search_modes import SEARCH_MODES
 from study.spec import StudySpec, load_spec
-from stores.tracking import StoreError, check_store, default_tracking_uri
 from trainers import contract as M
 from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
