@@ -98,19 +98,22 @@ def connect_ray(address: str | None, num_cpus: int) -> None:
 # --------------------------------------------------------------------------- preparation
 
 
-def prepare_base_models(plans: list[TrialPlan], log) -> tuple[dict[str, Any], dict[str, float]]:
-    """Build (or reuse) and evaluate every distinct base model once, in the driver.
+def prepare_base_models(plans: list[TrialPlan], threads: int, log) -> tuple[dict[str, Any], dict[str, float]]:
+    """Build (or reuse) and evaluate every distinct base model once, in the driver, on the
+    ``threads`` the trials run on (their evaluations then find it in the cache).
 
     Returns the ``model`` settings to fix in each trial (an absolute path, by trial name) and the
     first trial's base metrics (for the parent run)."""
     from trainers.base_model import base_identity, prepare
+    from trainers.threads import torch_threads
 
     fixed, base_metrics, seen = {}, {}, {}
     for plan in plans:
         config = TrainConfig.model_validate(plan.config)
         key = json.dumps(base_identity(config), sort_keys=True, default=str)  # what the evaluation cache keys on too
         if key not in seen:
-            model_path, base = prepare(config, log=log)
+            with torch_threads(threads):
+                model_path, base = prepare(config, log=log)
             seen[key] = model_path
             base_metrics = base_metrics or {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
             log(f"base model {model_path}: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f}")
@@ -173,7 +176,7 @@ def trainable(spec: StudySpec, phase: Phase):
     from study.trial import run_trial
 
     changeable = list(spec.search.population.keys) if phase.name == "population" else []
-    payload = {p.name: {**asdict(p), "threads": max(1, int(spec.resources.cpus)), "changeable": changeable}
+    payload = {p.name: {**asdict(p), "threads": spec.resources.trial_threads, "changeable": changeable}
                for p in phase.plans}
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
@@ -348,7 +351,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
 
     from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
-    fixed_models, base_metrics = prepare_base_models(plans, log)
+    fixed_models, base_metrics = prepare_base_models(plans, spec.resources.trial_threads, log)
     plans = [
         dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
@@ -363,7 +366,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
             if args.resume and Tuner.can_restore(str(folder)):
                 tuner = Tuner.restore(str(folder), trainable=trainable(spec, phase), resume_errored=True)
             else:
-                tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans)
+                tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans,
+                                        spec.resources.trial_threads)
                 tuner = build_tuner(spec, study_name, phase, output_dir, tracker, args.max_concurrent_trials,
                                     args.smoke_test)
             rows += summary_rows(tuner.fit(), plans)  # Ctrl-C: Tune stops the trials, saves its state and returns

@@ -299,6 +299,12 @@ class Resources(Strict):
     )
 
     @property
+    def trial_threads(self) -> int:
+        """The torch threads a trial runs on (and the driver evaluates the base model on): its CPUs,
+        at least one, so a study's numbers do not depend on the machine's core count."""
+        return max(1, int(self.cpus))
+
+    @property
     def trial_gpus(self) -> float:
         """The GPUs the trial's own process sees: training workers take one each."""
         return self.bundles[0].get("GPU", 0.0) if self.bundles else self.gpus

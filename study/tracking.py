@@ -157,8 +157,9 @@ def finish_study_run(tracking_uri: str, run_id: str, summary_rows: list[dict], s
 class MLflowTracker(tune.Callback):
     """A Tune callback that mirrors every trial into a child run of the study's parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str, plans):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str, plans, threads: int):
         self.plans = {p.name: p for p in plans}
+        self.threads = threads  # torch threads per trial: they change numbers, so every run records them
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -200,6 +201,7 @@ class MLflowTracker(tune.Callback):
                     **tags, M.TAG_STUDY: self.study, M.TAG_ARM: plan.arm, M.TAG_VARIANT: plan.variant, M.TAG_SEED: str(plan.seed),
                     **M.method_tags(config["lead"], plan.motion), **version_tags(),
                     **({M.TAG_PARAMS_ARE: M.STARTING_VALUES} if plan.motion == M.SEARCHED else {}),
+                    M.TAG_THREADS: str(self.threads),
                 },
             ).info.run_id
             flat = M.params(config)

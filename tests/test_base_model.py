@@ -44,3 +44,25 @@ def test_a_crash_mid_build_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         ensure_base_model(SyntheticTaskConfig(), TinyModelConfig(sft_steps=1), tmp_path, log=lambda _: None)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_the_base_model_is_the_same_whatever_the_thread_count(tmp_path):
+    """Built from a process on 1 thread and from one on 2, the weights are bit-identical (the
+    build runs on ``BUILD_THREADS``), and the caller's thread count is given back."""
+    from safetensors.torch import load_file
+
+    task, config = SyntheticTaskConfig(max_terms=5, eval_size=24), TinyModelConfig(**TINY)
+    before = torch.get_num_threads()
+    weights = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"threads{threads}"
+            out.mkdir()
+            info = tiny.train_base_model(task, config, out, log=lambda _: None)
+            assert info["threads"] == 1 and torch.get_num_threads() == threads
+            weights[threads] = load_file(out / "model.safetensors")
+    finally:
+        torch.set_num_threads(before)
+    assert weights[1].keys() == weights[2].keys()
+    assert all(torch.equal(weights[1][key], weights[2][key]) for key in weights[1])

@@ -65,6 +65,7 @@ def test_default_study_smoke_test_end_to_end_in_mlflow(smoke_study):
         assert run.data.tags[STUDY_RUN_TAG] == parents[0].info.run_id
         assert run.data.tags["version.torch"] == torch.__version__ and "version.lead-study" in run.data.tags
         assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
+        assert run.data.tags["threads"] == "1"  # the spec's resources.cpus: the trial's torch threads
         assert steps_of(client, run) == [1, 2] and steps_of(client, run, "eval/aes") == [2]
         assert run.data.tags["weighting"] in ("psi", "static")
         assert run.data.params["lead.weighting.kind"] == run.data.tags["weighting"]

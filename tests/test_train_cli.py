@@ -52,6 +52,7 @@ def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["eval/accuracy"] == lines[-1]["eval/accuracy"]
     assert summary["versions"]["torch"] == torch.__version__ and summary["versions"]["lead-study"].startswith("0.")
+    assert summary["threads"] == torch.get_num_threads()  # the run's thread count is on record
     assert "GRPO" in result.stderr  # the progress bar
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700 and owner(tmp_path / "out") == "run"
 

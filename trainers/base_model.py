@@ -74,13 +74,15 @@ def base_identity(config: TrainConfig) -> dict:
 
 
 def base_evaluation(model_path: Path, evaluator: Evaluator) -> EvalResult:
-    """The base model's numbers on the eval set, computed once and cached next to the base models.
+    """The base model's numbers on the eval set, computed once per thread count and cached next to
+    the base models.
 
     ``evaluator`` must sample from the base model's weights (call it before any update)."""
     config = evaluator.config
     key = {
         "model": str(model_path),
         "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
+        "threads": torch.get_num_threads(),  # other threads: other last bits, other samples
         "code": fingerprint(EVALUATION_CODE, libraries=("torch", "transformers", "tokenizers", "math-verify")),
         **evaluation_identity(config),
     }

@@ -84,6 +84,7 @@ TAG_STUDY = "study"
 TAG_ARM = "arm"
 TAG_VARIANT = "variant"
 TAG_SEED = "seed"
+TAG_THREADS = "threads"  # the torch threads the trial ran on (they change the last bits, and so samples)
 # The method tags: how the trial's advantage is made.
 TAG_REWARD = "reward"  # the length reward's name in trainers.rewards.LENGTH_REWARDS
 TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.weightings.WEIGHTINGS (psi, static, schedule, ...)

@@ -17,7 +17,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-pack
 LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "ray", "mlflow", "math-verify")
 
 # The code each cache depends on (paths under PACKAGE_ROOT; folders mean every .py file in them).
-BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py")  # the tiny model and its SFT data
+BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py", "trainers/threads.py")  # the tiny model, its SFT data
 EVALUATION_CODE = ("trainers/models", "trainers/rollout", "trainers/tasks", "trainers/evaluation.py",
                    "trainers/grading.py", "trainers/seeding.py")  # sampling, grading, and what an evaluation computes
 

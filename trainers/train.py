@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, CheckpointMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_atomic(output_dir / SUMMARY_FILE, json.dumps({**final, "versions": versions()}, indent=2))
+    summary = {**final, "threads": torch.get_num_threads(), "versions": versions()}  # threads change numbers
+    write_atomic(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     print(summary_line(final))
     print(f"outputs: {output_dir}")
     return 0

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from trainers.fingerprint import BASE_MODEL_CODE, fingerprint, versions
 from trainers.strict import Strict
+from trainers.threads import BUILD_THREADS, torch_threads
 from trainers.tasks import task_identity
 from trainers.tasks.synthetic import VOCAB, SyntheticTaskConfig, sample_problem, verbose_response
 
@@ -117,7 +118,13 @@ def _sft_batches(task: SyntheticTaskConfig, config: TinyModelConfig, tokenizer, 
 
 
 def train_base_model(task: SyntheticTaskConfig, config: TinyModelConfig, out_dir: Path, log=print) -> dict:
-    """SFT a fresh tiny Qwen2 on verbose traces and save it (model, tokenizer, build_info.json)."""
+    """SFT a fresh tiny Qwen2 on verbose traces and save it (model, tokenizer, build_info.json), on
+    ``BUILD_THREADS`` torch threads: the same weights on every machine, whatever its cores."""
+    with torch_threads(BUILD_THREADS):
+        return _train_base_model(task, config, out_dir, log)
+
+
+def _train_base_model(task: SyntheticTaskConfig, config: TinyModelConfig, out_dir: Path, log=print) -> dict:
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = build_tokenizer()
@@ -170,6 +177,7 @@ def train_base_model(task: SyntheticTaskConfig, config: TinyModelConfig, out_dir
         "sft_response_tokens_per_second": round(tokens / seconds),
         "final_loss_ema": round(loss_ema, 4),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
         "task": task_identity(task),
         "model": config.model_dump(),
         "versions": versions(),
