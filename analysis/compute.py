@@ -154,7 +154,8 @@ def lstar_versus_minimal(problems: pa.Table, runs: pa.Table) -> pa.Table:
     """Per trial at its last evaluation, over the problems it solved at least once (L* comes from
     correct samples): the median of ``lstar / minimal_length`` and of ``mean_length / minimal_length``,
     the fraction of targets within 10% of the minimal length, and the fraction still above 1.5x
-    (under-compressed); plus how many problems it never solved."""
+    (under-compressed); plus how many problems it never solved. Where the two medians are equal in
+    every row (``eval.n_samples`` 1: L* is the one sample's length), ``length_over_minimal`` is left out."""
     final = final_problems(problems)
     labels = {r["trial"]: r for r in runs.select(["trial", "arm", "variant", "seed"]).to_pylist()}
     rows = []
@@ -183,7 +184,11 @@ def lstar_versus_minimal(problems: pa.Table, runs: pa.Table) -> pa.Table:
          ("lstar_over_minimal", pa.float64()), ("length_over_minimal", pa.float64()),
          ("within_10pct", pa.float64()), ("above_1p5x", pa.float64())]
     )
-    return pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if table.num_rows and table["lstar_over_minimal"].equals(table["length_over_minimal"]):
+        # one sample per problem: L* (from the correct samples) is the sample's own length
+        table = table.drop_columns(["length_over_minimal"])
+    return table
 
 
 COMPUTE_COLUMNS = {M.PERF_ROLLOUT_TOKENS: "rollout_tokens", M.PERF_TRAIN_TOKENS: "train_tokens",

@@ -1,12 +1,13 @@
 """The study's figures, each a matplotlib ``Figure`` built from ``analysis.load`` / ``analysis.compute``
 tables (the caller saves or shows it):
 
-- ``pareto``: final eval accuracy against length per (arm, variant), seeds as error bars, the
-  static grid coloured by its ``w_corr``, PSI marked, the frontier drawn through;
+- ``pareto``: final eval accuracy against length per (arm, variant), seeds as error bars, each
+  point its own colour and named beside it, its marker how its weight moves, the frontier drawn through;
 - ``weight_trajectories``: PSI's used ``w_corr`` (and its target) over training, against the
   static grid's levels;
-- ``eval_curves``: accuracy, length and AES at every evaluation, per (arm, variant), mean over seeds;
-- ``lstar_curves``: the mean per-problem target L* over training;
+- ``eval_curves``: accuracy, length and AES from the base model (step 0) through every evaluation,
+  per (arm, variant): the mean over seeds and its 95% bootstrap band (``analysis.stats.mean_interval``);
+- ``lstar_curves``: the mean per-problem target L* over training (band: 95% over seeds);
 - ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length;
 - ``population_schedules``: each PBT / PB2 member's effective schedule of a searched setting,
   PSI's ``w_corr`` on the same axes, and the exploits.
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
 
 from analysis.compute import arm_label, final_problems, motions, series
+from analysis.stats import mean_interval
 from trainers import contract as M
 
 
@@ -47,19 +49,6 @@ def _fixed_levels(runs: pa.Table) -> list[float]:
     )
 
 
-def _mean_over_seeds(history: pa.Table, key: str, labels: dict[str, str]) -> dict[str, tuple[list[int], list[float]]]:
-    """label -> (steps, mean over that label's trials at each step)."""
-    by_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for trial, (steps, values) in series(history, key).items():
-        for step, value in zip(steps, values):
-            if value == value:  # NaN-free
-                by_step[labels.get(trial, trial)][step].append(value)
-    return {
-        label: (sorted(points), [sum(points[s]) / len(points[s]) for s in sorted(points)])
-        for label, points in sorted(by_step.items())
-    }
-
-
 def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 6) -> Figure:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -74,18 +63,21 @@ MARKERS = {M.ADAPTIVE: "*", M.FIXED: "o", M.SCHEDULED: "s", M.SEARCHED: "^"}  # 
 
 
 def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
-    """Every (arm, variant): colour by its length reward, marker by how its weight moves."""
+    """Every (arm, variant): its own colour and its name beside it, marker by how its weight moves."""
     fig = Figure(figsize=(7.6, 5.0))
     ax = fig.subplots()
     rows = [r for r in summary.to_pylist() if r["accuracy_mean"] is not None and r["length_mean"] is not None]
-    rewards = sorted({str(r["reward"]) for r in rows})
-    cmap = matplotlib.colormaps["tab10"]
-    for r in rows:
+    cmap = matplotlib.colormaps["tab20"]
+    names: dict[tuple[float, float], list[str]] = defaultdict(list)  # points at one place share one note
+    for i, r in enumerate(rows):
         marker = MARKERS.get(r[M.TAG_MOTION], "D")
         label = arm_label(r["arm"], r["variant"], " ")
         ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
-                    fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(rewards.index(str(r["reward"])) % 10),
+                    fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(i % 20),
                     capsize=3, label=f"{label} ({r[M.TAG_REWARD]}, {r[M.TAG_WEIGHTING]})")
+        names[(r["length_mean"], r["accuracy_mean"])].append(label)
+    for point, labels in names.items():
+        ax.annotate(", ".join(labels), point, xytext=(4, 4), textcoords="offset points", fontsize=6)
     on_front = sorted((r for r in rows if (r["arm"], r["variant"]) in set(front)), key=lambda r: r["length_mean"])
     if len(on_front) > 1:
         ax.plot([r["length_mean"] for r in on_front], [r["accuracy_mean"] for r in on_front],
@@ -111,16 +103,47 @@ def weight_trajectories(history: pa.Table, runs: pa.Table) -> Figure:
     return _finish(fig, ax, "training step", "w_corr", "w_corr over training (dashed: the fixed weights)")
 
 
+# each evaluated metric and where its curve starts: the base model's number at step 0 (AES: 0 by definition)
+EVAL_CURVES = ((M.EVAL_ACCURACY, "accuracy", M.BASE_ACCURACY), (M.EVAL_RESPONSE_LENGTH, "length (tokens)",
+                                                                M.BASE_RESPONSE_LENGTH), (M.EVAL_AES, "AES", None))
+
+
+def _from_the_base(history: pa.Table, key: str, base_key: str | None) -> dict[str, tuple[list[int], list[float]]]:
+    """``key``'s series per trial, starting at step 0 with the base model's number."""
+    base = {trial: values[0] for trial, (_, values) in series(history, base_key).items()} if base_key else {}
+    return {trial: ([0, *steps], [base.get(trial, 0.0 if base_key is None else float("nan")), *values])
+            for trial, (steps, values) in series(history, key).items()}
+
+
+def _band_over_seeds(curves: dict[str, tuple[list[int], list[float]]], labels: dict[str, str]):
+    """label -> (steps, mean over its seeds, 95% low, 95% high) at each step (no band with one seed)."""
+    by_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for trial, (steps, values) in curves.items():
+        for step, value in zip(steps, values):
+            if value == value:  # NaN-free
+                by_step[labels.get(trial, trial)][step].append(value)
+    out = {}
+    for label, points in sorted(by_step.items()):
+        intervals = [mean_interval(points[step]) for step in sorted(points)]
+        out[label] = (sorted(points), [i.estimate for i in intervals], [i.low for i in intervals], [i.high for i in intervals])
+    return out
+
+
+def _plot_with_band(ax, label: str, steps, mean, low, high, style: str = "-") -> None:
+    line = ax.plot(steps, mean, style, markersize=3, label=label)[0]
+    if all(v is not None for v in low):  # one seed: no band
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+
+
 def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(13, 3.8))
     axes = fig.subplots(1, 3)
     labels = _labels(runs)
-    for ax, (key, title) in zip(axes, ((M.EVAL_ACCURACY, "accuracy"), (M.EVAL_RESPONSE_LENGTH, "length (tokens)"),
-                                       (M.EVAL_AES, "AES"))):
-        for label, (steps, values) in _mean_over_seeds(history, key, labels).items():
-            ax.plot(steps, values, "o-", markersize=3, label=label)
-        ax.set_xlabel("training step")
-        ax.set_title(f"eval {title}")
+    for ax, (key, title, base_key) in zip(axes, EVAL_CURVES):
+        for label, band in _band_over_seeds(_from_the_base(history, key, base_key), labels).items():
+            _plot_with_band(ax, label, *band, style="o-")
+        ax.set_xlabel("training step (0: the base model)")
+        ax.set_title(f"eval {title} (band: 95% over seeds)")
     axes[-1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig
@@ -129,8 +152,8 @@ def eval_curves(history: pa.Table, runs: pa.Table) -> Figure:
 def lstar_curves(history: pa.Table, runs: pa.Table) -> Figure:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for label, (steps, values) in _mean_over_seeds(history, M.lead("lstar_mean"), _labels(runs)).items():
-        ax.plot(steps, values, label=label)
+    for label, band in _band_over_seeds(series(history, M.lead("lstar_mean")), _labels(runs)).items():
+        _plot_with_band(ax, label, *band)
     return _finish(fig, ax, "training step", "mean L* over the batch's problems (tokens)",
                    "Per-problem target length over training")
 

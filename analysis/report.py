@@ -157,7 +157,9 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
     sections.append(Section(
         "Target lengths per problem against the minimal length",
         "At each trial's last evaluation, over the problems it solved: medians of L* / minimal and length / "
-        "minimal; the share of targets within 10% of the minimal length and above 1.5x it (still verbose).",
+        "minimal; the share of targets within 10% of the minimal length and above 1.5x it (still verbose)."
+        + ("" if "length_over_minimal" in lstar.column_names else " Length / minimal is left out: with one sample "
+           "per problem (eval.n_samples 1), L* is that sample's length, so the two medians are equal."),
         table=lstar.to_pylist() or None,
         figure=_save(figures.lstar_per_problem(data.problems, data.runs), folder, "lstar_per_problem.png"),
     ))

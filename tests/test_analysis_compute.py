@@ -113,6 +113,9 @@ def test_lstar_against_minimal_length_at_each_trials_last_evaluation():
     assert row["length_over_minimal"] == pytest.approx(1.3)  # 1.2, 1.3, 2.2
     assert row["within_10pct"] == pytest.approx(1 / 3) and row["above_1p5x"] == pytest.approx(1 / 3)
     assert (row["arm"], row["seed"]) == ("psi", 0)
+    # one sample per problem: L* is that sample's length, and the column that cannot differ goes
+    one_sample = problems.set_column(problems.column_names.index("mean_length"), "mean_length", problems["lstar"])
+    assert "length_over_minimal" not in lstar_versus_minimal(one_sample, runs).column_names
 
 
 def history_table(rows):
@@ -153,3 +156,32 @@ def test_compute_is_summed_per_trial_and_per_arm():
     arms = {r["arm"]: r for r in per_arm.to_pylist()}
     assert arms["pbt"]["trials"] == 2 and arms["pbt"]["rollout_tokens"] == 100.0 and arms["pbt"]["steps"] == 4
     assert arms["psi"]["train_tokens"] == 40.0 and arms["psi"]["step_seconds"] == 3.0
+
+
+def test_eval_curves_start_at_the_base_model_and_band_the_seeds():
+    from analysis.figures import _band_over_seeds, _from_the_base, pareto
+
+    history = history_table([
+        ("a-s0", "base/accuracy", 0, 0.5), ("a-s0", "eval/accuracy", 5, 0.6), ("a-s0", "eval/accuracy", 10, 0.7),
+        ("a-s1", "base/accuracy", 0, 0.5), ("a-s1", "eval/accuracy", 5, 0.8), ("a-s1", "eval/accuracy", 10, 0.9),
+        ("a-s0", "eval/aes", 5, 0.2), ("a-s1", "eval/aes", 5, 0.4),
+    ])
+    accuracy = _from_the_base(history, "eval/accuracy", "base/accuracy")
+    assert accuracy["a-s0"] == ([0, 5, 10], [0.5, 0.6, 0.7])
+    assert _from_the_base(history, "eval/aes", None)["a-s1"] == ([0, 5], [0.0, 0.4])  # AES of the base model: 0
+    steps, mean, low, high = _band_over_seeds(accuracy, {"a-s0": "a", "a-s1": "a"})["a"]
+    assert steps == [0, 5, 10] and mean == pytest.approx([0.5, 0.7, 0.8])
+    assert (low[0], high[0]) == (0.5, 0.5) and low[1] == pytest.approx(0.6) and high[1] == pytest.approx(0.8)
+    assert _band_over_seeds({"a-s0": ([0], [1.0])}, {"a-s0": "a"})["a"][2] == [None]  # one seed: no band
+    summary = pa.table({"arm": ["static", "static"], "variant": ["ratio0.25", "ratio4"], "reward": ["lead"] * 2,
+                        "weighting": ["static"] * 2, "weight_motion": ["fixed"] * 2, "accuracy_mean": [0.5, 0.6],
+                        "length_mean": [50.0, 40.0], "accuracy_std": [None, None], "length_std": [None, None]})
+    ax = pareto(summary, []).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["static ratio0.25", "static ratio4"]  # every point named
+    same_place = summary.set_column(summary.column_names.index("accuracy_mean"), "accuracy_mean", pa.array([0.5, 0.5]))
+    same_place = same_place.set_column(same_place.column_names.index("length_mean"), "length_mean", pa.array([45.0, 45.0]))
+    together = pareto(same_place, []).axes[0]
+    assert [t.get_text() for t in together.texts] == ["static ratio0.25, static ratio4"]  # one note where they meet
+    colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+               for line in ax.lines if line.get_marker() == "o"}
+    assert len(colours) == 2  # and coloured apart
