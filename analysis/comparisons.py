@@ -30,6 +30,8 @@ class Group:
     variant: str
     weighting: str | None
     scores: ArmScores
+    motion: str | None = None  # how its weight moves (trainers.contract.MOTIONS)
+    trials: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -40,12 +42,12 @@ def final_groups(data: StudyData) -> list[Group]:
     """Every evaluated (arm, variant): accuracy and length per (seed, problem) at each trial's last
     evaluation, on the problems all its trials evaluated."""
     final = final_problems(data.problems)
-    runs = data.runs.select(["trial", "arm", "variant", "seed", M.TAG_WEIGHTING]).to_pylist()
+    runs = data.runs.select(["trial", "arm", "variant", "seed", M.TAG_WEIGHTING, M.TAG_MOTION]).to_pylist()
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["arm"], run["variant"], run[M.TAG_WEIGHTING]), []).append(run)
+        groups.setdefault((run["arm"], run["variant"], run[M.TAG_WEIGHTING], run[M.TAG_MOTION]), []).append(run)
     out = []
-    for (arm, variant, weighting), members in sorted(groups.items(), key=lambda item: item[0][:2]):
+    for (arm, variant, weighting, motion), members in sorted(groups.items(), key=lambda item: item[0][:2]):
         tables = {m["seed"]: final.filter(pc.equal(final["trial"], m["trial"])) for m in members}
         tables = {seed: t for seed, t in tables.items() if t.num_rows}
         if not tables:
@@ -61,7 +63,7 @@ def final_groups(data: StudyData) -> list[Group]:
             return np.asarray(rows, dtype=float)
 
         scores = ArmScores(seeds, np.asarray(problems), matrix("accuracy"), matrix("mean_length"))
-        out.append(Group(arm, variant, weighting, scores))
+        out.append(Group(arm, variant, weighting, scores, motion, tuple(m["trial"] for m in members)))
     return out
 
 
@@ -106,3 +108,30 @@ def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: i
     versus = [(g, compare(on_test[best_psi.label], on_test[g.label], *base, seed=seed)) for g in others]
     headline = next(result for g, result in versus if g is best_other)
     return StudyComparison(len(selection), len(test), best_psi, best_other, selection_aes, headline, versus)
+
+
+@dataclass
+class Regret:
+    """An adaptive or searched (arm, variant) against the best fixed-weight one (chosen on the
+    selection problems), on the test problems: its AES minus the fixed arm's."""
+
+    group: Group
+    best_fixed: Group
+    aes: Comparison
+
+
+def regrets(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0) -> list[Regret]:
+    """Every adaptive or searched (arm, variant) against the best arm of the fixed-weight grid it
+    stands in for, by the protocol of the module docstring (empty when there is no such pair)."""
+    groups, base = final_groups(data), base_numbers(data)
+    fixed = [g for g in groups if g.motion == M.FIXED]
+    moving = [g for g in groups if g.motion in (M.ADAPTIVE, M.SEARCHED)]
+    if not fixed or not moving or base is None:
+        return []
+    problems = set.intersection(*(set(g.scores.problems.tolist()) for g in fixed + moving))
+    selection, test = selection_split(sorted(problems), fraction, seed)
+    if len(selection) < 2 or len(test) < 2:
+        return []
+    best = max(fixed, key=lambda g: g.scores.restrict(selection).aes(*base))
+    return [Regret(g, best, compare(g.scores.restrict(test), best.scores.restrict(test), *base, seed=seed)["aes"])
+            for g in moving]

@@ -55,6 +55,12 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
     assert tables["compute_per_arm"]["arm"].to_pylist() == ["psi", "static"]
     assert min(tables["compute_per_trial"]["rollout_tokens"].to_pylist()) > 0
     assert re.search(r"\| psi \| psi \| lead \| psi \| adaptive \| decoupled \| 1 \|", markdown)
+    # PSI's regret against the best fixed weight, beside one run's compute against the whole grid's
+    cost = re.search(r"\| psi \| 1 \| [\d.]+ \| static/ratio[\d.]+ \| [\d.]+ \| .* \| (\d+) \| (\d+) \|", markdown)
+    per_trial = tables["compute_per_trial"].to_pylist()
+    spent = {r["trial"]: r["rollout_tokens"] + r["train_tokens"] for r in per_trial}
+    assert cost and int(cost.group(1)) == spent["psi-s0"]
+    assert int(cost.group(2)) == sum(v for t, v in spent.items() if t.startswith("static-"))
     for figure in FIGURES:
         assert f"(figures/{figure})" in markdown
 
