@@ -204,7 +204,8 @@ def cost_of_a_fixed_weight(data: StudyData, per_trial: pa.Table, shapes: pa.Tabl
         "settled w_corr": mean(settled.get(t) for t in r.group.trials),
         "best fixed": r.best_fixed.label, "its w_corr": mean(w_corr.get(t) for t in r.best_fixed.trials),
         "AES diff": r.aes.difference, "low": r.aes.low, "high": r.aes.high, "P(ahead)": r.aes.p_ahead,
-        "verdict": r.aes.verdict, "tokens (arm)": sum(spent.get(t, 0) for t in r.group.trials),
+        "verdict": r.aes.verdict, "detectable (80%)": r.aes.detectable,
+        "tokens (arm)": sum(spent.get(t, 0) for t in r.group.trials),
         "tokens (grid)": grid_tokens,
     } for r in found]
     text = (
@@ -215,6 +216,13 @@ def cost_of_a_fixed_weight(data: StudyData, per_trial: pa.Table, shapes: pa.Tabl
         "(which had to run to know its best)."
     )
     return Section("The cost of finding a fixed weight", text, table=table)
+
+
+def _power(c: Comparison) -> str:
+    """What the design could see: the smallest difference found with 80% power."""
+    if c.detectable == 0:
+        return " (the resamples do not vary: any difference would have shown)"
+    return f" (a difference below {c.detectable:.3g} would often not have been seen: 80% power)"
 
 
 def _interval(c: Comparison) -> str:
@@ -251,18 +259,22 @@ def comparison_section(data: StudyData) -> Section:
         f"On the test problems, PSI minus the other, 95% bootstrap interval (problems paired, "
         f"{len(head['aes'].paired_seeds) or 'no'} seed(s) paired), P(PSI ahead) = share of resamples in which PSI "
         f"is better:\n"
-        f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {VERDICT_WORDS[head['aes'].verdict]}\n"
+        f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {VERDICT_WORDS[head['aes'].verdict]}"
+        f"{_power(head['aes'])}\n"
         f"  accuracy {_interval(head['accuracy'])}, P {head['accuracy'].p_ahead:.2f}: "
-        f"{VERDICT_WORDS[head['accuracy'].verdict]}\n"
+        f"{VERDICT_WORDS[head['accuracy'].verdict]}{_power(head['accuracy'])}\n"
         f"  length {_interval(head['length'])}, P(shorter) {head['length'].p_ahead:.2f}: "
-        f"{VERDICT_WORDS[head['length'].verdict]}\n"
+        f"{VERDICT_WORDS[head['length'].verdict]}{_power(head['length'])}\n"
+        "Power: a true difference smaller than the one stated would have been found less than 80% of the time by "
+        "this design (normal approximation from the standard error the bootstrap measured over its seeds and "
+        "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
         f"{seeds_text}\nThe table sets {psi.label} against every arm without PSI on the same test problems."
     )
     table = [
         {"other": g.label, "seeds": len(g.scores.seeds),
          **{f"{m} diff": c[m].difference for m in ("aes", "accuracy", "length")},
          "aes low": c["aes"].low, "aes high": c["aes"].high, "P(PSI ahead)": c["aes"].p_ahead,
-         "verdict (AES)": VERDICT_WORDS[c["aes"].verdict]}
+         "verdict (AES)": VERDICT_WORDS[c["aes"].verdict], "AES detectable (80%)": c["aes"].detectable}
         for g, c in result.versus
     ]
     return Section(heading, text, table=table)

@@ -10,7 +10,8 @@
   the samples of a problem (``eval.n_samples``) stay together, so they count as one problem, not
   as independent draws. ``p_ahead`` is the share of resamples in which A is better (ties count
   half); the verdict reads the interval only: ``ahead`` or ``behind`` when it excludes zero,
-  ``not distinguishable`` otherwise. Measured coverage (``benchmarks/stats_coverage.py``): about
+  ``not distinguishable`` otherwise; ``detectable`` states the smallest true difference the
+  design would find with 80% power, from the bootstrap's standard error. Measured coverage (``benchmarks/stats_coverage.py``): about
   95% with one seed; conservative when seeds barely differ; too narrow with few seeds whose runs
   differ much (a bootstrap over 3 seeds cannot see their spread well).
 - ``selection_split``: a fixed, seeded split of the evaluation problems into a selection part
@@ -29,6 +30,7 @@ from scipy import stats
 from trainers.evaluation import aes
 
 CONFIDENCE = 0.95
+POWER = 0.8  # the power at which a design's detectable difference is stated
 RESAMPLES = 4999
 SELECTION_FRACTION = 1 / 3
 HIGHER_IS_BETTER = {"accuracy": True, "length": False, "aes": True}
@@ -86,6 +88,15 @@ class Comparison:
     verdict: str  # "ahead", "behind" or "not distinguishable" (A relative to B, from the interval)
     paired_seeds: tuple[int, ...]  # seeds paired between the arms (empty: each arm's seeds resampled alone)
     problems: int
+    detectable: float  # the smallest true difference this design finds with 80% power (``detectable``)
+
+
+def detectable(standard_error: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """The smallest true difference that a two-sided test at ``confidence`` would find with
+    probability ``power``: ``(z_{1 - alpha/2} + z_power) * SE`` (normal approximation), with the
+    standard error of the difference as the bootstrap measured it from the seeds and problems
+    resampled (about 2.8 SE at 95% and 80%). A true difference below it would often not be seen."""
+    return float((stats.norm.ppf(1 - (1 - confidence) / 2) + stats.norm.ppf(power)) * standard_error)
 
 
 def _verdict(low: float, high: float, higher_is_better: bool) -> str:
@@ -144,7 +155,7 @@ def compare(a: ArmScores, b: ArmScores, base_accuracy: float, base_length: float
             metric, float(observed[i]), low, high,
             float(np.mean(distribution > 0) + 0.5 * np.mean(distribution == 0)),
             _verdict(low, high, HIGHER_IS_BETTER[metric]),
-            a.seeds if paired else (), len(a.problems),
+            a.seeds if paired else (), len(a.problems), detectable(float(result.standard_error[i])),
         )
     return out
 

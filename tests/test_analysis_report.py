@@ -49,6 +49,7 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
                     "Target lengths per problem against the minimal length", "Compute spent"):
         assert f"## {heading}" in markdown
     assert "never on the numbers that chose them" in markdown  # the selection protocol
+    assert "Power: a true difference smaller than the one stated" in markdown and "AES detectable (80%)" in markdown
     assert "Both rest on one seed: no interval over seeds can be given" in markdown
     assert re.search(r"AES [-+][\d.e+-]+ \[[-+][\d.e+-]+, [-+][\d.e+-]+\], P [\d.]+: "
                      r"(PSI ahead|PSI behind|not distinguishable)", markdown)

@@ -80,3 +80,19 @@ def test_the_selection_split_is_fixed_disjoint_and_about_a_third():
     assert abs(len(selection) / 3000 - 1 / 3) < 0.03
     assert selection_split(ids) == (selection, test)  # the same split every time
     assert selection_split(ids, seed=1)[0] != selection
+
+
+def test_the_detectable_difference_is_2_8_standard_errors_of_the_measured_spread():
+    """One seed, 400 problems whose accuracy differences have a known spread: the bootstrap's
+    standard error is the textbook sd / sqrt(n), and the difference found with 80% power at 95%
+    is (1.96 + 0.84) of it."""
+    from analysis.stats import detectable
+
+    assert detectable(1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    rng = np.random.default_rng(3)
+    a_acc, b_acc = rng.random(400), rng.random(400)
+    result = compare(arm([a_acc], [[50.0] * 400]), arm([b_acc], [[50.0] * 400]), 0.5, 50.0, resamples=4999)
+    textbook = np.std(a_acc - b_acc, ddof=0) / np.sqrt(400)
+    assert result["accuracy"].detectable == pytest.approx(2.801585 * textbook, rel=0.05)
+    certain = compare(arm([[1.0] * 6], [[50.0] * 6]), arm([[0.0] * 6], [[100.0] * 6]), 0.5, 100.0)
+    assert certain["accuracy"].detectable == 0.0  # no spread: any difference is seen
