@@ -165,29 +165,9 @@ class TrainConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _plugins_then_defaults(cls, data: Any) -> Any:
-        """First the plugins are imported (a relative ``.py`` path against the working directory),
-        so the rest can name what they register. Then ``lead.bmax`` defaults to the (largest)
-        response budget, ``lead.floor`` to 8 tokens, and a weighting's run-dependent settings to the
-        run's (``Weighting.for_run``: a schedule spans ``train.steps``)."""
-        if not isinstance(data, dict):
-            return data
-        if data.get("plugins"):
-            plugins = data["plugins"]
-            plugins = [resolve(p, Path.cwd()) for p in plugins] if isinstance(plugins, list) else plugins
-            load_plugins(plugins)
-            data = {**data, "plugins": plugins}
-        if not isinstance(data.get("lead", {}), dict):
-            return data
-        lead = data.get("lead", {})
-        budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
-        try:
-            lead = {"floor": 8, "bmax": max_budget(budget), **lead}
-        except (TypeError, ValueError):  # a malformed budget: its own validation names it
-            pass
-        weighting, steps = lead.get("weighting"), (data.get("train") or {}).get("steps", OptimConfig().steps)
-        if isinstance(weighting, dict) and weighting.get("kind", "psi") in WEIGHTINGS and isinstance(steps, int):
-            lead["weighting"] = WEIGHTINGS[weighting.get("kind", "psi")].for_run(weighting, steps)
-        return {**data, "lead": lead}
+        """First the plugins are imported, so the rest can name what they register; then the
+        defaults that follow the run (``run_defaults``)."""
+        return run_defaults(with_plugins(data)) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -246,6 +226,35 @@ SMOKE_BASE_MODEL = {
     "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "sft_steps": 250}},
     "task": {"max_terms": 5},
 }
+
+
+def with_plugins(data: dict) -> dict:
+    """Import a config's ``plugins`` (a relative ``.py`` path against the working directory; a
+    YAML's own are made absolute against its folder when it is read)."""
+    plugins = data.get("plugins")
+    if not plugins:
+        return data
+    plugins = [resolve(p, Path.cwd()) for p in plugins] if isinstance(plugins, list) else plugins
+    load_plugins(plugins)
+    return {**data, "plugins": plugins}
+
+
+def run_defaults(data: dict) -> dict:
+    """``lead.bmax`` defaults to the (largest) response budget, ``lead.floor`` to 8 tokens, and a
+    weighting's run-dependent settings to the run's (``Weighting.for_run``: a schedule spans
+    ``train.steps``)."""
+    lead = data.get("lead", {})
+    if not isinstance(lead, dict):
+        return data
+    budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
+    try:
+        lead = {"floor": 8, "bmax": max_budget(budget), **lead}
+    except (TypeError, ValueError):  # a malformed budget: its own validation names it
+        pass
+    weighting, steps = lead.get("weighting"), (data.get("train") or {}).get("steps", OptimConfig().steps)
+    if isinstance(weighting, dict) and weighting.get("kind", "psi") in WEIGHTINGS and isinstance(steps, int):
+        lead["weighting"] = WEIGHTINGS[weighting.get("kind", "psi")].for_run(weighting, steps)
+    return {**data, "lead": lead}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
