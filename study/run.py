@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                      if plan.arm == population else "")
             print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
                   f"training {train['backend']} x{train['workers']}{moves}]: {plan.config}")
-        print(f"{len(plans)} trials")
+        seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
+        print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
         for path in unchecked:
             print(f"not found on this machine (a dry run does not require it): {path}")
         return 0

@@ -232,7 +232,7 @@ def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
 def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("7 trials")
+    assert out.strip().endswith("7 trials; seeds per arm: psi [0]; static [0]")
     assert "static-ratio0.25-s0 [resources {CPU: 1}; rollout hf, training single x1]: " in out
 
 
