@@ -105,7 +105,7 @@ def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: i
     best_psi = max(psi, key=lambda g: selection_aes[g.label])
     best_other = max(others, key=lambda g: selection_aes[g.label])
     on_test = {g.label: g.scores.restrict(test) for g in groups}
-    versus = [(g, compare(on_test[best_psi.label], on_test[g.label], *base, seed=seed)) for g in others]
+    versus = [(g, compare(on_test[best_psi.label], on_test[g.label], *base)) for g in others]
     headline = next(result for g, result in versus if g is best_other)
     return StudyComparison(len(selection), len(test), best_psi, best_other, selection_aes, headline, versus)
 
@@ -133,5 +133,5 @@ def regrets(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0
     if len(selection) < 2 or len(test) < 2:
         return []
     best = max(fixed, key=lambda g: g.scores.restrict(selection).aes(*base))
-    return [Regret(g, best, compare(g.scores.restrict(test), best.scores.restrict(test), *base, seed=seed)["aes"])
+    return [Regret(g, best, compare(g.scores.restrict(test), best.scores.restrict(test), *base)["aes"])
             for g in moving]

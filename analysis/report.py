@@ -210,7 +210,7 @@ def cost_of_a_fixed_weight(data: StudyData, per_trial: pa.Table, shapes: pa.Tabl
     } for r in found]
     text = (
         "Every adaptive or searched arm against the best arm of the fixed-weight grid it stands in for (chosen on "
-        "the selection problems; compared on the test problems, 95% bootstrap interval, as above): its AES minus "
+        "the selection problems; compared on the test problems, 95% interval, as above): its AES minus "
         "the fixed arm's, where its weight settled (mean of the last 20% of steps) beside the fixed weight, and "
         f"the compute each side spent to get there: the arm's own runs, against all {len(grid)} runs of the grid "
         "(which had to run to know its best)."
@@ -221,7 +221,7 @@ def cost_of_a_fixed_weight(data: StudyData, per_trial: pa.Table, shapes: pa.Tabl
 def _power(c: Comparison) -> str:
     """What the design could see: the smallest difference found with 80% power."""
     if c.detectable == 0:
-        return " (the resamples do not vary: any difference would have shown)"
+        return " (no spread at all: any difference would have shown)"
     return f" (a difference below {c.detectable:.3g} would often not have been seen: 80% power)"
 
 
@@ -247,7 +247,7 @@ def comparison_section(data: StudyData) -> Section:
     else:
         paired = head["aes"].paired_seeds
         seeds_text = (f"{psi.label} rests on {seeds_psi} seed(s), {other.label} on {seeds_other}; "
-                      + (f"seeds {list(paired)} are paired." if paired else "their seeds are resampled separately.")
+                      + (f"seeds {list(paired)} are paired." if paired else "their seeds are not shared (each side's seed spread counts).")
                       + " With few seeds an interval over seeds is narrow when runs differ much (see "
                       "benchmarks/stats_coverage.py for the measured coverage).")
     text = (
@@ -256,8 +256,9 @@ def comparison_section(data: StudyData) -> Section:
         f"compared on the other {result.test_problems} problems, never on the numbers that chose them.\n"
         f"Chosen: {psi.label} (selection AES {result.selection_aes[psi.label]:.4g}) and {other.label} "
         f"({other.weighting} weights; selection AES {result.selection_aes[other.label]:.4g}).\n"
-        f"On the test problems, PSI minus the other, 95% bootstrap interval (problems paired, "
-        f"{len(head['aes'].paired_seeds) or 'no'} seed(s) paired), P(PSI ahead) = share of resamples in which PSI "
+        f"On the test problems, PSI minus the other, 95% t interval from the seed and problem variance components "
+        f"(problems paired, {len(head['aes'].paired_seeds) or 'no'} seed(s) paired; few seeds give few degrees of "
+        f"freedom and a wider interval), P(PSI ahead) = the probability under that t distribution that PSI "
         f"is better:\n"
         f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {VERDICT_WORDS[head['aes'].verdict]}"
         f"{_power(head['aes'])}\n"
@@ -266,7 +267,7 @@ def comparison_section(data: StudyData) -> Section:
         f"  length {_interval(head['length'])}, P(shorter) {head['length'].p_ahead:.2f}: "
         f"{VERDICT_WORDS[head['length'].verdict]}{_power(head['length'])}\n"
         "Power: a true difference smaller than the one stated would have been found less than 80% of the time by "
-        "this design (normal approximation from the standard error the bootstrap measured over its seeds and "
+        "this design (t quantiles on the interval's degrees of freedom, with the standard error measured from its seed and "
         "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
         f"{seeds_text}\nThe table sets {psi.label} against every arm without PSI on the same test problems."
     )

@@ -35,24 +35,41 @@ def test_a_difference_on_every_problem_is_certain_and_aes_is_the_papers():
     assert worse["aes"].verdict == "behind" and worse["aes"].p_ahead == 0.0
 
 
-def test_two_problems_give_the_worked_bootstrap_distribution():
-    # differences 0 and 1 on two problems: resampled means 0, 0.5, 1 with chances 1/4, 1/2, 1/4
+def test_two_problems_give_the_worked_t_interval():
+    # differences 0 and 1 on two problems: mean 0.5, sd sqrt(0.5), SE 0.5 on 1 degree of freedom,
+    # t_0.975(1) = 12.706: the interval is 0.5 -+ 6.353; P(ahead) = the t(1) cdf at 0.5 / 0.5 = 0.75
     psi, other = arm([[1.0, 1.0]], [[10.0, 10.0]]), arm([[1.0, 0.0]], [[10.0, 10.0]])
-    result = compare(psi, other, 0.5, 10.0, resamples=20000)["accuracy"]
-    assert (result.difference, result.low, result.high) == (0.5, 0.0, 1.0)
-    assert result.verdict == "not distinguishable"
-    assert result.p_ahead == pytest.approx(0.75 + 0.5 * 0.25, abs=0.01)  # ties count half
+    result = compare(psi, other, 0.5, 10.0)["accuracy"]
+    assert result.difference == 0.5 and (result.low, result.high) == (pytest.approx(-5.853102), pytest.approx(6.853102))
+    assert result.verdict == "not distinguishable" and result.p_ahead == pytest.approx(0.75)
+
+
+def test_few_seeds_that_differ_much_widen_the_interval_by_their_few_degrees_of_freedom():
+    """Three shared seeds, 100 problems: the seed component is measured on 2 degrees of freedom.
+    Differences that move with the seed give the seed means' standard error on about 2 degrees of
+    freedom; the same noise without seed movement gives a far smaller one."""
+    from analysis.stats import t_interval, variance_terms
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0.0, 1.0, (3, 100))
+    seed_moves = noise + np.array([[-2.0], [0.0], [2.0]])
+    terms = variance_terms(seed_moves, np.zeros((3, 100)), paired=True)
+    se, df = t_interval(terms)
+    assert terms[0][1] == 2 and 2 <= df < 3  # dominated by the seeds' 2 degrees of freedom
+    assert se == pytest.approx(np.sqrt(np.var(seed_moves.mean(axis=1), ddof=1) / 3), rel=0.01)  # the seed means' SE
+    quiet_se, _ = t_interval(variance_terms(noise, np.zeros((3, 100)), paired=True))
+    assert quiet_se < se / 5  # noise alone, its mean over the 300 cells
 
 
 def test_seeds_are_paired_only_when_both_arms_ran_the_same_ones():
     rng = np.random.default_rng(0)
     three = arm(rng.random((3, 20)), rng.random((3, 20)) * 100, seeds=(0, 1, 2))
     other = arm(rng.random((3, 20)), rng.random((3, 20)) * 100, seeds=(0, 1, 2))
-    assert compare(three, other, 0.5, 50.0, resamples=999)["aes"].paired_seeds == (0, 1, 2)
+    assert compare(three, other, 0.5, 50.0)["aes"].paired_seeds == (0, 1, 2)
     one = arm(rng.random((1, 20)), rng.random((1, 20)) * 100, seeds=(0,))
-    assert compare(three, one, 0.5, 50.0, resamples=999)["aes"].paired_seeds == ()
+    assert compare(three, one, 0.5, 50.0)["aes"].paired_seeds == ()
     fewer = ArmScores((0, 1, 2), np.arange(5, 25), three.accuracy, three.length)  # problems 5..24
-    assert compare(fewer, other, 0.5, 50.0, resamples=999)["aes"].problems == 15  # only the shared ones
+    assert compare(fewer, other, 0.5, 50.0)["aes"].problems == 15  # only the shared ones
 
 
 def test_a_true_zero_difference_is_not_distinguishable_about_95_percent_of_the_time():
@@ -65,8 +82,7 @@ def test_a_true_zero_difference_is_not_distinguishable_about_95_percent_of_the_t
     kept = {"accuracy": 0, "length": 0, "aes": 0}
     repetitions = 200
     for repetition in range(repetitions):
-        result = compare(*draw(rng, 1, 200, 4, 0.0), base_accuracy=0.5, base_length=100.0, seed=repetition,
-                         resamples=999)
+        result = compare(*draw(rng, 1, 200, 4, 0.0), base_accuracy=0.5, base_length=100.0)
         for metric in kept:
             kept[metric] += result[metric].verdict == "not distinguishable"
     rates = {metric: count / repetitions for metric, count in kept.items()}
@@ -83,15 +99,15 @@ def test_the_selection_split_is_fixed_disjoint_and_about_a_third():
 
 
 def test_the_detectable_difference_is_2_8_standard_errors_of_the_measured_spread():
-    """One seed, 400 problems whose accuracy differences have a known spread: the bootstrap's
-    standard error is the textbook sd / sqrt(n), and the difference found with 80% power at 95%
-    is (1.96 + 0.84) of it."""
+    """One seed, 400 problems whose accuracy differences have a known spread: the standard error is
+    the textbook sd / sqrt(n), and the difference found with 80% power at 95% is (1.97 + 0.84) of
+    it (t quantiles on 399 degrees of freedom)."""
     from analysis.stats import detectable
 
     assert detectable(1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
     rng = np.random.default_rng(3)
     a_acc, b_acc = rng.random(400), rng.random(400)
-    result = compare(arm([a_acc], [[50.0] * 400]), arm([b_acc], [[50.0] * 400]), 0.5, 50.0, resamples=4999)
+    result = compare(arm([a_acc], [[50.0] * 400]), arm([b_acc], [[50.0] * 400]), 0.5, 50.0)
     textbook = np.std(a_acc - b_acc, ddof=0) / np.sqrt(400)
     assert result["accuracy"].detectable == pytest.approx(2.801585 * textbook, rel=0.05)
     certain = compare(arm([[1.0] * 6], [[50.0] * 6]), arm([[0.0] * 6], [[100.0] * 6]), 0.5, 100.0)
