@@ -187,9 +187,10 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    setup = SEARCH_MODES[phase.mode]().setup(spec, phase.plans)
+    mode = SEARCH_MODES[phase.mode]
+    setup = mode().setup(spec, phase.plans)
     reuse, storage, name, keep = smoke, output_dir, study_name, 2
-    if setup.population:
+    if mode.population:
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
         reuse, storage, name = True, output_dir / study_name, "population"

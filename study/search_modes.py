@@ -36,7 +36,6 @@ class TuneSetup:
     search_alg: Any = None
     scheduler: Any = None
     trial_ids_in_names: bool = False  # sampled trials share a plan: their names carry the trial id
-    population: bool = False  # members pause and resume: kept in one process, in the population folder
 
 
 class SearchMode:
@@ -134,7 +133,7 @@ class PopulationSearch(SearchMode):
                  "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
         random.seed(spec.seeds[0])  # PBT and PB2 draw their perturbations from these generators
         np.random.seed(spec.seeds[0])
-        return TuneSetup(space, scheduler=self.scheduler(spec), population=True)
+        return TuneSetup(space, scheduler=self.scheduler(spec))
 
     @staticmethod
     def common(spec) -> dict[str, Any]:
