@@ -90,3 +90,40 @@ def test_engines_come_from_one_registry():
         build_engine("sglang", None, None, None)
     with pytest.raises(ValueError, match="rollout engine"):
         RolloutConfig(engine="sglang")
+
+
+def test_the_preallocated_cache_holds_what_the_dynamic_one_holds():
+    """Same keys and values (bit for bit) through prefill, repeats, decoding and dropped rows."""
+    from transformers.cache_utils import DynamicLayer
+
+    from trainers.rollout.kv_cache import PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = PreallocatedLayer(capacity=9), DynamicLayer()
+    states = lambda rows, length: [torch.randn(rows, 2, length, 4, generator=g) for _ in range(2)]  # noqa: E731
+    steps = [("update", states(3, 4)), ("repeat", 2), ("update", states(6, 1)), ("select", torch.tensor([0, 2, 5])),
+             ("update", states(3, 1)), ("select", torch.tensor([1])), ("update", states(1, 1))]
+    for op, arg in steps:
+        for layer in (ours, theirs):
+            {"update": lambda a: layer.update(*a), "repeat": layer.batch_repeat_interleave,
+             "select": layer.batch_select_indices}[op](arg)
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert ours.get_seq_length() == theirs.get_seq_length()
+    with pytest.raises(ValueError, match="holds 9 positions"):
+        ours.update(*states(1, 3))
+
+
+def test_rows_that_ride_along_after_finishing_change_no_draw(tiny_model_dir, monkeypatch):
+    """Finished rows leave the batch together, not one by one: the draws are the same."""
+    from trainers.rollout.hf import Batch
+
+    model, tokenizer, path = load(tiny_model_dir)
+    engine = build_engine("hf", model, tokenizer, EngineSpec(path, 512))
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=30)
+    lazy = engine.generate(prompts, 8, sampling, seed=3)
+    monkeypatch.setattr(Batch, "COMPACT_SHARE", 0.0)  # every finished row leaves at once
+    eager = engine.generate(prompts, 8, sampling, seed=3)
+    assert len(set(lazy.lengths.tolist())) > 3  # rows finish at different steps
+    assert torch.equal(lazy.response_ids, eager.response_ids) and torch.equal(lazy.lengths, eager.lengths)
+    assert torch.allclose(lazy.logprobs, eager.logprobs, atol=1e-5)

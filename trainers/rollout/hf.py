@@ -8,14 +8,16 @@ padding, so positions match training on unpadded sequences.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from trainers.rollout import register_engine
 from trainers.precision import autocast
 from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
+from trainers.rollout.kv_cache import preallocated_cache
 
 
 def sample_tokens(
@@ -40,7 +42,12 @@ def cache_argument(model: torch.nn.Module) -> str:
     """The forward's name for the KV cache: transformers renamed ``past_key_values`` to ``cache``,
     and an older forward swallows an unknown ``cache=`` in ``**kwargs`` and silently decodes every
     token without its context, so ask the forward itself."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return _cache_argument(type(model))
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @register_engine("hf")
@@ -65,53 +72,85 @@ class HFRolloutEngine:
 
     def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> Rollouts:
         model, device = self.model, next(self.model.parameters()).device
-        cache_kwarg = cache_argument(model)
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=device).manual_seed(seed)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
-            mask[row, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **{cache_kwarg: cache}
-        ).logits[:, -1]
-        cache.batch_repeat_interleave(n)
-        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        next_position = positions[:, -1].repeat_interleave(n) + 1
-
-        total = len(prompts) * n
         budget = sampling.max_new_tokens
+        batch = Batch.prefill(model, prompts, n, budget, self.pad_token_id)
+        total = len(prompts) * n
         responses = torch.full((total, budget), self.pad_token_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((total, budget), dtype=torch.float32, device=device)
         lengths = torch.zeros(total, dtype=torch.long, device=device)
         finished = torch.zeros(total, dtype=torch.bool, device=device)
-        active = torch.arange(total, device=device)
         for t in range(budget):
-            tokens, token_logprobs = sample_tokens(logits, sampling, generator)
-            responses[active, t] = tokens
-            logprobs[active, t] = token_logprobs
-            lengths[active] = t + 1
+            live = batch.running.nonzero().squeeze(1)
+            tokens, token_logprobs = sample_tokens(batch.logits[live], sampling, generator)
+            rows = batch.rows[live]
+            responses[rows, t] = tokens
+            logprobs[rows, t] = token_logprobs
+            lengths[rows] = t + 1
             done = tokens == self.eos_token_id
-            finished[active[done]] = True
-            if t + 1 == budget or bool(done.all()):
+            finished[rows[done]] = True
+            batch.running[live[done]] = False
+            if t + 1 == budget or not bool(batch.running.any()):
                 break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                active, tokens, mask, next_position = active[keep], tokens[keep], mask[keep], next_position[keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_position[:, None],
-                **{cache_kwarg: cache},
-            ).logits[:, -1]
-            next_position = next_position + 1
+            batch.decode(model, tokens[~done], self.pad_token_id)
         model.train(was_training)
         width_used = int(lengths.max())
         return Rollouts(responses[:, :width_used], lengths, ~finished, logprobs[:, :width_used])
+
+
+@dataclass
+class Batch:
+    """The rows being decoded: their KV cache, attention mask, next positions and last logits.
+
+    A row that finished stays in the batch (decoding padding nobody reads) until a
+    ``COMPACT_SHARE`` of the batch has finished; then the finished rows leave it together. Only
+    running rows are sampled, in row order, so which rows ride along changes no draw."""
+
+    cache: object
+    mask: torch.Tensor  # (rows, prompt width + budget): 1 on prompt and generated tokens
+    width: int  # filled columns of ``mask``
+    next_position: torch.Tensor  # (rows,)
+    logits: torch.Tensor  # (rows, vocab): the next token's
+    rows: torch.Tensor  # (rows,): each batch row's output row
+    running: torch.Tensor  # (rows,) bool
+
+    COMPACT_SHARE = 0.125
+
+    @classmethod
+    def prefill(cls, model, prompts: list[list[int]], n: int, budget: int, pad_token_id: int) -> "Batch":
+        """Prefill the distinct prompts (left-padded, positions skipping the padding), then copy
+        each row's cache ``n`` times."""
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(prompts), width + budget), dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            mask[row, width - len(prompt) :] = 1
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+        cache = preallocated_cache(model, width + budget)
+        logits = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, logits_to_keep=1,
+                       **{cache_argument(model): cache}).logits[:, -1]
+        cache.batch_repeat_interleave(n)
+        total = len(prompts) * n
+        return cls(cache, mask.repeat_interleave(n, 0), width, positions[:, -1].repeat_interleave(n) + 1,
+                   logits.repeat_interleave(n, 0), torch.arange(total, device=device),
+                   torch.ones(total, dtype=torch.bool, device=device))
+
+    def decode(self, model, tokens: torch.Tensor, pad_token_id: int) -> None:
+        """Feed the running rows' ``tokens`` (finished rows get padding) and keep the next logits."""
+        if (~self.running).sum() >= max(1.0, self.COMPACT_SHARE * self.running.numel()):
+            keep = self.running.nonzero().squeeze(1)
+            self.cache.batch_select_indices(keep)
+            self.mask, self.next_position, self.rows = self.mask[keep], self.next_position[keep], self.rows[keep]
+            self.running = self.running[keep]
+        step = torch.full_like(self.rows, pad_token_id)
+        step[self.running] = tokens
+        self.width += 1
+        self.logits = model(
+            input_ids=step[:, None], attention_mask=self.mask[:, : self.width], position_ids=self.next_position[:, None],
+            **{cache_argument(model): self.cache},
+        ).logits[:, -1]
+        self.next_position = self.next_position + 1
