@@ -134,26 +134,43 @@ def plan_pass(total: int, row_width: torch.Tensor, opt, seed: int, rank: int, wo
     return plan
 
 
+def rows_of(plan) -> torch.Tensor:
+    """The rows a worker's plan (or part of it) trains on."""
+    parts = [idx for _, micro in plan for idx, _ in micro]
+    return torch.cat(parts).unique() if parts else torch.zeros(0, dtype=torch.long)
+
+
+def later_rows(plan) -> torch.Tensor:
+    """The rows a worker's plan trains on only after its first mini-batch (an optimizer step)."""
+    later, first = rows_of(plan[1:]), rows_of(plan[:1])
+    return later[~torch.isin(later, first)]
+
+
 def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, rank: int = 0, world: int = 1) -> dict:
     """One PPO pass (``ppo_epochs``) over ``batch`` in shuffled mini-batches of micro-batches; this
     worker's share. Returns sums for ``combine_sums``: loss terms per mini-batch (token means over
     the whole mini-batch), the gradient norms, the number of optimizer steps, and the absolute gap
-    between the trainer's and the sampler's log-probabilities on the sampled tokens (first epoch)."""
+    between the trainer's and the sampler's log-probabilities on the sampled tokens (first epoch).
+
+    The policy that sampled the batch is the one the first mini-batch is trained from: its rows'
+    old log-probabilities are that mini-batch's own forward pass, detached; only the rows first
+    met after an optimizer step get a forward pass of their own beforehand."""
     opt = config.train
     input_ids, mask, device = batch.input_ids, batch.mask, batch.input_ids.device
     total, width = input_ids.shape
     row_width = (mask.long().cumsum(1).argmax(1) + 2).cpu()  # tokens up to and including the last response token
     plans = [plan_pass(total, row_width, opt, step_seed, r, world) for r in range(world)]
     plan = plans[rank]
-    shares = [torch.cat([idx for _, parts in p for idx, _ in parts]).unique() for p in plans]  # rows each worker touches
-    no_grad_passes = max(math.ceil(share.numel() / opt.micro_batch_size) for share in shares)
+    shares = [rows_of(p) for p in plans]  # the rows each worker trains on
+    late = [later_rows(p) for p in plans]  # ... and those it first meets after an optimizer step
 
-    def forward_no_grad(forward) -> torch.Tensor:
-        """Log-probs of this worker's rows (every row it trains on), in as many passes as any worker's."""
+    def forward_no_grad(forward, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Log-probs of this worker's ``rows``, in as many passes as any worker's (``rows`` by worker)."""
         out = torch.zeros(total, width - 1, device=device)
-        parts = micro_batches(shares[rank], row_width, opt.micro_batch_size, 0, 1)
+        passes = max(math.ceil(r.numel() / opt.micro_batch_size) for r in rows)
+        parts = micro_batches(rows[rank], row_width, opt.micro_batch_size, 0, 1)
         with torch.no_grad():
-            for idx, w in padded(parts, no_grad_passes, shares[rank]):
+            for idx, w in padded(parts, passes, rows[rank]):
                 if not idx.numel():
                     forward(input_ids[:1, :2])
                     continue
@@ -161,9 +178,8 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
                 out[idx, : w - 1] = forward(input_ids[idx, :w])[0].float()
         return out
 
-    ref_logp = forward_no_grad(trainee.reference_forward) if trainee.has_reference else None
-    single_update = opt.ppo_epochs == 1 and opt.mini_batch_size >= total
-    old_logp = None if single_update else forward_no_grad(trainee.forward)  # the policy that sampled the batch
+    ref_logp = forward_no_grad(trainee.reference_forward, shares) if trainee.has_reference else None
+    old_logp = forward_no_grad(trainee.forward, late) if len(plan) > 1 else None
 
     sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "grad_norm": 0.0, "updates": 0.0,
             "gap": 0.0, "gap_tokens": 0.0}
@@ -179,7 +195,12 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
             idx = idx.to(device)
             m = mask[idx, : w - 1].float()
             logp, entropy = (t.float() for t in trainee.forward(input_ids[idx, :w]))
-            old = logp.detach() if old_logp is None else old_logp[idx, : w - 1]
+            if number == 0:  # the sampling policy's own forward: the old log-probs of these rows
+                old = logp.detach()
+                if old_logp is not None:
+                    old_logp[idx, : w - 1] = old
+            else:
+                old = old_logp[idx, : w - 1]
             ratio = torch.exp(logp - old)
             pg, clipped = clipped_objective(ratio, batch.token_adv[idx, : w - 1], opt.clip_ratio, opt.clip_ratio_high)
             kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
