@@ -44,7 +44,7 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
     for arm in spec.arms:
         variants = arm.settings(spec.base, last)
         for variant, settings in variants:
-            for seed in arm.seeds or spec.seeds:
+            for seed in spec.arm_seeds(arm, smoke):
                 settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})
                 config = TrainConfig.model_validate(settings)
                 motion = weight_motion(config.lead, searched=arm.name == population)

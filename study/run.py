@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stores.tracking import StoreError, check_store, default_tracking_uri
+from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
 from study.search_modes import SEARCH_MODES
@@ -289,6 +290,23 @@ def check_flags(args: argparse.Namespace) -> tuple[Path | None, str | None, list
     return output_dir, tracking_uri, errors
 
 
+def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concurrent: int | None) -> None:
+    """Every trial resolved, the seeds each arm runs, the expected wall time, and the files a dry
+    run did not require."""
+    population = spec.population_arm.name if spec.population_arm else None
+    for plan in plans:
+        train = plan.config["train"]
+        moves = (f"; {spec.search.mode} population over {', '.join(spec.search.population.keys)}"
+                 if plan.arm == population else "")
+        print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
+              f"training {train['backend']} x{train['workers']}{moves}]: {plan.config}")
+    seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
+    print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
+    print(expected_wall_time(spec, plans, max_concurrent))
+    for path in unchecked:
+        print(f"not found on this machine (a dry run does not require it): {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -302,17 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         errors += exc.lines
     if args.dry_run and not errors:
-        population = spec.population_arm.name if spec.population_arm else None
-        for plan in plans:
-            train = plan.config["train"]
-            moves = (f"; {spec.search.mode} population over {', '.join(spec.search.population.keys)}"
-                     if plan.arm == population else "")
-            print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
-                  f"training {train['backend']} x{train['workers']}{moves}]: {plan.config}")
-        seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
-        print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
-        for path in unchecked:
-            print(f"not found on this machine (a dry run does not require it): {path}")
+        print_dry_run(spec, plans, unchecked, args.max_concurrent_trials)
         return 0
     output_dir, tracking_uri, flag_errors = check_flags(args)
     if errors or flag_errors:

@@ -324,6 +324,9 @@ class StudySpec(Strict):
         default_factory=dict, description="extra settings applied by --smoke-test, over every arm's own"
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    smoke_seeds: list[int] | None = Field(
+        None, min_length=1, description="the seeds --smoke-test runs, of each arm's own (default: all of them)"
+    )
     arms: list[Arm] = Field(min_length=1)
     search: Search = Search()
     resources: Resources = Resources()
@@ -351,6 +354,14 @@ class StudySpec(Strict):
         if self.smoke_resources is None:
             return self
         return self.model_copy(update={"resources": self.smoke_resources, "max_concurrent_trials": None})
+
+    def arm_seeds(self, arm: "Arm", smoke: bool) -> list[int]:
+        """The seeds ``arm`` runs: its own or the study's; under --smoke-test those in
+        ``smoke_seeds`` (the first one when none is)."""
+        seeds = arm.seeds or self.seeds
+        if smoke and self.smoke_seeds:
+            return [seed for seed in seeds if seed in self.smoke_seeds] or seeds[:1]
+        return seeds
 
     def last_settings(self, smoke: bool) -> dict[str, Any]:
         """What is merged over every trial's settings last: under --smoke-test, the smoke shrink

@@ -1,5 +1,6 @@
 """Study specs: validation with key paths, planning, and the CLI's one-line errors (exit 2)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,14 @@ def test_every_shipped_spec_is_valid_and_plans(spec, monkeypatch, tmp_path):
 
 
 def test_the_default_study_is_psi_against_the_paper_ratio_grid():
-    plans = plan_trials(load_spec(ROOT / "search_spaces/psi_vs_static.yaml"))
-    static = sorted(p.config["lead"]["weighting"]["w_corr"] for p in plans if p.arm == "static")
+    spec = load_spec(ROOT / "search_spaces/psi_vs_static.yaml")
+    plans = plan_trials(spec)
+    static = sorted({p.config["lead"]["weighting"]["w_corr"] for p in plans if p.arm == "static"})
     assert static == pytest.approx([0.2, 1 / 3, 0.5, 2 / 3, 0.8, 1.0])
-    assert [p.config["lead"]["weighting"]["kind"] for p in plans if p.arm == "psi"] == ["psi"]
+    assert [p.config["lead"]["weighting"]["kind"] for p in plans if p.arm == "psi"] == ["psi"] * 5
+    assert sorted({p.seed for p in plans}) == [0, 1, 2, 3, 4] and len(plans) == 35
+    smoke = plan_trials(spec, smoke=True)  # --smoke-test: one seed of each arm
+    assert len(smoke) == 7 and {p.seed for p in smoke} == {0}
     assert {p.config["lead"]["length_reward"] for p in plans} == {"lead"}
 
 
@@ -232,8 +237,19 @@ def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
 def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("7 trials; seeds per arm: psi [0]; static [0]")
-    assert "static-ratio0.25-s0 [resources {CPU: 1}; rollout hf, training single x1]: " in out
+    assert "\n35 trials; seeds per arm: psi [0, 1, 2, 3, 4]; static [0, 1, 2, 3, 4]\n" in out
+    assert "static-ratio0.25-s3 [resources {CPU: 1}; rollout hf, training single x1]: " in out
+    assert out.strip().splitlines()[-1].startswith("expected wall time: ")
+    assert f"35 trials, {min(os.cpu_count(), 35)} at a time on {os.cpu_count()} CPUs" in out
+
+
+def test_the_expected_wall_time_places_trials_on_the_first_free_slot():
+    from study.estimate import makespan, trial_seconds
+    from trainers.config import TrainConfig
+
+    assert makespan([3, 3, 3], 2) == 6 and makespan([5, 1, 1, 1], 2) == 5 and makespan([2, 2], 8) == 2
+    short, long = (TrainConfig.model_validate({"train": {"steps": steps}}) for steps in (10, 20))
+    assert trial_seconds(short) < trial_seconds(long)
 
 
 R1_SPEC = Path(__file__).resolve().parents[1] / "search_spaces/psi_vs_static_r1_1p5b.yaml"
@@ -248,7 +264,7 @@ def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_pa
     monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
     assert main([str(R1_SPEC), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "7 trials" in out
+    assert "7 trials" in out and "expected wall time: not estimated for GPU trials" in out
     assert f"not found on this machine (a dry run does not require it): {tmp_path / 'r1-1.5b' / 'config.json'}" in out
     assert f"{tmp_path / 'data' / 'math' / 'train.parquet'}" in out
     plans = [line for line in out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
