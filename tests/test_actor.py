@@ -109,3 +109,17 @@ def test_the_single_backend_has_one_worker_and_zero3_one_step_a_batch(cache_dir)
         config(cache_dir, backend="fsdp")
     with pytest.raises(ValueError, match="train.zero_stage: ZeRO-3 runs one optimizer step per batch"):
         config(cache_dir, backend="deepspeed", workers=2, zero_stage=3)  # 16 rollouts, mini-batches of 6
+
+
+def test_only_rows_first_met_after_an_optimizer_step_get_an_old_policy_pass():
+    """The first mini-batch's rows take their old log-probabilities from their own forward pass."""
+    from trainers.actor.update import later_rows, rows_of
+    from trainers.config import OptimConfig
+
+    widths = torch.arange(11) + 3
+    for epochs, mini, expected in ((1, 6, 5), (2, 6, 5), (2, 11, 0), (1, 11, 0)):
+        opt = OptimConfig(mini_batch_size=mini, micro_batch_size=2, ppo_epochs=epochs)
+        plan = plan_pass(11, widths, opt, seed=3, rank=0, world=1)
+        later, first = later_rows(plan), rows_of(plan[:1])
+        assert later.numel() == expected and not set(later.tolist()) & set(first.tolist())
+        assert set(later.tolist()) | set(first.tolist()) == set(range(11))
