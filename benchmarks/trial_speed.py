@@ -98,6 +98,7 @@ def instrument(clock: PhaseClock) -> None:
 
     from trainers import checkpoint, evaluation, grpo
     from trainers.actor import single
+    from trainers.rollout import hf
 
     clock.wrap(grpo, "load_model", "model load")
     clock.wrap(grpo, "grade_rollouts", "grading")
@@ -111,8 +112,6 @@ def instrument(clock: PhaseClock) -> None:
                lambda *a, **k: "policy forward" if torch.is_grad_enabled() else "old-policy forward")
     clock.wrap(single.SingleActor, "backward", "backward")
     clock.wrap(single.SingleActor, "step", "optimizer")
-    from trainers.rollout import hf
-
     clock.wrap(hf.HFRolloutEngine, "generate", "rollout")
 
 
@@ -120,18 +119,16 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
     """One trial in this process, with ``root``'s trainer; its phases, total and final metrics."""
     sys.path.insert(0, str(root))
     clock = PhaseClock()
-    clock.stack.append(["start-up and imports", started, 0.0])
     import pyarrow.parquet as pq
     import torch
 
-    from trainers.config import TrainConfig
     from trainers import grpo
+    from trainers.base_model import prepare
+    from trainers.config import TrainConfig
 
     torch.set_num_threads(threads)
     config = TrainConfig.model_validate(trial_config(root, arm, model_path))
-    prepare = getattr(__import__("trainers.base_model", fromlist=["prepare"]), "prepare")
-    frame = clock.stack.pop()
-    clock.seconds[frame[0]] += time.perf_counter() - frame[1]
+    clock.seconds["start-up and imports"] += time.perf_counter() - started
     prepare_start = time.perf_counter()
     prepare(config, log=lambda _: None)  # the driver's base evaluation, cached: not part of the trial
     prepare_seconds = time.perf_counter() - prepare_start
@@ -197,14 +194,13 @@ def table(results: dict[str, list[dict]]) -> str:
         lines.append(f"| {phase} | " + " | ".join(f"{median[name][phase]:.2f}" for name in names) + " |")
     lines.append("| **trial** | " + " | ".join(f"**{totals[name]:.1f}**" for name in names) + " |")
     update = ("reference forward", "old-policy forward", "policy forward", "backward", "optimizer", "update (rest)")
-    for name, runs in results.items():
-        if "tokens" in runs[0]:  # the cost model of study.estimate: seconds per token, by phase
-            per_token = {
-                label: statistics.median(sum(r["phases"][p] for p in phases) / max(r["tokens"][kind], 1.0) for r in runs)
-                for label, kind, phases in (("rollout", "rollout", ("rollout",)), ("update", "train", update),
-                                            ("evaluation", "eval", ("evaluation",)))
-            }
-            lines.append(f"\n{name}: seconds per token: " + ", ".join(f"{k} {v:.3g}" for k, v in per_token.items()))
+    for name, runs in results.items():  # the cost model of study.estimate: seconds per token, by phase
+        per_token = {
+            label: statistics.median(sum(r["phases"][p] for p in phases) / max(r["tokens"][kind], 1.0) for r in runs)
+            for label, kind, phases in (("rollout", "rollout", ("rollout",)), ("update", "train", update),
+                                        ("evaluation", "eval", ("evaluation",)))
+        }
+        lines.append(f"\n{name}: seconds per token: " + ", ".join(f"{k} {v:.3g}" for k, v in per_token.items()))
         finals = ", ".join(f"{k} {statistics.median(r['final'][k] for r in runs):.3f}" for k in runs[0]["final"])
         lines.append(f"\n{name}: {len(runs)} run(s), totals {[round(r['total'], 1) for r in runs]}; final {finals}")
     if len(names) == 2:

@@ -6,8 +6,9 @@ tokens: prompt + response, each PPO epoch) and, every ``eval.every`` steps, an e
 at a time on one thread each, on the reference machine (2-core x86, AVX2; ``perf/*`` of each
 trial; ``python -m benchmarks.trial_speed`` prints the same figures for one trial); a response is
 taken to use ``RESPONSE_SHARE`` of its budget (the default trials' rollouts: 84 of 160 tokens).
-Trials on more threads are costed as on one (an upper bound). Trials are placed on as many slots as the machine's CPUs (or ``--max-concurrent-trials``) allow,
-in order, each on the slot free first. GPU trials are not estimated: the figures are CPU ones.
+Trials on more threads are costed as on one (an upper bound). Trials are placed on as many slots
+as the machine's CPUs (or ``--max-concurrent-trials``) allow, in order, each on the slot free
+first. GPU trials are not estimated: the figures are CPU ones.
 """
 
 from __future__ import annotations

@@ -383,7 +383,7 @@ class StudySpec(Strict):
             if arm is None:
                 raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' "
                                  f"(arms: {', '.join(names)})")
-            members = len(arm.variants()) * len(arm.seeds or self.seeds)
+            members = len(arm.variants()) * len(self.arm_seeds(arm, smoke=False))
             if members < 2:
                 raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
                                  "(weight variants x seeds)")

@@ -1,8 +1,8 @@
 """A lean transformers sampling loop over the model's KV cache.
 
 Prefill the distinct prompts once, copy the cache ``n`` times, then decode one token per forward
-for the rows still running; rows that emit EOS leave the batch (their cache rows are dropped), so
-short answers stop costing compute. Prompts are left-padded, with position ids that skip the
+for the rows still running; rows that emit EOS leave the batch together once an eighth of it has
+finished (their cache rows are dropped), so short answers stop costing compute. Prompts are left-padded, with position ids that skip the
 padding, so positions match training on unpadded sequences.
 """
 
