@@ -47,7 +47,8 @@ H100_BF16_FLOPS = 989e12
 def train_settings(dtype: str):
     """The settings SingleActor and policy_update read (a TrainConfig needs pydantic; this runs without it)."""
     train = SimpleNamespace(lr=1e-6, weight_decay=0.0, grad_clip=1.0, kl_coef=0.0, kl_type="mse", entropy_coef=0.0,
-                            clip_ratio=0.2, clip_ratio_high=None, ppo_epochs=1, mini_batch_size=64,
+                            clip_ratio=0.2, clip_ratio_high=None, clip_ratio_c=None, loss_aggregation="token_mean",
+                            ppo_epochs=1, mini_batch_size=64,
                             micro_batch_size=8, gradient_checkpointing=True)
     return SimpleNamespace(train=train, rollout=SimpleNamespace(temperature=1.0), model=SimpleNamespace(dtype=dtype))
 
@@ -57,7 +58,7 @@ def batch(rows: int, prompt: int, response: int, vocab: int, device) -> PolicyBa
     mask = torch.zeros(rows, prompt + response - 1, dtype=torch.bool, device=device)
     mask[:, prompt - 1 :] = True
     adv = torch.randn(rows, 1, device=device).expand_as(mask) * mask
-    return PolicyBatch(ids, mask, adv.float(), torch.zeros_like(adv, dtype=torch.float32))
+    return PolicyBatch(ids, mask, adv.float(), torch.zeros_like(adv, dtype=torch.float32), response)
 
 
 def main() -> int:

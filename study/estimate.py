@@ -5,7 +5,9 @@ tokens: prompt + response, each PPO epoch) and, every ``eval.every`` steps, an e
 (generated tokens). The seconds per token were measured on the default study's seven trials, two
 at a time on one thread each, on the reference machine (2-core x86, AVX2; ``perf/*`` of each
 trial; ``python -m benchmarks.trial_speed`` prints the same figures for one trial); a response is
-taken to use ``RESPONSE_SHARE`` of its budget (the default trials' rollouts: 84 of 160 tokens).
+taken to use ``RESPONSE_SHARE`` of its budget (the default trials' rollouts: 84 of 160 tokens). A group
+filter says how many rollouts a step generates and trains at most (``rollouts_per_step``: GFPO
+generates all and trains its kept share; dynamic sampling is costed at all its rounds, an upper bound).
 Trials on more threads are costed as on one (an upper bound). Trials are placed on as many slots
 as the machine's CPUs (or ``--max-concurrent-trials``) allow, in order, each on the slot free
 first. GPU trials are not estimated: the figures are CPU ones.
@@ -32,11 +34,11 @@ def trial_seconds(config: TrainConfig) -> float:
     """The cost model's seconds for one trial of ``config`` on one thread."""
     rollout, train, evaluation = config.rollout, config.train, config.eval
     response = RESPONSE_SHARE * rollout.max_budget
-    rows = train.prompts_per_step * rollout.n
+    generated, rows = rollout.group_filter.rollouts_per_step(train.prompts_per_step, rollout.n)
     trained = rows * (PROMPT_SHARE * rollout.max_prompt_tokens + response) * train.ppo_epochs
     evaluations = math.ceil(train.steps / evaluation.every)
     problems = evaluation.num_problems or getattr(config.task, "eval_size", None) or DEFAULT_EVAL_PROBLEMS
-    return (STARTUP_SECONDS + train.steps * rows * response * ROLLOUT_SECONDS_PER_TOKEN
+    return (STARTUP_SECONDS + train.steps * generated * response * ROLLOUT_SECONDS_PER_TOKEN
             + train.steps * trained * UPDATE_SECONDS_PER_TOKEN
             + evaluations * problems * evaluation.n_samples * response * EVAL_SECONDS_PER_TOKEN)
 
@@ -54,14 +56,17 @@ def expected_wall_time(spec, plans, max_concurrent: int | None = None) -> str:
     if spec.resources.trial_gpus > 0:
         return "expected wall time: not estimated for GPU trials (the cost model is measured on CPU)"
     per_plan = spec.search.num_samples if spec.search.mode == "optuna" else 1
-    durations = [trial_seconds(TrainConfig.model_validate(p.config)) for p in plans for _ in range(per_plan)]
+    configs = [TrainConfig.model_validate(p.config) for p in plans]
+    durations = [trial_seconds(config) for config in configs for _ in range(per_plan)]
+    more_rounds = any(c.rollout.group_filter.rollouts_per_step(1, c.rollout.n)[0] > c.rollout.n for c in configs)
     cpus = os.cpu_count() or 1
     slots = max(1, int(cpus // spec.resources.cpus))
     for limit in (max_concurrent, spec.max_concurrent_trials):
         slots = min(slots, limit) if limit else slots
     minutes = makespan(durations, slots) / 60
     bounds = [why for why, applies in (("ASHA stops trials early", spec.search.asha is not None),
-                                       ("trials run on more than one thread", spec.resources.trial_threads > 1)) if applies]
+                                       ("trials run on more than one thread", spec.resources.trial_threads > 1),
+                                       ("a group filter's extra rounds are all counted", more_rounds)) if applies]
     bound = f"; an upper bound: {' and '.join(bounds)}" if bounds else ""
     return (f"expected wall time: {minutes:.0f} min on this machine ({len(durations)} trials, {slots} at a time on "
             f"{cpus} CPUs, ~{sum(durations) / len(durations) / 60:.1f} min each; a cost model measured on a 2-core "

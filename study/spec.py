@@ -31,7 +31,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError, field_validator, model_validator
 
 from trainers import contract as M
-from trainers.config import SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, format_errors, load_validated
+from trainers.config import (
+    SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, fit_group_filter, format_errors, load_validated,
+)
 from trainers.lead import LeadConfig
 from trainers.plugins import load_plugins
 from trainers.rewards import LENGTH_REWARDS
@@ -162,13 +164,15 @@ class Arm(Strict):
     def settings(self, shared: dict[str, Any], last: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """(variant, trainer settings) for each grid variant: the shared settings, then the arm's
         length reward, then its weighting (replacing any other), then the variant's grid values,
-        then its overrides, then ``last`` (a smoke test's settings, which win over the arm's)."""
+        then its overrides, then ``last`` (a smoke test's settings, which win over the arm's, with the
+        group filter fitted to them: ``fit_group_filter``)."""
         settings = deep_merge(shared, {"lead": self.reward.lead_settings()})
         settings = {**settings, "lead": {**settings["lead"], "weighting": self.weighting.model_dump()}}
         out = []
         for variant, values in self.variants():
             merged = functools.reduce(deep_merge, (dotted(key, value) for key, value in values.items()), settings)
-            out.append((variant, deep_merge(deep_merge(merged, self.overrides), last or {})))
+            arm_settings = deep_merge(merged, self.overrides)
+            out.append((variant, fit_group_filter(deep_merge(arm_settings, last)) if last else arm_settings))
         return out
 
 

@@ -28,7 +28,7 @@ def random_batch(rows: int = 11, width: int = 20, vocab: int = 21, seed: int = 0
         mask[row, 3 : 3 + length] = True
         ids[row, 4 + length :] = 0
     adv = torch.randn(rows, generator=g)[:, None].expand_as(mask) * mask
-    return PolicyBatch(ids, mask, adv.float(), torch.zeros(rows, width - 1))
+    return PolicyBatch(ids, mask, adv.float(), torch.zeros(rows, width - 1), width)
 
 
 def config(cache_dir, **train):

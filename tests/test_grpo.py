@@ -12,6 +12,7 @@ from trainers import contract as M
 from trainers.actor.update import clipped_objective, kl_penalty
 from trainers.base_model import ModelLoadError
 from trainers.checkpoint import latest_checkpoint
+from trainers.group_filters import Drawn
 from trainers.grpo import build_sequences, train
 from trainers.rollout.base import Rollouts
 
@@ -82,7 +83,8 @@ def test_sequences_put_each_response_target_after_its_prompt():
         response_ids=torch.tensor([[7, 8, 1], [9, 1, 0]]), lengths=torch.tensor([3, 2]),
         truncated=torch.tensor([False, False]), logprobs=torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, 0.0]]),
     )
-    batch = build_sequences([[4, 5]], 2, rollouts, 0, torch.tensor([1.0, -1.0]), whiten=False)
+    drawn = Drawn.of([None], [[4, 5]], 2, rollouts, [1.0, 0.0])
+    batch = build_sequences(drawn, 0, torch.tensor([1.0, -1.0]), whiten=False, budget=3)
     assert batch.input_ids.tolist() == [[4, 5, 7, 8, 1], [4, 5, 9, 1, 0]]
     # targets are tokens 1..4; response targets are 7, 8, 1 (row 0) and 9, 1 (row 1)
     assert batch.mask.tolist() == [[False, True, True, True], [False, True, True, False]]

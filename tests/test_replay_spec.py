@@ -30,7 +30,7 @@ def member_and_psi_store(tmp_path, cache_dir) -> str:
         config = deep_merge(base, settings)
         config["lead"]["weighting"] = {"normalization": "decoupled", "whiten": True, **settings["lead"]["weighting"]}
         tags = {M.TAG_STUDY_RUN: parent, M.TAG_ARM: name.split("-")[0], M.TAG_VARIANT: name, M.TAG_SEED: "0",
-                **M.method_tags(config["lead"], motion)}
+                **M.method_tags(config, motion)}
         run = client.create_run(exp, run_name=name, tags=tags).info.run_id
         client.log_batch(run, metrics=[Metric(M.TRAIN_ACCURACY, 0.5, 0, 1), Metric(M.EVAL_AES, aes, 0, 1)])
         log_yaml(client, run, M.TRAIN_CONFIG_ARTIFACT, config)

@@ -391,7 +391,8 @@ EXPECTED_MOTION = {"psi": "adaptive", "static": "fixed", "combined": "fixed", "s
 def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch, tmp_path, fresh_registries):
     """What the tracker tags each trial with, against what the spec's YAML says of its arm: the
     length reward, the weighting (``combined`` is static weights), how the weight moves (a
-    population member's is searched), the normalization and the whitening."""
+    population member's is searched), the normalization, the whitening, the group filter and the
+    loss aggregation."""
     from trainers import contract as M
     from trainers.checks import files_unchecked
 
@@ -411,5 +412,7 @@ def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch
             "weight_motion": "searched" if plan.arm == population else EXPECTED_MOTION[kind],
             "normalization": "combined" if kind == "combined" else arm["weighting"].get("normalization", "decoupled"),
             "whiten": str(arm["weighting"].get("whiten", True)).lower(),
+            "group_filter": arm.get("overrides", {}).get("rollout", {}).get("group_filter", {}).get("kind", "none"),
+            "loss_aggregation": arm.get("overrides", {}).get("train", {}).get("loss_aggregation", "token_mean"),
         }
-        assert M.method_tags(plan.config["lead"], plan.motion) == expected, plan.name
+        assert M.method_tags(plan.config, plan.motion) == expected, plan.name

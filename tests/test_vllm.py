@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.conftest import TINY, tiny_config
 from trainers import contract as M
 from trainers.actor import build_actor
+from trainers.group_filters import Drawn
 from trainers.grpo import build_sequences
 from trainers.rollout import build_engine
 from trainers.rollout.base import SamplingParams
@@ -77,9 +78,15 @@ def test_greedy_output_equals_the_hf_engines(engines):
     assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-4)
 
 
+def sequences(prompts, n: int, rollouts) -> Drawn:
+    """The rollouts as the loop hands them on (ungraded: scores 0)."""
+    return Drawn.of([None] * len(prompts), prompts, n, rollouts, [0.0] * len(rollouts.lengths))
+
+
 def gap(actor, tokenizer, rollouts, n: int, prompts) -> float:
     """The loop's own perf/sampler_logp_gap for these rollouts (an update with zero advantages)."""
-    batch = build_sequences(prompts, n, rollouts, tokenizer.pad_token_id, torch.zeros(len(rollouts.lengths)), False)
+    batch = build_sequences(sequences(prompts, n, rollouts), tokenizer.pad_token_id, torch.zeros(len(rollouts.lengths)),
+                            False, 24)
     return actor.update(batch, seed=0)[M.PERF_SAMPLER_LOGP_GAP]
 
 
@@ -99,7 +106,8 @@ def test_weights_follow_the_trainer_and_a_skipped_sync_shows_in_the_logp_gap(eng
         rollouts = vllm_engine.generate(prompts, 4, sampling, seed=2)
         advantages = -(rollouts.lengths.float() - rollouts.lengths.float().mean())
         for step in range(3):
-            actor.update(build_sequences(prompts, 4, rollouts, tokenizer.pad_token_id, advantages, True), seed=step)
+            actor.update(build_sequences(sequences(prompts, 4, rollouts), tokenizer.pad_token_id, advantages, True, 24),
+                         seed=step)
         stale_gap = gap(actor, tokenizer, vllm_engine.generate(prompts, 4, sampling, seed=3), 4, prompts)
         vllm_engine.sync_weights(model)
         after = vllm_engine.generate(encoded(tokenizer), 1, greedy, seed=0)

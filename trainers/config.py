@@ -16,7 +16,9 @@ import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_serializer, model_validator
 
 from trainers.actor import BACKENDS
+from trainers.actor.aggregation import LOSS_AGGREGATIONS
 from trainers.checks import must_exist
+from trainers.group_filters import GroupFilter, KeepAll, group_filter_settings
 from trainers.lead import LeadConfig
 from trainers.plugins import load_plugins, resolve
 from trainers.weightings import WEIGHTINGS
@@ -59,10 +61,16 @@ class RolloutConfig(Strict):
         "shrinking budget: each budget holds from its step until the next)",
     )
     max_prompt_tokens: int = Field(64, ge=1)
+    group_filter: SerializeAsAny[GroupFilter] = Field(
+        KeepAll(), description="which graded rollouts train, kind: a name in trainers.group_filters.GROUP_FILTERS: "
+        "none | dynamic_sampling (DAPO) | gfpo"
+    )
     gpu_memory_utilization: float = Field(
         0.4, gt=0.0, le=1.0, description="vllm on a GPU: its share of the GPU's memory, weights and KV cache "
         "(it shares the GPU with training, and sleeps while the policy updates)"
     )
+
+    _filter_by_kind = field_validator("group_filter", mode="wrap")(lambda value, handler: group_filter_settings(value))
 
     @model_validator(mode="after")
     def _engine_options(self) -> "RolloutConfig":
@@ -115,6 +123,14 @@ class OptimConfig(Strict):
     clip_ratio: float = Field(0.2, gt=0.0, description="lower clip: the ratio is kept above 1 - clip_ratio")
     clip_ratio_high: float | None = Field(
         None, gt=0.0, description="upper clip: the ratio is kept below 1 + clip_ratio_high; None: clip_ratio"
+    )
+    clip_ratio_c: float | None = Field(
+        None, gt=1.0, description="dual clip: for negative advantages the loss is at most -A clip_ratio_c (verl 3, "
+        "DLER 10); None: off"
+    )
+    loss_aggregation: LOSS_AGGREGATIONS.Name = Field(
+        "token_mean", description="a name in trainers.actor.aggregation.LOSS_AGGREGATIONS: token_mean (over the "
+        "mini-batch's response tokens) | budget (Dr. GRPO: each sequence's sum over the generation budget, mean over sequences)"
     )
     kl_coef: float = Field(5e-4, ge=0.0)
     kl_type: Literal["mse", "low_var_kl"] = "mse"
@@ -183,6 +199,7 @@ class TrainConfig(Strict):
         if self.train.mini_batch_size % self.train.micro_batch_size:
             raise ValueError("train.mini_batch_size must be a multiple of train.micro_batch_size")
         self.task.check_run(self)
+        self.rollout.group_filter.check_run(self.rollout.n)
         return self
 
     @model_serializer(mode="wrap")
@@ -210,7 +227,7 @@ class TrainConfig(Strict):
         """The same run, shrunk to a quick check (``SMOKE_SETTINGS``); a run that builds its own
         base model builds a small one on shorter sums (``SMOKE_BASE_MODEL``: seconds, not minutes)."""
         shrink = SMOKE_SETTINGS if self.model.path else deep_merge(SMOKE_SETTINGS, SMOKE_BASE_MODEL)
-        return self.model_validate(deep_merge(self.model_dump(), shrink))
+        return self.model_validate(fit_group_filter(deep_merge(self.model_dump(), shrink)))
 
 
 # A run shrunk to a quick check: 2 steps, tiny batches, one evaluation of 16 problems.
@@ -220,6 +237,20 @@ SMOKE_SETTINGS = {
     "eval": {"every": 2, "n_samples": 1, "num_problems": 16},
     "checkpoint": {"every": 1},
 }
+
+
+def fit_group_filter(settings: dict) -> dict:
+    """A shrunk run's settings with its group filter fitted to the smoke test's rollouts per prompt
+    (``GroupFilter.smoke``: GFPO keeps fewer than ``rollout.n``); settings that do not validate
+    are left for validation to name."""
+    rollout = settings.get("rollout")
+    if not isinstance(rollout, dict) or not isinstance(rollout.get("group_filter"), (dict, GroupFilter)):
+        return settings
+    try:
+        fitted = group_filter_settings(rollout["group_filter"]).smoke(int(rollout.get("n", RolloutConfig().n)))
+    except (ValueError, TypeError):
+        return settings
+    return {**settings, "rollout": {**rollout, "group_filter": fitted}}
 
 
 SMOKE_BASE_MODEL = {

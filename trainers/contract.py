@@ -30,6 +30,10 @@ PERF_ROLLOUT_TOKENS = "perf/rollout_tokens"  # response tokens the step's rollou
 PERF_TRAIN_TOKENS = "perf/train_tokens"  # prompt + response tokens through the policy update, every PPO epoch
 PERF_EVAL_TOKENS = "perf/eval_tokens"  # response tokens the step's evaluation generated (0 without one)
 PERF_SAMPLER_LOGP_GAP = "perf/sampler_logp_gap"  # mean |trainer's - sampler's log-prob| on sampled tokens
+FILTER_KEPT_GROUPS = "filter/kept_groups"  # prompts whose rollouts the group filter kept for training
+FILTER_KEPT_ROLLOUTS = "filter/kept_rollouts"  # rollouts it kept (LEAD and the update see only these)
+FILTER_ROUNDS = "filter/rounds"  # generation rounds the step drew (1 without a filter that draws more)
+FILTER_SKIPPED_UPDATE = "filter/skipped_update"  # 1 when nothing was kept: no LEAD step, no update
 GRADER_ERRORS = "grader/errors"  # responses whose grading raised inside the grader this step (scored 0)
 GRADER_TIMEOUTS = "grader/timeouts"  # responses stopped by the grading limit this step (scored 0)
 
@@ -59,7 +63,8 @@ STEP_METRICS = (
     TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_BUDGET, TRAIN_REWARD_CORRECTNESS,
     TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
     PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, PERF_ROLLOUT_TOKENS, PERF_TRAIN_TOKENS, PERF_EVAL_TOKENS,
-    PERF_SAMPLER_LOGP_GAP, GRADER_ERRORS, GRADER_TIMEOUTS,
+    PERF_SAMPLER_LOGP_GAP, GRADER_ERRORS, GRADER_TIMEOUTS, FILTER_KEPT_GROUPS, FILTER_KEPT_ROLLOUTS, FILTER_ROUNDS,
+    FILTER_SKIPPED_UPDATE,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
 # Every name a study may select or rank trials by (``search.metric``): the per-step ones, the
@@ -71,7 +76,7 @@ REPORTED = tuple(dict.fromkeys((
 
 
 # Prefixes: which metrics a trial run logs at every step, and which only on evaluation steps.
-EVERY_STEP_PREFIXES = ("train/", "lead/", "loss/", "perf/", "grader/", SETTING_PREFIX)
+EVERY_STEP_PREFIXES = ("train/", "lead/", "loss/", "perf/", "grader/", "filter/", SETTING_PREFIX)
 EVALUATION_PREFIXES = ("eval/",)
 LOWER_IS_BETTER = (EVAL_RESPONSE_LENGTH, "eval/truncated_fraction")
 STEP_KEY = TRAIN_ACCURACY  # every step logs it: its history tells a run's last logged step
@@ -91,7 +96,9 @@ TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.weightings.WEIGH
 TAG_MOTION = "weight_motion"  # how w_corr moves over training: one of MOTIONS
 TAG_NORMALIZATION = "normalization"  # the advantage normalization's name (decoupled, combined, ...)
 TAG_WHITEN = "whiten"  # true | false: token advantages whitened over the batch
-METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_MOTION, TAG_NORMALIZATION, TAG_WHITEN)
+TAG_GROUP_FILTER = "group_filter"  # the group filter's name in trainers.group_filters.GROUP_FILTERS (none, gfpo, ...)
+TAG_LOSS_AGGREGATION = "loss_aggregation"  # the loss aggregation's name (token_mean, budget)
+METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_MOTION, TAG_NORMALIZATION, TAG_WHITEN, TAG_GROUP_FILTER, TAG_LOSS_AGGREGATION)
 FIXED, SCHEDULED, ADAPTIVE, SEARCHED = "fixed", "scheduled", "adaptive", "searched"
 MOTIONS = (FIXED, SCHEDULED, ADAPTIVE, SEARCHED)  # searched: a population member (PBT / PB2)
 TAG_PARAMS_ARE = "lead_study.params_are"  # "starting values" on a population member (its settings moved)
@@ -108,11 +115,13 @@ TAG_LOGGED_STEP = "lead_study.logged_step"  # the last step whose metrics reache
 TAG_HISTORY_STEP = "lead_study.history_step"  # the last step HISTORY_ARTIFACT holds
 
 
-def method_tags(lead: dict, motion: str) -> dict[str, str]:
-    """The method tags of a trial from its ``lead`` settings (``LeadConfig.model_dump()``) and how
-    its weight moves (the weighting's own motion, or ``SEARCHED`` for a population member)."""
+def method_tags(config: dict, motion: str) -> dict[str, str]:
+    """The method tags of a trial from its settings (``TrainConfig.model_dump()``; a group filter or
+    loss aggregation left out is the default one) and how its weight moves (the weighting's own
+    motion, or ``SEARCHED`` for a population member)."""
     if motion not in MOTIONS:
         raise ValueError(f"weight motion {motion!r} is not one of {', '.join(MOTIONS)}")
+    lead = config["lead"]
     weighting = lead["weighting"]
     return {
         TAG_REWARD: lead["length_reward"],
@@ -120,6 +129,8 @@ def method_tags(lead: dict, motion: str) -> dict[str, str]:
         TAG_MOTION: motion,
         TAG_NORMALIZATION: weighting["normalization"],
         TAG_WHITEN: str(weighting["whiten"]).lower(),
+        TAG_GROUP_FILTER: config.get("rollout", {}).get("group_filter", {}).get("kind", "none"),
+        TAG_LOSS_AGGREGATION: config.get("train", {}).get("loss_aggregation", "token_mean"),
     }
 
 

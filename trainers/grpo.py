@@ -1,6 +1,7 @@
 """GRPO with LEAD rewards, top to bottom.
 
 One step: sample prompts -> roll out ``n`` responses each (within the step's budget) -> grade ->
+the group filter (which rollouts train; it may draw more rounds: ``trainers.group_filters``) ->
 ``lead_step`` (length reward, advantages, weights) -> token advantages (whitened over all response
 tokens unless the weighting says not)
 -> the actor's policy update (``trainers.actor``: clipped policy-gradient loss + KL to the frozen
@@ -36,9 +37,10 @@ from trainers.actor.update import PolicyBatch
 from trainers.base_model import base_evaluation, base_model_path, load_model
 from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, Evaluator, aes
-from trainers.lead import LeadOutput, LeadState, lead_step, masked_whiten
+from trainers.group_filters import Drawn, concat
+from trainers.lead import LeadState, lead_step, masked_whiten
 from trainers.rollout import build_engine
-from trainers.seeding import step_seed
+from trainers.seeding import mix_seed, step_seed
 from trainers.tasks import build_task, grade_rollouts
 
 
@@ -94,66 +96,101 @@ def token_advantages(advantages: torch.Tensor, mask: torch.Tensor, whiten: bool)
     return masked_whiten(token_adv, mask) if whiten else token_adv * mask
 
 
-def build_sequences(prompts: list[list[int]], n: int, rollouts, pad_token_id: int, advantages: torch.Tensor,
-                    whiten: bool) -> PolicyBatch:
-    """Right-padded prompt+response rows, the mask of response targets (B, W - 1), each response
-    token's advantage (``token_advantages``) and the sampler's log-probability of it."""
-    lengths = rollouts.lengths.tolist()
-    prompt_lengths = [len(prompts[i // n]) for i in range(len(lengths))]
-    width = max(p + length for p, length in zip(prompt_lengths, lengths))
-    device = rollouts.response_ids.device
+def build_sequences(drawn: Drawn, pad_token_id: int, advantages: torch.Tensor, whiten: bool, budget: int) -> PolicyBatch:
+    """Right-padded prompt+response rows of ``drawn``'s rollouts, the mask of response targets
+    (B, W - 1), each response token's advantage (``token_advantages``), the sampler's
+    log-probability of it, and the step's generation ``budget``."""
+    lengths = drawn.lengths.tolist()
+    prompts = [drawn.prompts[g] for g in drawn.group.tolist()]
+    width = max(len(prompt) + length for prompt, length in zip(prompts, lengths))
+    device = drawn.response_ids.device
     ids = torch.full((len(lengths), width), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(lengths), width - 1), dtype=torch.bool, device=device)
     sampler_logp = torch.zeros((len(lengths), width - 1), dtype=torch.float32, device=device)
-    for i, (p, length) in enumerate(zip(prompt_lengths, lengths)):
-        ids[i, :p] = torch.tensor(prompts[i // n], device=device)
-        ids[i, p : p + length] = rollouts.response_ids[i, :length]
+    for i, (prompt, length) in enumerate(zip(prompts, lengths)):
+        p = len(prompt)
+        ids[i, :p] = torch.tensor(prompt, device=device)
+        ids[i, p : p + length] = drawn.response_ids[i, :length]
         mask[i, p - 1 : p - 1 + length] = True
-        sampler_logp[i, p - 1 : p - 1 + length] = rollouts.logprobs[i, :length]
-    return PolicyBatch(ids, mask, token_advantages(advantages, mask, whiten), sampler_logp)
+        sampler_logp[i, p - 1 : p - 1 + length] = drawn.logprobs[i, :length]
+    return PolicyBatch(ids, mask, token_advantages(advantages, mask, whiten), sampler_logp, budget)
 
 
-def training_step(config: TrainConfig, run: Run, step: int, state: LeadState) -> tuple[LeadOutput, dict[str, float]]:
-    """Step ``step`` (0-based): roll out, grade, LEAD, update the policy, sync the engine; returns
-    the LEAD output and the step's metrics (evaluation and step time aside)."""
-    start = time.perf_counter()
-    # 1. roll out
-    problems = run.task.train_problems(step, config.train.prompts_per_step, config.seed)
+def draw_round(config: TrainConfig, run: Run, step: int, round_: int) -> tuple[Drawn, dict[str, float], float]:
+    """Generation round ``round_`` of step ``step`` (0-based), rolled out and graded: round 0 is the
+    step's own prompts; a later round draws fresh ones as a run seeded ``mix_seed(seed, round_)``
+    would, so every round is a pure function of (seed, step, round). Also returns the grading
+    failures and the seconds spent generating."""
+    seed = config.seed if round_ == 0 else mix_seed(config.seed, round_)
+    problems = run.task.train_problems(step, config.train.prompts_per_step, seed)
     prompts = [run.task.prompt_ids(problem, run.tokenizer) for problem in problems]
-    n = config.rollout.n
-    rollouts = run.engine.generate(prompts, n, config.rollout_sampling(step), seed=step_seed(config.seed, step, 0))
-    rollout_seconds = time.perf_counter() - start
-    # 2. grade
+    n, start = config.rollout.n, time.perf_counter()
+    rollouts = run.engine.generate(prompts, n, config.rollout_sampling(step), seed=step_seed(seed, step, 0))
+    seconds = time.perf_counter() - start
     texts = run.tokenizer.batch_decode(rollouts.response_ids.tolist(), skip_special_tokens=True)
-    scores, grading_failures = grade_rollouts(run.task, texts, [p for p in problems for _ in range(n)], rollouts.truncated)
-    # 3. LEAD: length reward, advantages, weights; one group per prompt row of the batch
-    device = run.device
-    group_ids = torch.arange(len(problems), device=device).repeat_interleave(n)
-    problem_ids = torch.tensor([problem.id for problem in problems], device=device).repeat_interleave(n)
-    lengths = rollouts.lengths.to(torch.float64)
-    out = lead_step(lengths, torch.tensor(scores, dtype=torch.float64, device=device), group_ids,
+    scores, failures = grade_rollouts(run.task, texts, [p for p in problems for _ in range(n)], rollouts.truncated)
+    return Drawn.of(problems, prompts, n, rollouts, scores), failures, seconds
+
+
+def skipped_step_metrics() -> dict[str, float]:
+    """What a step that kept no group reports for the LEAD and loss metrics it did not compute."""
+    names = [M.lead(name) for name in M.LEAD_REPORTED] + [M.TRAIN_REWARD_CORRECTNESS, M.TRAIN_REWARD_EFFICIENCY]
+    return dict.fromkeys(names + [M.LOSS_POLICY, M.LOSS_KL, M.LOSS_ENTROPY, M.LOSS_CLIP_FRACTION,
+                                  M.LOSS_GRAD_NORM, M.PERF_SAMPLER_LOGP_GAP], math.nan)
+
+
+def training_step(config: TrainConfig, run: Run, step: int, state: LeadState) -> tuple[LeadState, dict[str, float]]:
+    """Step ``step`` (0-based): roll out, grade, filter, LEAD, update the policy, sync the engine;
+    returns the LEAD state after it and the step's metrics (evaluation and step time aside).
+    ``train/*`` describe every rollout generated this step; LEAD and the update see the kept ones."""
+    # 1-2. roll out and grade, round after round while the group filter asks for more
+    draws, failures, seconds = [], {M.GRADER_ERRORS: 0.0, M.GRADER_TIMEOUTS: 0.0}, [0.0]
+
+    def draw(round_: int) -> Drawn:
+        drawn, failed, spent = draw_round(config, run, step, round_)
+        draws.append(drawn)
+        failures.update({key: failures[key] + value for key, value in failed.items()})
+        seconds[0] += spent
+        return drawn
+
+    # 3. the group filter: which rollouts train
+    kept = config.rollout.group_filter.select(draw(0), draw, config.train.prompts_per_step)
+    every = concat(draws)
+    metrics = {
+        M.TRAIN_ACCURACY: float(every.scores.mean()),
+        M.TRAIN_RESPONSE_LENGTH: float(every.lengths.to(torch.float64).mean()),
+        M.TRAIN_TRUNCATED_FRACTION: float(every.truncated.float().mean()),
+        M.TRAIN_BUDGET: float(config.rollout.budget_at(step)),
+        M.FILTER_KEPT_GROUPS: float(kept.num_groups),
+        M.FILTER_KEPT_ROLLOUTS: float(kept.lengths.numel()),
+        M.FILTER_ROUNDS: float(len(draws)),
+        M.FILTER_SKIPPED_UPDATE: float(kept.num_groups == 0),
+        **failures,
+        M.PERF_ROLLOUT_SECONDS: seconds[0],
+        M.PERF_ROLLOUT_TOKENS_PER_SECOND: every.num_tokens / seconds[0],
+        M.PERF_ROLLOUT_TOKENS: float(every.num_tokens),
+        M.PERF_EVAL_TOKENS: 0.0,
+    }
+    if kept.num_groups == 0:  # nothing to learn from: no LEAD step, no update
+        return state, {**metrics, **skipped_step_metrics(), M.PERF_TRAIN_TOKENS: 0.0}
+    # 4. LEAD: length reward, advantages, weights; one group per kept prompt
+    problem_ids = torch.tensor([problem.id for problem in kept.problems], device=run.device)[kept.group.to(run.device)]
+    out = lead_step(kept.lengths.to(run.device, torch.float64), kept.scores.to(run.device), kept.group.to(run.device),
                     config=config.lead, state=state, problem_ids=problem_ids)
-    # 4. token advantages, whitened over every response token of the batch (unless told not to)
-    batch = build_sequences(prompts, n, rollouts, run.tokenizer.pad_token_id, out.advantages, config.lead.weighting.whiten)
-    # 5. policy update: clipped PG + KL - entropy, token-mean over each mini-batch
+    # 5. token advantages, whitened over every response token of the batch (unless told not to)
+    batch = build_sequences(kept, run.tokenizer.pad_token_id, out.advantages, config.lead.weighting.whiten,
+                            config.rollout.budget_at(step))
+    # 6. policy update: clipped PG + KL - entropy over mini-batches (train.loss_aggregation)
     losses = run.actor.update(batch, step_seed(config.seed, step, 1))
     run.engine.sync_weights(run.actor.model)  # the next rollouts (and evaluations) sample from the updated policy
-    prompt_tokens = sum(len(prompt) for prompt in prompts) * n
-    return out, {
-        M.TRAIN_ACCURACY: sum(scores) / len(scores),
-        M.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
-        M.TRAIN_TRUNCATED_FRACTION: float(rollouts.truncated.float().mean()),
-        M.TRAIN_BUDGET: float(config.rollout.budget_at(step)),
+    prompt_tokens = sum(len(kept.prompts[g]) for g in kept.group.tolist())
+    return out.state, {
+        **metrics,
         M.TRAIN_REWARD_CORRECTNESS: out.metrics["reward_correctness"],
         M.TRAIN_REWARD_EFFICIENCY: out.metrics["reward_efficiency"],
         **{M.lead(name): value for name, value in out.metrics.items()},
         **losses,
-        **grading_failures,
-        M.PERF_ROLLOUT_SECONDS: rollout_seconds,
-        M.PERF_ROLLOUT_TOKENS_PER_SECOND: rollouts.num_tokens / rollout_seconds,
-        M.PERF_ROLLOUT_TOKENS: float(rollouts.num_tokens),
-        M.PERF_TRAIN_TOKENS: float((prompt_tokens + rollouts.num_tokens) * config.train.ppo_epochs),
-        M.PERF_EVAL_TOKENS: 0.0,
+        M.PERF_TRAIN_TOKENS: float((prompt_tokens + kept.num_tokens) * config.train.ppo_epochs),
     }
 
 
@@ -197,8 +234,8 @@ def train(
         last: dict[str, float] = dict(run.base_metrics)
         for step in range(start, config.train.steps):
             step_start = time.perf_counter()
-            out, metrics = training_step(config, run, step, state)
-            state, done, tables = out.state, step + 1 == config.train.steps, {}
+            state, metrics = training_step(config, run, step, state)
+            done, tables = step + 1 == config.train.steps, {}
             if (step + 1) % config.eval.every == 0 or done:
                 evaluated, tables["eval_problems"] = evaluation_metrics(config, run)
                 metrics.update(evaluated)

@@ -5,6 +5,8 @@ whitening applied after it.
     @register_normalization("decoupled")
     def decoupled(batch: WeightedRewards) -> torch.Tensor: ...
 
+Built in: ``decoupled`` (LEAD), ``combined`` (GRPO), ``centered`` (Dr. GRPO; DLER with whitening).
+
 Every function takes the step's ``WeightedRewards`` (float64 tensors of shape (N,), each reward
 also group-normalized, the two 0-d weights and the ``Groups`` of the batch) and returns the
 advantages (N,). A normalization has no settings of its own.
@@ -65,6 +67,18 @@ def decoupled(batch: WeightedRewards) -> torch.Tensor:
 def combined(batch: WeightedRewards) -> torch.Tensor:
     """Combine-then-normalize (the GRPO baseline): ``A = norm_g(w_c r_corr + w_e r_len)``."""
     return group_normalize(batch.w_corr * batch.r_corr + batch.w_eff * batch.r_eff, batch.groups)
+
+
+@register_normalization("centered")
+def centered(batch: WeightedRewards) -> torch.Tensor:
+    """Combine, then subtract the group mean, no std: ``A_i = R_i - mean_g(R)`` with
+    ``R = w_c r_corr + w_e r_len`` (a group of one: mean 0). Without token whitening this is Dr.
+    GRPO's advantage (arXiv 2503.20783); with it, DLER's batch-wise normalization (arXiv 2510.15110;
+    verl's REINFORCE++-baseline: the token-weighted whitening over the batch is ``masked_whiten``)."""
+    combined_reward = batch.w_corr * batch.r_corr + batch.w_eff * batch.r_eff
+    count, mean, _ = batch.groups.mean_popvar(combined_reward)
+    mean = torch.where(count <= 1, torch.zeros_like(mean), mean)
+    return combined_reward - mean[batch.groups.index]
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ class Weighting(Strict):
 
     normalization: NORMALIZATIONS.Name = Field(
         "decoupled", description="a name in trainers.normalization.NORMALIZATIONS: decoupled (normalize-then-combine, "
-        "LEAD) | combined (combine-then-normalize, GRPO)")
+        "LEAD) | combined (combine-then-normalize, GRPO) | centered (combine, subtract the group mean: Dr. GRPO, DLER)")
     whiten: bool = Field(True, description="whiten token advantages over the batch (the release's GRPO does not)")
 
     def label(self) -> str:

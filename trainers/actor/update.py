@@ -1,10 +1,12 @@
 """One PPO pass over a batch: the policy loss and its plan, shared by every training backend.
 
     loss per token  = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) + kl_coef * KL - entropy_coef * H
-    mini-batch loss = sum over the mini-batch's response tokens / (response tokens in the mini-batch)
+                      (with dual clip, for A < 0 at most -A clip_c)
+    mini-batch loss = sum over the mini-batch's response tokens / denominator
+                      (``train.loss_aggregation``: the mini-batch's response tokens by default)
 
-The token mean is over the whole mini-batch, whatever the number of workers: a worker's micro-batch
-contributes ``sum / mb_tokens * world`` and the backend averages gradients over the ``world``
+The denominator is the whole mini-batch's, whatever the number of workers: a worker's micro-batch
+contributes ``sum / denominator * world`` and the backend averages gradients over the ``world``
 workers, so one worker and N workers take the same step. Every worker computes the same plan
 (``plan_pass``) from the step's seed, takes its share of each mini-batch (rows ``rank::world``
 after a length sort) and pads with empty micro-batches so that all run the same number of forward
@@ -21,6 +23,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from trainers import contract as M
+from trainers.actor.aggregation import LOSS_AGGREGATIONS
 
 LOGPROB_CHUNK_TOKENS = 1024  # tokens per full-vocabulary float32 log_softmax
 
@@ -33,9 +36,11 @@ class PolicyBatch:
     mask: torch.Tensor  # bool: entry j is response token j + 1
     token_adv: torch.Tensor  # float: each response token's advantage
     sampler_logp: torch.Tensor  # float: the rollout engine's log-probability of each response token
+    budget: int  # the step's generation budget (max_new_tokens)
 
     def to(self, device) -> "PolicyBatch":
-        return PolicyBatch(*(t.to(device) for t in (self.input_ids, self.mask, self.token_adv, self.sampler_logp)))
+        tensors = (self.input_ids, self.mask, self.token_adv, self.sampler_logp)
+        return PolicyBatch(*(t.to(device) for t in tensors), self.budget)
 
 
 def _logp_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
@@ -74,12 +79,17 @@ def token_logprobs(model, input_ids: torch.Tensor, temperature: float) -> tuple[
 
 
 def clipped_objective(
-    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float | None
+    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float | None, clip_c: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped loss per token, ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` (``clip_high``
-    None: ``clip_low``, a symmetric clip), and where the clip bound the ratio."""
+    None: ``clip_low``, a symmetric clip), and where the clip bound the ratio. Dual clip (``clip_c``,
+    arXiv 1912.09729; verl, DLER arXiv 2510.15110): where ``A < 0`` the loss is also bounded by
+    ``-A clip_c``, so a very large ratio on a bad token cannot blow the step up."""
     clipped = ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
-    return torch.maximum(-adv * ratio, -adv * clipped), ratio != clipped
+    loss = torch.maximum(-adv * ratio, -adv * clipped)
+    if clip_c is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)
+    return loss, ratio != clipped
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
@@ -187,6 +197,7 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
     for number, (mini, parts) in enumerate(plan):
         first_epoch = number < math.ceil(total / opt.mini_batch_size)
         mb_tokens = mask[mini.to(device)].sum().clamp(min=1)
+        denominator = LOSS_AGGREGATIONS[opt.loss_aggregation](int(mb_tokens), mini.numel(), batch.budget)
         for idx, w in parts:
             if not idx.numel():  # padding: a forward and a backward that add nothing
                 logp, _ = trainee.forward(input_ids[:1, :2])
@@ -202,10 +213,11 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
             else:
                 old = old_logp[idx, : w - 1]
             ratio = torch.exp(logp - old)
-            pg, clipped = clipped_objective(ratio, batch.token_adv[idx, : w - 1], opt.clip_ratio, opt.clip_ratio_high)
+            adv = batch.token_adv[idx, : w - 1]
+            pg, clipped = clipped_objective(ratio, adv, opt.clip_ratio, opt.clip_ratio_high, opt.clip_ratio_c)
             kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
             loss_tokens = pg + opt.kl_coef * kl - opt.entropy_coef * entropy
-            trainee.backward((loss_tokens * m).sum() / mb_tokens * world)
+            trainee.backward((loss_tokens * m).sum() / denominator * world)
             with torch.no_grad():
                 sums["policy"] += float((pg * m).sum() / mb_tokens)
                 sums["kl"] += float((kl * m).sum() / mb_tokens)
