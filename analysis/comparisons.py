@@ -38,10 +38,10 @@ class Group:
         return arm_label(self.arm, self.variant)
 
 
-def final_groups(data: StudyData) -> list[Group]:
+def final_groups(data: StudyData, steps: dict[str, int] | None = None) -> list[Group]:
     """Every evaluated (arm, variant): accuracy and length per (seed, problem) at each trial's last
-    evaluation, on the problems all its trials evaluated."""
-    final = final_problems(data.problems)
+    evaluation (or at ``steps[trial]``), on the problems all its trials evaluated."""
+    final = final_problems(data.problems, steps)
     runs = data.runs.select(["trial", "arm", "variant", "seed", M.TAG_WEIGHTING, M.TAG_MOTION]).to_pylist()
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -89,10 +89,12 @@ class StudyComparison:
     versus: list[tuple[Group, dict[str, Comparison]]]  # best PSI minus every other (arm, variant), test problems
 
 
-def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0) -> StudyComparison | None:
-    """The protocol of the module docstring; None when the study has no evaluated PSI arm and
-    other arm, no base numbers, or too few problems to split."""
-    groups, base = final_groups(data), base_numbers(data)
+def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0,
+                  steps: dict[str, int] | None = None) -> StudyComparison | None:
+    """The protocol of the module docstring (each trial at its last evaluation, or at ``steps[trial]``);
+    None when the study has no evaluated PSI arm and other arm, no base numbers, or too few
+    problems to split."""
+    groups, base = final_groups(data, steps), base_numbers(data)
     psi = [g for g in groups if g.weighting == "psi"]
     others = [g for g in groups if g.weighting != "psi"]
     if not psi or not others or base is None:

@@ -138,12 +138,39 @@ def weight_shape(history: pa.Table, trials: set[str] | None = None, settle_fract
     )
 
 
-def final_problems(problems: pa.Table) -> pa.Table:
-    """Each trial's per-problem rows at its last evaluated step."""
+def final_problems(problems: pa.Table, steps: dict[str, int] | None = None) -> pa.Table:
+    """Each trial's per-problem rows at its last evaluated step, or at ``steps[trial]`` (a trial
+    not in ``steps`` is left out)."""
     if problems.num_rows == 0:
         return problems
+    if steps is not None:
+        chosen = pa.table({"trial": list(steps), "step_chosen": pa.array(list(steps.values()), pa.int64())})
+        return problems.join(chosen, keys=["trial", "step"], right_keys=["trial", "step_chosen"], join_type="inner")
     last = problems.group_by("trial").aggregate([("step", "max")])
     return problems.join(last, keys=["trial", "step"], right_keys=["trial", "step_max"], join_type="inner")
+
+
+def equal_token_steps(history: pa.Table, problems: pa.Table) -> tuple[float, dict[str, int], dict[str, float]]:
+    """Where each trial had spent the same rollout tokens: the budget is the smallest of the trials'
+    rollout tokens up to their last evaluation, and each trial is taken at the evaluation whose
+    running sum of ``perf/rollout_tokens`` is nearest to it (the earlier on a tie). Returns the
+    budget, each trial's chosen step and its rollout tokens up to that step."""
+    rows = history.filter(pc.equal(history["key"], M.PERF_ROLLOUT_TOKENS)).to_pylist()
+    per_step: dict[str, dict[int, float]] = {}
+    for row in rows:
+        per_step.setdefault(row["trial"], {})[row["step"]] = row["value"]
+    evaluated: dict[str, set[int]] = {}
+    for trial, step in zip(problems["trial"].to_pylist(), problems["step"].to_pylist()):
+        evaluated.setdefault(trial, set()).add(step)
+    spent_by: dict[str, dict[int, float]] = {}
+    for trial, steps in evaluated.items():
+        tokens = per_step.get(trial, {})
+        spent_by[trial] = {s: sum(v for step, v in tokens.items() if step <= s) for s in sorted(steps)}
+    if not spent_by:
+        return 0.0, {}, {}
+    budget = min(by_step[max(by_step)] for by_step in spent_by.values())
+    chosen = {t: min(by_step, key=lambda s: (abs(by_step[s] - budget), s)) for t, by_step in spent_by.items()}
+    return budget, chosen, {t: spent_by[t][s] for t, s in chosen.items()}
 
 
 def _median(values: pa.ChunkedArray) -> float | None:

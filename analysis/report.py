@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
-from analysis.comparisons import compare_study, regrets
+from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    arm_summary, compute_spent, lstar_versus_minimal, motions, moving_weight_trials, pareto_front, series,
-    weight_shape, weightings,
+    arm_summary, compute_spent, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
+    pareto_front, series, weight_shape, weightings,
 )
 from analysis.load import StudyData, load_study
 from analysis.population import effective_schedules
@@ -135,6 +135,9 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
 
     sections = [Section("Trials", status_text, table=not_done or None)]
     sections.append(comparison_section(data))
+    equal_tokens = equal_tokens_section(data)
+    if equal_tokens is not None:
+        sections.append(equal_tokens)
     sections.append(Section("Per arm, over seeds (final evaluation)", table=summary.to_pylist() or None))
     sections.append(Section(
         "Accuracy against length",
@@ -271,14 +274,52 @@ def comparison_section(data: StudyData) -> Section:
         "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
         f"{seeds_text}\nThe table sets {psi.label} against every arm without PSI on the same test problems."
     )
-    table = [
+    return Section(heading, text, table=versus_table(result))
+
+
+def versus_table(result) -> list[dict]:
+    """The chosen PSI arm against every arm without PSI, on the test problems: one row each."""
+    return [
         {"other": g.label, "seeds": len(g.scores.seeds),
          **{f"{m} diff": c[m].difference for m in ("aes", "accuracy", "length")},
          "aes low": c["aes"].low, "aes high": c["aes"].high, "P(PSI ahead)": c["aes"].p_ahead,
          "verdict (AES)": VERDICT_WORDS[c["aes"].verdict], "AES detectable (80%)": c["aes"].detectable}
         for g, c in result.versus
     ]
-    return Section(heading, text, table=table)
+
+
+def equal_tokens_section(data: StudyData) -> Section | None:
+    """Every arm taken where it had spent the cheapest trial's rollout tokens (``equal_token_steps``),
+    and PSI against the others there by the same protocol; None when every trial is taken at its
+    last evaluation anyway (the arms spent alike)."""
+    budget, steps, tokens = equal_token_steps(data.history, data.problems)
+    last = {r["trial"]: r["step"] for r in final_problems(data.problems).select(["trial", "step"]).to_pylist()}
+    if not steps or all(steps[t] == last.get(t) for t in steps):
+        return None
+    base, result = base_numbers(data), compare_study(data, steps=steps)
+    versus = {g.label: c["aes"] for g, c in result.versus} if result else {}
+    rows = []
+    for g in final_groups(data, steps):
+        against = versus.get(g.label)
+        rows.append({
+            "arm": g.label, "seeds": len(g.scores.seeds),
+            "eval steps": ", ".join(str(s) for s in sorted({steps[t] for t in g.trials if t in steps})),
+            "rollout tokens": sum(tokens[t] for t in g.trials if t in tokens) / len(g.scores.seeds),
+            "accuracy": float(g.scores.accuracy.mean()), "length": float(g.scores.length.mean()),
+            "AES": g.scores.aes(*base) if base else None,
+            "PSI minus it (AES, test problems)": _interval(against) if against else None,
+            "verdict": VERDICT_WORDS[against.verdict] if against else None,
+        })
+    verdict = ("No PSI comparison at this point (no evaluated PSI arm and other arm, or no base numbers)."
+               if result is None else
+               f"PSI against the others here, by the protocol above (chosen: {result.best_psi.label} and "
+               f"{result.best_other.label}): AES {_interval(result.headline['aes'])}, "
+               f"{VERDICT_WORDS[result.headline['aes'].verdict]}{_power(result.headline['aes'])}.")
+    text = (f"The arms did not spend the same rollout tokens (a group filter that samples more, or draws more rounds, "
+            f"spends more per step). The cheapest trial generated {budget:,.0f} response tokens in rollouts up to its last "
+            "evaluation; every trial is taken at its evaluation whose running rollout tokens are nearest to that (its "
+            "evaluation steps limit how near), and scored on all evaluation problems. " + verdict)
+    return Section("At equal rollout tokens", text, table=rows)
 
 
 def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Section | None:

@@ -95,13 +95,16 @@ def registries_restored():
     from study.search_modes import SEARCH_MODES
     from trainers import plugins
     from trainers.actor import BACKENDS
+    from trainers.actor.aggregation import LOSS_AGGREGATIONS
+    from trainers.group_filters import GROUP_FILTERS
     from trainers.normalization import NORMALIZATIONS
     from trainers.rewards import LENGTH_REWARDS
     from trainers.rollout import ENGINES
     from trainers.tasks import TASKS
     from trainers.weightings import WEIGHTINGS
 
-    registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES)
+    registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES, GROUP_FILTERS,
+                  LOSS_AGGREGATIONS)
     saved = [set(r.registered()) for r in registries], dict(plugins._LOADED)
     try:
         yield

@@ -185,3 +185,21 @@ def test_eval_curves_start_at_the_base_model_and_band_the_seeds():
     colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
                for line in ax.lines if line.get_marker() == "o"}
     assert len(colours) == 2  # and coloured apart
+
+
+def test_equal_rollout_tokens_take_each_trial_at_the_evaluation_nearest_the_cheapest_trials_total():
+    from analysis.compute import equal_token_steps, final_problems
+
+    # grpo: 100 tokens a step; gfpo: 200 (it samples twice as many); evaluations at steps 2, 4 and 6
+    rows = [(t, "perf/rollout_tokens", step, per) for t, per in (("grpo-s0", 100.0), ("grpo-s1", 104.0), ("gfpo-s0", 200.0))
+            for step in range(1, 7)]
+    problems = pa.table({"trial": [t for t in ("grpo-s0", "grpo-s1", "gfpo-s0") for _ in (2, 4, 6)],
+                         "step": [s for _ in range(3) for s in (2, 4, 6)], "problem_id": [1] * 9})
+    budget, steps, tokens = equal_token_steps(history_table(rows), problems)
+    assert budget == 600.0  # grpo-s0's six steps
+    # grpo-s1 spent 624 by step 6 (nearest 600, not 416 at step 4); gfpo spent 400 at 2, 800 at 4: tie -> earlier
+    assert steps == {"grpo-s0": 6, "grpo-s1": 6, "gfpo-s0": 2}
+    assert tokens == {"grpo-s0": 600.0, "grpo-s1": 624.0, "gfpo-s0": 400.0}
+    chosen = final_problems(problems, steps)
+    assert sorted(zip(chosen["trial"].to_pylist(), chosen["step"].to_pylist())) == [
+        ("gfpo-s0", 2), ("grpo-s0", 6), ("grpo-s1", 6)]

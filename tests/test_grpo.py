@@ -13,14 +13,35 @@ from trainers.actor.update import clipped_objective, kl_penalty
 from trainers.base_model import ModelLoadError
 from trainers.checkpoint import latest_checkpoint
 from trainers.group_filters import Drawn
-from trainers.grpo import build_sequences, train
+from trainers.grpo import build_run, build_sequences, train
 from trainers.rollout.base import Rollouts
 
 
-def run(config, output_dir, resume_from=None):
+def run(config, output_dir, resume_from=None, build=build_run):
     reports = []
-    final = train(config, output_dir, report=reports.append, resume_from=resume_from, log=lambda _: None)
+    final = train(config, output_dir, report=reports.append, resume_from=resume_from, log=lambda _: None, build=build)
     return reports, final
+
+
+class ParityGraded:
+    """A task graded by the parity of each response's length, and every response to a problem whose
+    id is a multiple of 3 wrong: groups of mixed scores and all-wrong groups from a model too small
+    to solve anything, so a group filter has something to keep and something to drop."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def grade(self, responses: list[str], problems: list) -> list[float]:
+        return [float(len(response) % 2 == 0 and problem.id % 3 != 0) for response, problem in zip(responses, problems)]
+
+
+def parity_graded_run(config, stack, log):
+    built = build_run(config, stack, log)
+    built.task = ParityGraded(built.task)
+    return built
 
 
 def comparable(metrics):
@@ -51,15 +72,22 @@ def test_every_step_reports_the_contract_and_evaluations_add_tables(tiny_model_d
         assert math.isnan(final[M.EVAL_AES])
 
 
-def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tiny_model_dir, cache_dir, tmp_path):
-    config = tiny_config(cache_dir)
-    straight, _ = run(config, tmp_path / "straight")
+DYNAMIC_SAMPLING = {"rollout": {"group_filter": {"kind": "dynamic_sampling", "max_rounds": 3}}}
 
-    first_half = tiny_config(cache_dir, train={"steps": 2})
-    run(first_half, tmp_path / "stopped")
+
+@pytest.mark.parametrize("settings", [{}, DYNAMIC_SAMPLING], ids=["grpo", "dynamic_sampling"])
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tiny_model_dir, cache_dir, tmp_path, settings):
+    config = tiny_config(cache_dir, **settings)
+    straight, _ = run(config, tmp_path / "straight", build=parity_graded_run)
+    if settings:  # the filter drew further rounds and trained on what it kept
+        rounds = [r.metrics[M.FILTER_ROUNDS] for r in straight]
+        assert max(rounds) > 1 and min(r.metrics[M.FILTER_KEPT_GROUPS] for r in straight) > 0, rounds
+
+    first_half = tiny_config(cache_dir, train={"steps": 2}, **settings)
+    run(first_half, tmp_path / "stopped", build=parity_graded_run)
     checkpoint = latest_checkpoint(tmp_path / "stopped")
     assert checkpoint.name == "step_000002"
-    resumed, _ = run(config, tmp_path / "stopped", resume_from=checkpoint)
+    resumed, _ = run(config, tmp_path / "stopped", resume_from=checkpoint, build=parity_graded_run)
 
     assert [r.step for r in resumed] == [3, 4]
     for a, b in zip(straight[2:], resumed):

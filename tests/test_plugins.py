@@ -1,6 +1,7 @@
 """Plugins: a user's own length reward and weighting from a file outside the package, named in a
 spec or a trainer config; a plugin that cannot be used is one line naming it (exit 2)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,38 @@ def test_a_registered_engine_with_its_own_settings_is_selectable_and_trains(cach
     with pytest.raises(ValidationError) as info:
         tiny_config(cache_dir, train={"backend_options": {"fused": True}})
     assert format_error(info.value) == "train: backend_options: the training backend 'single' takes no options"
+
+
+def test_a_users_group_filter_and_loss_aggregation_are_one_class_and_one_function(cache_dir, tiny_model_dir, tmp_path):
+    """A group filter (here: keep each prompt's longest response) and a loss aggregation (a sum over
+    the sequences) from a plugin file, named in a trainer config, train a real step and report."""
+    from trainers import contract as M
+    from trainers.grpo import train
+
+    from tests.conftest import tiny_config
+
+    (tmp_path / "mine.py").write_text(
+        "from typing import Literal\n"
+        "import torch\n"
+        "from trainers.actor.aggregation import register_loss_aggregation\n"
+        "from trainers.group_filters import GroupFilter, register_group_filter\n\n"
+        "@register_group_filter('longest')\n"
+        "class Longest(GroupFilter):\n"
+        "    kind: Literal['longest'] = 'longest'\n\n"
+        "    def select(self, first, draw, groups_wanted):\n"
+        "        rows = [max((i for i in range(first.lengths.numel()) if int(first.group[i]) == g),\n"
+        "                    key=lambda i: int(first.lengths[i])) for g in range(first.num_groups)]\n"
+        "        return first.rows(torch.tensor(sorted(rows)))\n\n"
+        "@register_loss_aggregation('sequence_sum')\n"
+        "def sequence_sum(tokens, rows, budget):\n"
+        "    return 1.0\n"
+    )
+    config = tiny_config(cache_dir, plugins=[str(tmp_path / "mine.py")], rollout={"group_filter": {"kind": "longest"}},
+                         train={"steps": 1, "loss_aggregation": "sequence_sum"}, eval={"every": 5})
+    reports = []
+    train(config, tmp_path / "run", report=reports.append, log=lambda _: None)
+    metrics = reports[0].metrics
+    assert (metrics[M.FILTER_KEPT_GROUPS], metrics[M.FILTER_KEPT_ROLLOUTS], metrics[M.FILTER_ROUNDS]) == (4.0, 4.0, 1.0)
+    assert metrics[M.PERF_ROLLOUT_TOKENS] > 0 and math.isfinite(metrics[M.LOSS_POLICY])
+    tags = M.method_tags(config.model_dump(), M.ADAPTIVE)
+    assert (tags["group_filter"], tags["loss_aggregation"]) == ("longest", "sequence_sum")

@@ -94,7 +94,7 @@ def history_artifact_matches(client, run) -> bool:
 
 
 COMBINED = ("aggregator_ablation", "lstar_mode_ablation", "schedule_vs_psi", "length_rewards", "psi_vs_pbt",
-            "plugin_study")
+            "efficiency_methods", "plugin_study")
 SPEC_FILES = {**{name: ROOT / f"search_spaces/{name}.yaml" for name in COMBINED}, "plugin_study": ROOT / "examples/plugin_study.yaml"}
 
 
@@ -122,7 +122,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     client, parents, children = child_runs(tmp_path, "shipped-smoke")
     counts = {name: sum(r.data.tags["arm"].startswith(f"{name}.") for r in children) for name in COMBINED}
     assert counts == {"aggregator_ablation": 4, "lstar_mode_ablation": 3, "schedule_vs_psi": 4, "length_rewards": 14,
-                      "psi_vs_pbt": 1 + 4, "plugin_study": 2}  # psi_vs_pbt's PSI runs the study's one seed here
+                      "psi_vs_pbt": 1 + 4, "efficiency_methods": 7, "plugin_study": 2}  # one seed each here
     # the example plugin's reward and weighting trained in their trials' own processes, and name their method
     gate = next(r for r in children if r.data.tags["arm"] == "plugin_study.gate")
     assert (gate.data.tags["reward"], gate.data.tags["weighting"], gate.data.tags["weight_motion"]) == (
@@ -131,6 +131,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in children)
     assert (tmp_path / "runs/shipped-smoke/population/psi_vs_pbt.pbt-wc0.2-s0").is_dir()  # the population's own run
     check_method_tags(children, prefix="length_rewards.")
+    check_efficiency_methods(client, children)
     motions = {r.data.tags["arm"]: r.data.tags["weight_motion"] for r in children if r.data.tags["arm"].startswith("psi_vs_pbt.")}
     assert motions == {"psi_vs_pbt.psi": "adaptive", "psi_vs_pbt.pbt": "searched"}
     report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
@@ -144,6 +145,28 @@ def test_the_optuna_spec_runs_in_smoke_mode(ray_cluster, study_cache, tmp_path):
     client, parents, children = child_runs(tmp_path, "psi_tuning_optuna-smoke")
     assert len(parents) == 1 and len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
     assert len({r.data.params["lead.weighting.lambda_min"] for r in children}) == 8  # distinct samples
+
+
+def check_efficiency_methods(client, children):
+    """The efficiency methods' trials name their filter and loss aggregation, and report every step
+    what their filter kept and how many rounds it drew (GFPO: its kept share of 2 per prompt)."""
+    runs = {r.data.tags["arm"].removeprefix("efficiency_methods."): r for r in children
+            if r.data.tags["arm"].startswith("efficiency_methods.")}
+    tags = {arm: (r.data.tags["normalization"], r.data.tags["group_filter"], r.data.tags["loss_aggregation"])
+            for arm, r in runs.items()}
+    assert tags == {"psi": ("decoupled", "none", "token_mean"), "grpo": ("combined", "none", "token_mean"),
+                    "dler": ("centered", "dynamic_sampling", "token_mean"), "dr_grpo": ("centered", "none", "budget"),
+                    "gfpo": ("combined", "gfpo", "token_mean"), "dapo": ("combined", "dynamic_sampling", "token_mean"),
+                    "psi-gfpo": ("decoupled", "gfpo", "token_mean")}
+    for arm, run in runs.items():
+        rounds = [m.value for m in client.get_metric_history(run.info.run_id, "filter/rounds")]
+        kept = [m.value for m in client.get_metric_history(run.info.run_id, "filter/kept_rollouts")]
+        assert len(rounds) == len(kept) == 2, arm
+        assert all(1 <= r <= 3 for r in rounds) and (max(rounds) == 1 or tags[arm][1] == "dynamic_sampling"), arm
+        if tags[arm][1] == "gfpo":  # smoke: 2 prompts x 2 rollouts, keep 1 of each
+            assert kept == [2.0, 2.0], arm
+        if tags[arm][1] == "none":
+            assert kept == [4.0, 4.0] and rounds == [1.0, 1.0], arm
 
 
 def check_method_tags(children, prefix=""):
