@@ -23,6 +23,9 @@ def run(config, output_dir, resume_from=None, build=build_run):
     return reports, final
 
 
+DYNAMIC_SAMPLING = {"rollout": {"group_filter": {"kind": "dynamic_sampling", "max_rounds": 3}}}
+
+
 class ParityGraded:
     """A task graded by the parity of each response's length, and every response to a problem whose
     id is a multiple of 3 wrong: groups of mixed scores and all-wrong groups from a model too small
@@ -38,10 +41,37 @@ class ParityGraded:
         return [float(len(response) % 2 == 0 and problem.id % 3 != 0) for response, problem in zip(responses, problems)]
 
 
-def parity_graded_run(config, stack, log):
-    built = build_run(config, stack, log)
-    built.task = ParityGraded(built.task)
-    return built
+class AllWrong(ParityGraded):
+    def grade(self, responses: list[str], problems: list) -> list[float]:
+        return [0.0] * len(responses)
+
+
+def graded_by(wrapper):
+    """``build_run`` with the task's grading replaced by ``wrapper``'s."""
+
+    def build(config, stack, log):
+        built = build_run(config, stack, log)
+        built.task = wrapper(built.task)
+        return built
+
+    return build
+
+
+parity_graded_run, all_wrong_run = graded_by(ParityGraded), graded_by(AllWrong)
+
+
+def test_a_filter_that_keeps_nothing_skips_the_update_and_says_so(tiny_model_dir, cache_dir, tmp_path):
+    """Every group all wrong: dynamic sampling spends its rounds, keeps nothing, and the step runs no
+    LEAD step and no update (the policy is unchanged), reporting it, with NaN where nothing was computed."""
+    config = tiny_config(cache_dir, train={"steps": 2}, eval={"every": 2}, **DYNAMIC_SAMPLING)
+    reports, _ = run(config, tmp_path / "run", build=all_wrong_run)
+    for report in reports:
+        m = report.metrics
+        assert (m[M.FILTER_ROUNDS], m[M.FILTER_KEPT_GROUPS], m[M.FILTER_SKIPPED_UPDATE]) == (3.0, 0.0, 1.0)
+        assert math.isnan(m[M.lead("w_corr")]) and math.isnan(m[M.LOSS_POLICY]) and m[M.PERF_TRAIN_TOKENS] == 0.0
+        assert m[M.PERF_ROLLOUT_TOKENS] > 0 and set(M.STEP_METRICS) <= set(m)
+    assert reports[-1].metrics[M.EVAL_ACCURACY] == reports[-1].metrics[M.BASE_ACCURACY]  # the base model, untouched
+    assert reports[-1].metrics[M.EVAL_RESPONSE_LENGTH] == reports[-1].metrics[M.BASE_RESPONSE_LENGTH]
 
 
 def comparable(metrics):
@@ -70,9 +100,6 @@ def test_every_step_reports_the_contract_and_evaluations_add_tables(tiny_model_d
     assert final[M.EVAL_ACCURACY] == evals[-1].metrics[M.EVAL_ACCURACY]
     if final[M.BASE_ACCURACY] == 0:
         assert math.isnan(final[M.EVAL_AES])
-
-
-DYNAMIC_SAMPLING = {"rollout": {"group_filter": {"kind": "dynamic_sampling", "max_rounds": 3}}}
 
 
 @pytest.mark.parametrize("settings", [{}, DYNAMIC_SAMPLING], ids=["grpo", "dynamic_sampling"])

@@ -238,7 +238,8 @@ def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "\n35 trials; seeds per arm: psi [0, 1, 2, 3, 4]; static [0, 1, 2, 3, 4]\n" in out
-    assert "static-ratio0.25-s3 [resources {CPU: 1}; rollout hf, training single x1]: " in out
+    assert ("static-ratio0.25-s3 [resources {CPU: 1}; rollout hf, training single x1; advantage decoupled, group filter none, "
+            "loss token_mean]: ") in out
     assert out.strip().splitlines()[-1].startswith("expected wall time: ")
     assert f"35 trials, {min(os.cpu_count(), 35)} at a time on {os.cpu_count()} CPUs" in out
 
@@ -270,7 +271,8 @@ def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_pa
     plans = [line for line in out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
     assert len(plans) == 7
     psi = plans[0]
-    assert psi.startswith("psi-s0 [resources {CPU: 4, GPU: 1}; rollout vllm, training single x1]: ")
+    assert psi.startswith("psi-s0 [resources {CPU: 4, GPU: 1}; rollout vllm, training single x1; advantage decoupled, "
+                          "group filter none, loss token_mean]: ")
     for setting in ("'prompts_per_step': 128", "'n': 8", "'max_new_tokens': 4096", "'lr': 2e-06", "'steps': 462",
                     "'kind': 'math'", "'n_samples': 3", "'temperature': 0.8", "'top_p': 0.9"):
         assert setting in psi, setting
@@ -280,7 +282,7 @@ def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_pa
     assert main([str(R1_SPEC.with_name("psi_vs_static_r1_1p5b_deepspeed.yaml")), "--dry-run"]) == 0
     plans = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
     assert len(plans) == 7
-    assert all("[resources {CPU: 16, GPU: 4}; rollout vllm, training deepspeed x4]: " in line for line in plans)
+    assert all("[resources {CPU: 16, GPU: 4}; rollout vllm, training deepspeed x4; advantage " in line for line in plans)
 
 
 def test_unset_environment_variables_are_named(monkeypatch, capsys):

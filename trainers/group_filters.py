@@ -120,11 +120,7 @@ register_group_filter = GROUP_FILTERS.register  # class decorator on a GroupFilt
 
 def group_filter_settings(data: Any) -> GroupFilter:
     """A filter's settings from a mapping (``kind`` picks the registered model; default "none")."""
-    if isinstance(data, GroupFilter):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError("expected a mapping of group filter settings with a kind")
-    return GROUP_FILTERS.lookup(data.get("kind", "none")).model_validate(data)
+    return GROUP_FILTERS.settings_of(data, GroupFilter, "none")
 
 
 @register_group_filter("none")

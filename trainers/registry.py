@@ -88,6 +88,16 @@ class Registry(Mapping[str, T], Generic[T]):
     def Name(self):  # noqa: N802 (a type): a str field that must name an entry, ``engine: ENGINES.Name = "hf"``
         return Annotated[str, AfterValidator(self.known)]
 
+    def settings_of(self, data: Any, base: type, default: str):
+        """An entry's settings for a registry of settings models (``kind_model``): ``data`` as it is
+        if it already is one (a ``base``), else the mapping validated by the model its ``kind`` names
+        (``default`` when it names none)."""
+        if isinstance(data, base):
+            return data
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of {self.what} settings with a kind")
+        return self.lookup(data.get("kind", default)).model_validate(data)
+
     def check_options(self, name: str, options: dict[str, Any], key: str) -> None:
         """Check an entry's own settings (``options``, found at ``key``) against the strict model the
         entry declares as ``Settings`` (none declared: it takes none); ValueError names the key. The

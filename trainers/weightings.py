@@ -101,11 +101,7 @@ register_weighting = WEIGHTINGS.register  # class decorator on a Weighting: @reg
 
 def weighting_settings(data: Any) -> Weighting:
     """A weighting's settings from a mapping (``kind`` picks the registered model; default "psi")."""
-    if isinstance(data, Weighting):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError("expected a mapping of weighting settings with a kind")
-    return WEIGHTINGS.lookup(data.get("kind", "psi")).model_validate(data)
+    return WEIGHTINGS.settings_of(data, Weighting, "psi")
 
 
 def fixed_weights(w_corr: float, signals: RewardSignals) -> Weights:

@@ -44,11 +44,7 @@ register_task = TASKS.register  # class decorator on a TaskSettings: @register_t
 
 def task_settings(data):
     """A task's settings from a mapping (``kind`` picks the registered model; default "synthetic")."""
-    if isinstance(data, TaskSettings):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError("expected a mapping of task settings")
-    return TASKS.lookup(data.get("kind", "synthetic")).model_validate(data)
+    return TASKS.settings_of(data, TaskSettings, "synthetic")
 
 
 def build_task(config: TaskSettings):
