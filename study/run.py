@@ -191,7 +191,13 @@ def build_tuner(
     mode = SEARCH_MODES[phase.mode]
     setup = mode().setup(spec, phase.plans)
     reuse, storage, name, keep = smoke, output_dir, study_name, 2
+    concurrent = max_concurrent or spec.max_concurrent_trials
     if mode.population:
+        # every member must exist as a trial from the start: a synchronous population waits for all
+        # of them at each perturbation, and a limit on concurrent trials keeps the later ones from
+        # being created until the first ones finish (they would run one after another, unranked).
+        # Members still share the CPUs: the scheduler pauses and swaps them.
+        concurrent = None
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
         reuse, storage, name = True, output_dir / study_name, "population"
@@ -218,7 +224,7 @@ def build_tuner(
             search_alg=setup.search_alg,
             scheduler=setup.scheduler,
             num_samples=setup.num_samples,
-            max_concurrent_trials=max_concurrent or spec.max_concurrent_trials,
+            max_concurrent_trials=concurrent,
             # a smoke test's trials are mostly start-up: there, a trial after the first in a worker skips it.
             # A real study gives each trial a fresh process (a finished trial is on record before the next starts).
             reuse_actors=reuse,

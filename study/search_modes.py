@@ -142,6 +142,34 @@ class PopulationSearch(SearchMode):
                     quantile_fraction=population.quantile_fraction, synch=True)
 
 
+def resumable(scheduler_class: type) -> type:
+    """``scheduler_class`` (Ray Tune's synchronous PBT, or PB2) made to resume: Tune saves no
+    scheduler state, so on ``--resume`` a restored scheduler took every member for one at step 0;
+    the first member to report then started a perturbation and paused, and a member paused at its
+    last step was never chosen again (the study hung with every member ``PAUSED``). Here a member
+    restored from a checkpoint starts from what that checkpoint holds: its time is the checkpoint's
+    step, its last perturbation the interval boundary at or below it, its score the checkpoint's
+    metric; and the next synchronization is the boundary after the slowest restored member."""
+
+    class Resumable(scheduler_class):
+        def on_trial_add(self, tune_controller, trial) -> None:
+            super().on_trial_add(tune_controller, trial)
+            saved = trial.latest_checkpoint_result
+            metrics = (saved.metrics or {}) if saved is not None else {}
+            step = int(metrics.get(self._time_attr) or 0)
+            if step <= 0:
+                return
+            interval, state = self._perturbation_interval, self._trial_state[trial]
+            state.last_train_time, state.last_perturbation_time = step, step - step % interval
+            if self._metric in metrics:
+                state.last_score, state.last_result = self._metric_op * metrics[self._metric], dict(metrics)
+            slowest = min(s.last_train_time for s in self._trial_state.values() if s.last_train_time > 0)
+            self._next_perturbation_sync = max(interval, (slowest // interval + 1) * interval)
+
+    Resumable.__name__ = Resumable.__qualname__ = f"Resumable{scheduler_class.__name__}"
+    return Resumable
+
+
 @register_search_mode("pbt")
 class Pbt(PopulationSearch):
     """Ray Tune's ``PopulationBasedTraining``: a perturbed setting is times 0.8 or 1.2 (a choice
@@ -160,7 +188,7 @@ class Pbt(PopulationSearch):
                 config["search"][key] = min(max(config["search"][key], low), high)
             return config
 
-        return PopulationBasedTraining(
+        return resumable(PopulationBasedTraining)(
             hyperparam_mutations={"search": {k: tune_domain(d, population=True) for k, d in population.mutations.items()}},
             resample_probability=population.resample_probability, custom_explore_fn=clip, **self.common(spec),
         )
@@ -176,4 +204,4 @@ class Pb2(PopulationSearch):
         from ray.tune.schedulers.pb2 import PB2
 
         bounds = {"search": {k: list(v) for k, v in spec.search.population.bounds.items()}}
-        return PB2(hyperparam_bounds=bounds, **self.common(spec))
+        return resumable(PB2)(hyperparam_bounds=bounds, **self.common(spec))

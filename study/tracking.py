@@ -213,7 +213,8 @@ class MLflowTracker(tune.Callback):
             self._history[trial_id] = []
         else:  # found again after a driver restart: ``_rows`` reads back what it holds
             self._history.pop(trial_id, None)
-            self.client.update_run(run_id, status="RUNNING")
+            if trial.status not in ("TERMINATED", "ERROR"):  # a member read for another's lineage may have ended
+                self.client.update_run(run_id, status="RUNNING")
         self._runs[trial_id] = run_id
         return run_id
 

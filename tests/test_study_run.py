@@ -444,3 +444,57 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
     first_exploit = torch.load(checkpoints(donor)[2] / CHECKPOINT_FILE, weights_only=True)  # the receiver's weights at step 2
     assert all(torch.equal(first_exploit["model"][k], v) for k, v in replayed[2]["model"].items())
     assert all(torch.equal(ran["model"][k], v) for k, v in replayed[3]["model"].items())  # donor and receiver share seed 0
+
+
+def last_step(result_json: Path) -> int:
+    """The last step a Tune trial folder's result.json reports (0 before any)."""
+    lines = result_json.read_text().splitlines() if result_json.is_file() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
+    """A 2-member PBT population (7 steps, synchronized and perturbed at 2, 4 and 6), interrupted
+    with Ctrl-C once a member has reached step 4: --resume finishes the study (a restored scheduler
+    used to take every member for one at step 0, pause them at step 5 and never choose them again),
+    with one record per member step and exploits only at the population's perturbation steps,
+    once each."""
+    from analysis.load import load_study
+
+    spec = small_spec(
+        tmp_path, cache_dir, max_concurrent_trials=1,  # not applied to a population: its members run together
+        arms=[{"name": "pbt", "weighting": {"kind": "static", "w_corr": [0.3, 0.9]}}],
+        search={"mode": "pbt", "metric": "eval/response_length", "direction": "min",
+                "population": {"arm": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                               "mutations": {"lead.weighting.w_corr": {"uniform": [0.1, 1.0]}}}},
+    )
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 7
+    spec_data["base"]["eval"]["every"] = 2
+    spec_data["base"]["checkpoint"]["every"] = 2
+    spec.write_text(yaml.safe_dump(spec_data))
+    args = quiet_args(spec, tmp_path, "--address", ray_cluster)
+    members = [tmp_path / f"runs/fault/population/pbt-wc{w}-s0/result.json" for w in ("0.3", "0.9")]
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            reached = wait_for(lambda: max(last_step(m) for m in members) >= 4, timeout=400)
+        finally:
+            driver.send_signal(signal.SIGINT)
+            driver.wait(timeout=300)
+    steps_then = [last_step(m) for m in members]
+    assert reached and driver.returncode == 130 and max(steps_then) < 7, (tmp_path / "driver.log").read_text()[-3000:]
+    resumed = subprocess.run([sys.executable, "-m", "study.run", *args, "--resume"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, parents, children = child_runs(tmp_path, "fault")
+    assert parents[0].info.status == "FINISHED" and len(children) == 2, steps_then
+    for run in children:
+        assert steps_of(client, run) == list(range(1, 8)), (run.info.run_name, steps_then)
+        assert run.info.status == "FINISHED", (run.info.run_name, steps_then)
+        assert history_artifact_matches(client, run)
+    data = load_study(f"sqlite:///{tmp_path}/mlflow.db", "fault")
+    exploits = data.exploits.to_pylist()
+    assert len({(e["trial"], e["step"]) for e in exploits}) == len(exploits)  # none recorded twice
+    for e in exploits:  # only where the population was ranked, never at a step the restore made up
+        run = next(r for r in children if r.info.run_name == e["trial"])
+        assert e["step"] in (2, 4, 6) and steps_of(client, run, "pbt/exploit").count(e["step"]) == 1, (e, steps_then)
