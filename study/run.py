@@ -382,6 +382,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         for phase in study_phases(spec, plans):  # one after the other; an interrupted one stops the study
             folder = phase.folder(experiment_dir)
             if args.resume and Tuner.can_restore(str(folder)):
+                if SEARCH_MODES[phase.mode].population:
+                    SEARCH_MODES[phase.mode].seed(spec)
                 tuner = Tuner.restore(str(folder), trainable=trainable(spec, phase), resume_errored=True)
             else:
                 tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans,

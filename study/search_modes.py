@@ -131,9 +131,15 @@ class PopulationSearch(SearchMode):
         start = {p.name: {key: lookup(p.config, key) for key in spec.search.population.keys} for p in plans}
         space = {"trial": tune.grid_search([p.name for p in plans]),
                  "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
-        random.seed(spec.seeds[0])  # PBT and PB2 draw their perturbations from these generators
-        np.random.seed(spec.seeds[0])
+        self.seed(spec)
         return TuneSetup(space, scheduler=self.scheduler(spec))
+
+    @staticmethod
+    def seed(spec) -> None:
+        """Seed the generators PBT and PB2 draw their perturbations from (at the start, and again
+        when a study resumes: the draws after a resume are reproducible, not a continuation)."""
+        random.seed(spec.seeds[0])
+        np.random.seed(spec.seeds[0])
 
     @staticmethod
     def common(spec) -> dict[str, Any]:
