@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,11 @@ from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.plan import TrialPlan, plan_trials
 from study.search_modes import SEARCH_MODES
+from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
 from trainers import contract as M
 from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
-from trainers.outputs import check_writable_dir, is_empty
 
 
 class UsageError(ValueError):
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("spec", type=Path, help="a study spec (YAML), e.g. search_spaces/psi_vs_static.yaml")
     parser.add_argument("--smoke-test", action="store_true", help="every arm, 2 steps, tiny batches, one evaluation")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study; finished trials stay done")
-    parser.add_argument("--output-dir", type=Path, default=None, help="Ray results and checkpoints (default: runs/)")
+    parser.add_argument("--output-dir", default=None, help="Ray results, checkpoints and the report: a folder "
+                        "(default: runs/) or a URI Ray Tune takes (s3://bucket/prefix, gs://..., file://...)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--max-concurrent-trials", type=int, default=None)
     parser.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
@@ -52,13 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- checks before anything starts
 
 
-def check_output_dir(path: Path) -> Path:
-    path = path.expanduser().resolve()
+def check_output_dir(where) -> Storage:
+    """The study's storage: a local folder, or a URI (``s3://bucket/prefix``, ``gs://...``, ``file://...``)."""
     try:
-        check_writable_dir(path)
-    except ValueError as exc:
+        return open_storage(where)
+    except StorageError as exc:
         raise UsageError(f"--output-dir: {exc}") from None
-    return path
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -158,8 +159,8 @@ class Phase:
     plans: list[TrialPlan]
     mode: str
 
-    def folder(self, experiment_dir: Path) -> Path:
-        return experiment_dir if self.name == "grid" else experiment_dir / "population"
+    def folder(self, experiment: Storage) -> Storage:
+        return experiment if self.name == "grid" else experiment.child("population")
 
 
 def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
@@ -183,14 +184,14 @@ def trainable(spec: StudySpec, phase: Phase):
 
 
 def build_tuner(
-    spec: StudySpec, study_name: str, phase: Phase, output_dir: Path, tracker, max_concurrent, smoke: bool = False
+    spec: StudySpec, study_name: str, phase: Phase, output: Storage, tracker, max_concurrent, smoke: bool = False
 ):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     mode = SEARCH_MODES[phase.mode]
     setup = mode().setup(spec, phase.plans)
-    reuse, storage, name, keep = smoke, output_dir, study_name, 2
+    reuse, storage, name, keep = smoke, output, study_name, 2
     concurrent = max_concurrent or spec.max_concurrent_trials
     if mode.population:
         # every member must exist as a trial from the start: a synchronous population waits for all
@@ -200,7 +201,7 @@ def build_tuner(
         concurrent = None
         # members pause at every perturbation: the next one resumes in the same process; an exploit's
         # donor runs at most one interval ahead before the receiver restores its checkpoint
-        reuse, storage, name = True, output_dir / study_name, "population"
+        reuse, storage, name = True, output.child(study_name), "population"
         keep = max(3, spec.search.population.perturbation_interval + 1)
     if spec.search.asha is not None:
         max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in phase.plans)
@@ -233,7 +234,8 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage.path,
+            storage_filesystem=None if storage.local else storage.filesystem,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             callbacks=[tracker],
@@ -274,13 +276,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def check_flags(args: argparse.Namespace) -> tuple[Path | None, str | None, list[str]]:
+def check_flags(args: argparse.Namespace) -> tuple[Storage | None, str | None, list[str]]:
     """The output folder and the tracking URI, checked, and every problem with the flags, one line each."""
     errors, output_dir, tracking_uri = [], None, None
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         errors.append("--max-concurrent-trials: must be at least 1")
     try:
-        output_dir = check_output_dir(args.output_dir or Path("runs"))
+        output_dir = check_output_dir(args.output_dir or "runs")
     except UsageError as exc:
         errors.append(str(exc))
     try:
@@ -334,35 +336,59 @@ def main(argv: list[str] | None = None) -> int:
     if errors or flag_errors:
         return print_errors(UsageError("\n".join(errors + flag_errors)))
     study_name = spec.name + ("-smoke" if args.smoke_test else "")
-    experiment_dir = output_dir / study_name
+    experiment_dir = output_dir.child(study_name)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(study_lock(study_name, output_dir, tracking_uri))  # before any look at the folder
-            from ray.tune import Tuner
-
-            restorable = any(Tuner.can_restore(str(phase.folder(experiment_dir))) for phase in study_phases(spec, plans))
+            restorable = any(can_restore(phase.folder(experiment_dir)) for phase in study_phases(spec, plans))
             if args.resume and not restorable:
                 raise UsageError(f"--resume: no restorable study at {experiment_dir}")
-            if not args.resume and not is_empty(experiment_dir):
+            if not args.resume and not experiment_dir.is_empty():
                 raise UsageError(f"{experiment_dir} exists: pass --resume to continue it, or another --output-dir")
             connect_ray(args.address, num_cpus=os.cpu_count() or 1)
             check_trial_fits(spec)
         except (UsageError, StudyLocked) as exc:
             return print_errors(exc)
-        experiment_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if experiment_dir.local is not None:
+            experiment_dir.local.mkdir(parents=True, exist_ok=True, mode=0o700)
         return run_study(args, spec, plans, study_name, output_dir, experiment_dir, tracking_uri, log)
 
 
-def phase_ended(folder: Path) -> bool:
+def write_study_report(tracking_uri: str, study_name: str, report: Storage) -> str:
+    """The study's report into ``report``: in place in a local folder; for object storage, written
+    in a temporary folder, then uploaded. Returns where its HTML page is."""
+    from analysis.report import write_report
+
+    if report.local is not None:
+        return str(write_report(tracking_uri, study_name, report.local))
+    with tempfile.TemporaryDirectory() as tmp:
+        page = write_report(tracking_uri, study_name, Path(tmp) / "report", log_artifacts=True)
+        report.upload(Path(tmp) / "report")
+    return f"{report}/{Path(page).name}"
+
+
+def ray_filesystem(folder: Storage):
+    """What Ray Tune's ``storage_filesystem`` arguments take for ``folder`` (None: a local path)."""
+    return None if folder.local is not None else folder.filesystem
+
+
+def can_restore(folder: Storage) -> bool:
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(folder.path, storage_filesystem=ray_filesystem(folder))
+
+
+def phase_ended(folder: Storage) -> bool:
     """Whether every trial of the saved experiment state ended (finished or failed): after Ctrl-C,
     Tune saves the unfinished ones as pending, to be resumed."""
     from ray.tune import ExperimentAnalysis
 
-    return all(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(folder)).trials)
+    analysis = ExperimentAnalysis(folder.path, storage_filesystem=ray_filesystem(folder))
+    return all(trial.status in ("TERMINATED", "ERROR") for trial in analysis.trials)
 
 
-def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Path, experiment_dir: Path,
-              tracking_uri: str, log) -> int:
+def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, output_dir: Storage,
+              experiment_dir: Storage, tracking_uri: str, log) -> int:
     """Prepare the base models, run every trial, mark the study's run FINISHED, FAILED (a trial
     failed, or the driver crashed) or KILLED (Ctrl-C: exit code 130), and print the table and the report."""
     from ray.tune import Tuner
@@ -381,10 +407,11 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     try:
         for phase in study_phases(spec, plans):  # one after the other; an interrupted one stops the study
             folder = phase.folder(experiment_dir)
-            if args.resume and Tuner.can_restore(str(folder)):
+            if args.resume and can_restore(folder):
                 if SEARCH_MODES[phase.mode].population:
                     SEARCH_MODES[phase.mode].seed(spec)
-                tuner = Tuner.restore(str(folder), trainable=trainable(spec, phase), resume_errored=True)
+                tuner = Tuner.restore(folder.path, trainable=trainable(spec, phase), resume_errored=True,
+                                      storage_filesystem=ray_filesystem(folder))
             else:
                 tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans,
                                         spec.resources.trial_threads)
@@ -418,11 +445,11 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     print(f"Ray results and checkpoints: {experiment_dir}")
     if args.no_report:
         return 1 if failed else 0
-    report_command = f"python -m analysis.report --study {study_name} --tracking-uri {tracking_uri} --out {experiment_dir / 'report'}"
+    report = experiment_dir.child("report")
+    report_command = (f"python -m analysis.report --study {study_name} --tracking-uri {tracking_uri} "
+                      f"--out {report.local or './report'}")
     try:
-        from analysis.report import write_report
-
-        print(f"Report: {write_report(tracking_uri, study_name, experiment_dir / 'report')}   (rebuild: {report_command})")
+        print(f"Report: {write_study_report(tracking_uri, study_name, report)}   (rebuild: {report_command})")
     except Exception as exc:  # the study's results stand even if its report cannot be drawn
         print(f"Report failed ({type(exc).__name__}: {exc}); retry with: {report_command}")
     return 1 if failed else 0

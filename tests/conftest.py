@@ -65,6 +65,44 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1, in its own process group;
+    yields its endpoint URL. Buckets are made by the tests that need them."""
+    import os
+    import signal
+    import socket
+    import sys
+    import time
+
+    from trainers.ports import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("the S3 test server did not start")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch):
+    """The environment a user sets for object storage, pointing at the test server."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
 def study_cache(tmp_path_factory) -> Path:
     """The model cache the study tests share (the specs' smoke base model is built once)."""
     import os

@@ -498,3 +498,57 @@ def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_clust
     for e in exploits:  # only where the population was ranked, never at a step the restore made up
         run = next(r for r in children if r.info.run_name == e["trial"])
         assert e["step"] in (2, 4, 6) and steps_of(client, run, "pbt/exploit").count(e["step"]) == 1, (e, steps_then)
+
+
+def make_bucket(name: str) -> None:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+
+
+def bucket_keys(bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_a_study_keeps_its_results_checkpoints_and_report_in_object_storage(
+    ray_cluster, s3_env, tiny_model_dir, cache_dir, tmp_path, monkeypatch
+):
+    """--output-dir s3://bucket/prefix on a real S3 server: the trials' checkpoints, Tune's
+    experiment state and the report land in the bucket, nothing is written to a local folder
+    named after the URI, the lock object is gone at the end, and --resume finds the study there."""
+    make_bucket("bars")
+    monkeypatch.chdir(tmp_path)
+    spec = small_spec(tmp_path, cache_dir)
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 2
+    spec.write_text(yaml.safe_dump(spec_data))
+    args = [str(spec), "--output-dir", "s3://bars/studies", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--address", ray_cluster]
+    assert main(args) == 0
+    keys = bucket_keys("bars", "studies/")
+    assert any(k.startswith("studies/fault/psi-s0/checkpoint_") and k.endswith("/report.json") for k in keys), keys
+    assert any(k.startswith("studies/fault/experiment_state-") for k in keys), keys
+    assert "studies/fault/report/report.html" in keys and "studies/fault/report/report.md" in keys
+    assert "studies/.fault.lock" not in keys
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "runs").exists()
+    client, parents, children = child_runs(tmp_path, "fault")
+    assert parents[0].info.status == "FINISHED" and [steps_of(client, r) for r in children] == [[1, 2]]
+    assert parents[0].data.tags["lead_study.study_dir"] == "s3://bars/studies/fault"
+    assert main([*args, "--resume"]) == 0  # found in the bucket: every trial already done
+    assert [steps_of(client, r) for r in child_runs(tmp_path, "fault")[2]] == [[1, 2]]
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("s3://no-such-bucket/studies", "--output-dir: s3://no-such-bucket/studies: the bucket 'no-such-bucket' does not exist"),
+    ("nope://bucket/studies", "--output-dir: nope://bucket/studies: not a storage URI pyarrow can open"),
+])
+def test_unusable_object_storage_is_one_line_and_exit_2_before_anything_starts(s3_env, cache_dir, tmp_path, capsys, uri,
+                                                                                message):
+    spec = small_spec(tmp_path, cache_dir)
+    assert main([str(spec), "--output-dir", uri, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "mlflow.db").exists()

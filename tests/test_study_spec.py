@@ -363,14 +363,17 @@ def test_a_population_plans_its_members_beside_the_other_arms_and_moves_only_the
     phases = study_phases(spec, plans)
     assert [(p.name, p.mode, [t.name for t in p.plans]) for p in phases] == [
         ("grid", "grid", ["psi-s0"]), ("population", "pbt", ["pbt-wc0.3-s0", "pbt-wc0.7-s0"])]
-    assert phases[1].folder(tmp_path) == tmp_path / "population" and phases[0].folder(tmp_path) == tmp_path
+    from study.storage import open_storage
+
+    output = open_storage(tmp_path)
+    assert phases[1].folder(output).local == tmp_path / "population" and phases[0].folder(output).local == tmp_path
     scheduler = population_scheduler(spec)
-    assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch
+    assert type(scheduler).__name__ == "ResumablePopulationBasedTraining" and scheduler._synch
     assert scheduler._perturbation_interval == 3 and scheduler._quantile_fraction == 0.25
     # a perturbed value stays inside the space
     assert scheduler._custom_explore_fn({"search": {"lead.weighting.w_corr": 1.4}})["search"] == {"lead.weighting.w_corr": 1.0}
     pb2 = population_scheduler(load_spec(write(tmp_path, pbt("pb2", {"bounds": {"lead.weighting.w_corr": [0.1, 1.0]}}))))
-    assert type(pb2).__name__ == "PB2" and pb2._hyperparam_bounds == {"search": {"lead.weighting.w_corr": [0.1, 1.0]}}
+    assert type(pb2).__name__ == "ResumablePB2" and pb2._hyperparam_bounds == {"search": {"lead.weighting.w_corr": [0.1, 1.0]}}
     seeded = load_spec(write(tmp_path, pbt(arms=[{"name": "psi", "weighting": {"kind": "psi"}},
                                                {"name": "pbt", "seeds": [3, 4], "weighting": {"kind": "static", "w_corr": 0.5}}])))
     assert [p.name for p in plan_trials(seeded)] == ["psi-s0", "pbt-s3", "pbt-s4"]
