@@ -453,11 +453,11 @@ def last_step(result_json: Path) -> int:
 
 
 def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
-    """A 2-member PBT population (7 steps, synchronized and perturbed at 2, 4 and 6), interrupted
-    with Ctrl-C once a member has reached step 4: --resume finishes the study (a restored scheduler
-    used to take every member for one at step 0, pause them at step 5 and never choose them again),
-    with one record per member step and exploits only at the population's perturbation steps,
-    once each."""
+    """A 2-member PBT population (9 steps, synchronized and perturbed at 2, 4, 6 and 8), interrupted
+    with Ctrl-C once a member has reached step 5: --resume finishes the study (a restored scheduler
+    used to take every member for one at step 0, pause them at a step past the next perturbation and
+    never choose them again), each member's steps recorded once, in order (a gap only where it
+    continued from a donor's later checkpoint), and exploits only at the perturbation steps, once each."""
     from analysis.load import load_study
 
     spec = small_spec(
@@ -468,7 +468,7 @@ def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_clust
                                "mutations": {"lead.weighting.w_corr": {"uniform": [0.1, 1.0]}}}},
     )
     spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 7
+    spec_data["base"]["train"]["steps"] = 9
     spec_data["base"]["eval"]["every"] = 2
     spec_data["base"]["checkpoint"]["every"] = 2
     spec.write_text(yaml.safe_dump(spec_data))
@@ -477,27 +477,33 @@ def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_clust
     with (tmp_path / "driver.log").open("w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            reached = wait_for(lambda: max(last_step(m) for m in members) >= 4, timeout=400)
+            reached = wait_for(lambda: max(last_step(m) for m in members) >= 5, timeout=400)
         finally:
             driver.send_signal(signal.SIGINT)
             driver.wait(timeout=300)
     steps_then = [last_step(m) for m in members]
-    assert reached and driver.returncode == 130 and max(steps_then) < 7, (tmp_path / "driver.log").read_text()[-3000:]
+    # the members may run on a few steps before Tune stops them; at least one is left unfinished
+    assert reached and driver.returncode == 130 and min(steps_then) < 9, (tmp_path / "driver.log").read_text()[-3000:]
     resumed = subprocess.run([sys.executable, "-m", "study.run", *args, "--resume"], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, parents, children = child_runs(tmp_path, "fault")
     assert parents[0].info.status == "FINISHED" and len(children) == 2, steps_then
-    for run in children:
-        assert steps_of(client, run) == list(range(1, 8)), (run.info.run_name, steps_then)
-        assert run.info.status == "FINISHED", (run.info.run_name, steps_then)
-        assert history_artifact_matches(client, run)
     data = load_study(f"sqlite:///{tmp_path}/mlflow.db", "fault")
     exploits = data.exploits.to_pylist()
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/accuracy")]
+        assert sorted(set(steps)) == sorted(steps) and max(steps) == 9, (run.info.run_name, steps, steps_then)
+        # every step it trained itself, in order; a gap only where it continued from a donor's later checkpoint
+        taken = {e["step"] for e in exploits if e["trial"] == run.info.run_name}
+        steps = sorted(steps)
+        assert steps[0] == 1 and all(b == a + 1 or b - 1 in taken for a, b in zip(steps, steps[1:])), (steps, taken)
+        assert run.info.status == "FINISHED", (run.info.run_name, steps_then)
+        assert history_artifact_matches(client, run)
     assert len({(e["trial"], e["step"]) for e in exploits}) == len(exploits)  # none recorded twice
     for e in exploits:  # only where the population was ranked, never at a step the restore made up
         run = next(r for r in children if r.info.run_name == e["trial"])
-        assert e["step"] in (2, 4, 6) and steps_of(client, run, "pbt/exploit").count(e["step"]) == 1, (e, steps_then)
+        assert e["step"] in (2, 4, 6, 8) and steps_of(client, run, "pbt/exploit").count(e["step"]) == 1, (e, steps_then)
 
 
 def make_bucket(name: str) -> None:
