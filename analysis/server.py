@@ -17,11 +17,15 @@ from trainers.ports import free_port
 
 
 @contextlib.contextmanager
-def local_server(backend_uri: str, timeout_s: float = 120.0) -> Iterator[str]:
-    """Start the server, wait until ``/health`` answers, yield its URL, stop it on exit."""
+def local_server(backend_uri: str, timeout_s: float = 120.0, artifacts_destination: str | None = None) -> Iterator[str]:
+    """Start the server, wait until ``/health`` answers, yield its URL, stop it on exit. With
+    ``artifacts_destination`` (``s3://bucket/prefix``: credentials and endpoint from the
+    environment, ``MLFLOW_S3_ENDPOINT_URL`` for an S3-compatible server) it serves the artifacts
+    from there, so its clients need no shared disk."""
     port = free_port()
+    where = ["--artifacts-destination", artifacts_destination] if artifacts_destination else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, *where,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],  # one user: one worker starts faster
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

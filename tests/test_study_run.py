@@ -558,3 +558,33 @@ def test_unusable_object_storage_is_one_line_and_exit_2_before_anything_starts(s
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_mlflow_server_keeps_the_studys_artifacts_in_the_object_store(
+    ray_cluster, s3_env, tiny_model_dir, cache_dir, tmp_path, monkeypatch
+):
+    """The cluster setup without shared disks, on one machine: results in one bucket, MLflow a real
+    server on 127.0.0.1 whose artifacts live in another (``--artifacts-destination s3://...``).
+    The driver writes runs, configs, histories, per-problem tables and the report through the
+    server; they land in the bucket, and nothing lands on a local disk beside the store."""
+    from analysis.server import local_server
+
+    make_bucket("mlart")
+    make_bucket("results")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env)
+    monkeypatch.chdir(tmp_path)
+    spec = small_spec(tmp_path, cache_dir)
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["base"]["train"]["steps"] = 2
+    spec.write_text(yaml.safe_dump(spec_data))
+    with local_server(f"sqlite:///{tmp_path}/server.db", artifacts_destination="s3://mlart/artifacts") as url:
+        assert main([str(spec), "--output-dir", "s3://results/studies", "--tracking-uri", url,
+                     "--address", ray_cluster]) == 0
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("fault").experiment_id])
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    keys = bucket_keys("mlart", "artifacts/")
+    for name in ("train_config.yaml", "history/metrics.parquet", "eval_problems/step_000002.parquet",
+                 "report/report.html", "spec/spec.yaml"):
+        assert any(k.endswith(name) for k in keys), (name, keys)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
