@@ -17,7 +17,6 @@ costs shows in ``perf/rollout_tokens``. A filter is registered as its settings m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,7 @@ import torch
 from pydantic import Field
 
 from trainers.registry import Registry, kind_model
+from trainers.segments import Groups
 from trainers.strict import Strict
 
 
@@ -54,6 +54,11 @@ class Drawn:
     @property
     def num_groups(self) -> int:
         return len(self.problems)
+
+    @property
+    def segments(self) -> Groups:
+        """The group structure for ``trainers.segments``' per-group reductions (every group has a rollout)."""
+        return Groups(torch.arange(self.num_groups, device=self.group.device), self.group)
 
     @property
     def num_tokens(self) -> int:
@@ -135,11 +140,9 @@ class KeepAll(GroupFilter):
 
 def informative_groups(drawn: Drawn) -> list[int]:
     """Groups whose scores vary (not all right, not all wrong), and groups of one rollout."""
-    count = torch.bincount(drawn.group, minlength=drawn.num_groups)
-    like = dict(dtype=drawn.scores.dtype, device=drawn.scores.device)
-    low = torch.full((drawn.num_groups,), math.inf, **like).scatter_reduce(0, drawn.group, drawn.scores, "amin")
-    high = torch.full((drawn.num_groups,), -math.inf, **like).scatter_reduce(0, drawn.group, drawn.scores, "amax")
-    return ((high > low) | (count == 1)).nonzero().squeeze(1).tolist()
+    segments = drawn.segments
+    varies = segments.amax(drawn.scores) > segments.amin(drawn.scores)
+    return (varies | (segments.size() == 1)).nonzero().squeeze(1).tolist()
 
 
 @register_group_filter("dynamic_sampling")
@@ -201,12 +204,11 @@ class GFPO(GroupFilter):
 
     def kept_per_group(self, drawn: Drawn) -> torch.Tensor:
         """How many responses each group keeps (int64, one per group)."""
-        size = torch.bincount(drawn.group, minlength=drawn.num_groups)
+        size = drawn.segments.size()
         if self.keep != "adaptive":
             return size.clamp(max=self.keep)
-        like = dict(dtype=torch.float64, device=drawn.scores.device)
-        mean = torch.zeros(drawn.num_groups, **like).index_add_(0, drawn.group, drawn.scores) / size
-        share = torch.tensor(GFPO_ADAPTIVE_SHARE, **like)[quartiles(mean)]
+        _, mean, _ = drawn.segments.mean_popvar(drawn.scores)
+        share = torch.tensor(GFPO_ADAPTIVE_SHARE, dtype=torch.float64, device=mean.device)[quartiles(mean)]
         return torch.minimum(size, torch.round(share * size).clamp(min=1).to(torch.int64))
 
     def select(self, first: Drawn, draw: Draw, groups_wanted: int) -> Drawn:
@@ -217,7 +219,7 @@ class GFPO(GroupFilter):
         for key in (length, badness, first.group):
             order = order[torch.argsort(key[order], stable=True)]
         group = first.group[order]
-        sizes = torch.bincount(first.group, minlength=first.num_groups)
+        sizes = first.segments.size()
         rank = torch.arange(order.numel(), device=order.device) - (torch.cumsum(sizes, 0) - sizes)[group]
         chosen = order[rank < self.kept_per_group(first)[group]]
         return first.rows(chosen.sort().values)
