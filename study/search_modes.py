@@ -155,7 +155,17 @@ def resumable(scheduler_class: type) -> type:
     last step was never chosen again (the study hung with every member ``PAUSED``). Here a member
     restored from a checkpoint starts from what that checkpoint holds: its time is the checkpoint's
     step, its last perturbation the interval boundary at or below it, its score the checkpoint's
-    metric; and the next synchronization is the boundary after the slowest restored member."""
+    metric; and the next synchronization is the boundary after the slowest restored member.
+
+    A restored member is ``PAUSED``, as it was when the population waited for it: Tune starts every
+    ``PENDING`` trial at once, and one ahead of the others would train past the synchronization
+    they are catching up to. And the next synchronization always lies ahead of the slowest live
+    member: when a lagging member exploits a donor more than one interval ahead, Tune's next
+    synchronization (``max(next + interval, latest member)``) can equal every member's time, and no
+    member would be chosen to run again (a study hung so, with every member ``PAUSED``); then the
+    population skips that one ranking and goes on."""
+
+    from ray.tune.experiment import Trial
 
     class Resumable(scheduler_class):
         def on_trial_add(self, tune_controller, trial) -> None:
@@ -165,12 +175,21 @@ def resumable(scheduler_class: type) -> type:
             step = int(metrics.get(self._time_attr) or 0)
             if step <= 0:
                 return
+            trial.set_status(Trial.PAUSED)  # chosen to run when the population reaches it
             interval, state = self._perturbation_interval, self._trial_state[trial]
             state.last_train_time, state.last_perturbation_time = step, step - step % interval
             if self._metric in metrics:
                 state.last_score, state.last_result = self._metric_op * metrics[self._metric], dict(metrics)
             slowest = min(s.last_train_time for s in self._trial_state.values() if s.last_train_time > 0)
             self._next_perturbation_sync = max(interval, (slowest // interval + 1) * interval)
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()]
+            if times and self._next_perturbation_sync <= min(times):
+                interval = self._perturbation_interval
+                self._next_perturbation_sync = (min(times) // interval + 1) * interval
+            return decision
 
     Resumable.__name__ = Resumable.__qualname__ = f"Resumable{scheduler_class.__name__}"
     return Resumable
