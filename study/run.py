@@ -82,15 +82,27 @@ def check_ray_address(address: str) -> None:
         raise UsageError(f"--address: cannot connect to the Ray cluster at {address} ({exc})") from None
 
 
+def project_code() -> dict[str, Any]:
+    """The runtime environment that ships this project's packages to every node of a cluster: a
+    node needs the dependencies (``pip install`` of them), not a checkout; the packages a trial
+    imports come from the driver's copy (Ray uploads them once per content hash)."""
+    import analysis
+    import stores
+    import study
+    import trainers
+
+    return {"py_modules": [analysis, stores, study, trainers]}
+
+
 def connect_ray(address: str | None, num_cpus: int) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():  # a caller (a notebook, a test) already connected
+    if ray.is_initialized():  # a caller (a notebook, a test, ``ray job submit``'s entrypoint) already connected
         return
     try:
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=project_code())
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -100,27 +112,32 @@ def connect_ray(address: str | None, num_cpus: int) -> None:
 # --------------------------------------------------------------------------- preparation
 
 
-def prepare_base_models(plans: list[TrialPlan], threads: int, log) -> tuple[dict[str, Any], dict[str, float]]:
+def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Storage | None = None
+                        ) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
     """Build (or reuse) and evaluate every distinct base model once, in the driver, on the
     ``threads`` the trials run on (their evaluations then find it in the cache).
 
-    Returns the ``model`` settings to fix in each trial (an absolute path, by trial name) and the
-    first trial's base metrics (for the parent run)."""
+    Returns the ``model`` settings to fix in each trial (an absolute path, by trial name), the
+    first trial's base metrics (for the parent run), and, with ``ship_to`` (object storage), what
+    each trial fetches from there instead of the driver's disk (``study.shipping``)."""
+    from study.shipping import ship
     from trainers.base_model import base_identity, prepare
     from trainers.threads import torch_threads
 
-    fixed, base_metrics, seen = {}, {}, {}
+    fixed, base_metrics, seen, shipped = {}, {}, {}, {}
     for plan in plans:
         config = TrainConfig.model_validate(plan.config)
         key = json.dumps(base_identity(config), sort_keys=True, default=str)  # what the evaluation cache keys on too
         if key not in seen:
             with torch_threads(threads):
                 model_path, base = prepare(config, log=log)
-            seen[key] = model_path
+                seen[key] = model_path, ship(ship_to, model_path, config, log) if ship_to is not None else None
             base_metrics = base_metrics or {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
             log(f"base model {model_path}: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f}")
-        fixed[plan.name] = {"path": str(seen[key])}
-    return fixed, base_metrics
+        fixed[plan.name] = {"path": str(seen[key][0])}
+        if seen[key][1] is not None:
+            shipped[plan.name] = seen[key][1]
+    return fixed, base_metrics, shipped
 
 
 # --------------------------------------------------------------------------- the Tune experiment
@@ -171,20 +188,22 @@ def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
     return [Phase(name, members, mode) for name, members, mode in phases if members]
 
 
-def trainable(spec: StudySpec, phase: Phase):
-    """The trial function with its resources; the plans travel once, through Ray's object store."""
+def trainable(spec: StudySpec, phase: Phase, shipped: dict[str, dict]):
+    """The trial function with its resources; the plans (with what each fetches from the study's
+    object storage, ``shipped``) travel once, through Ray's object store."""
     from ray import tune
 
     from study.trial import run_trial
 
     changeable = list(spec.search.population.keys) if phase.name == "population" else []
-    payload = {p.name: {**asdict(p), "threads": spec.resources.trial_threads, "changeable": changeable}
-               for p in phase.plans}
+    payload = {p.name: {**asdict(p), "threads": spec.resources.trial_threads, "changeable": changeable,
+                        "shipped": shipped.get(p.name)} for p in phase.plans}
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
 def build_tuner(
-    spec: StudySpec, study_name: str, phase: Phase, output: Storage, tracker, max_concurrent, smoke: bool = False
+    spec: StudySpec, study_name: str, phase: Phase, output: Storage, tracker, max_concurrent, shipped: dict[str, dict],
+    smoke: bool = False
 ):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -217,7 +236,7 @@ def build_tuner(
         return f"{name}-{trial.trial_id}" if setup.trial_ids_in_names else name
 
     return tune.Tuner(
-        trainable(spec, phase),
+        trainable(spec, phase, shipped),
         param_space=setup.param_space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric,
@@ -395,7 +414,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
 
     from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
-    fixed_models, base_metrics = prepare_base_models(plans, spec.resources.trial_threads, log)
+    fixed_models, base_metrics, shipped = prepare_base_models(plans, spec.resources.trial_threads, log,
+                                                              None if experiment_dir.local else experiment_dir)
     plans = [
         dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
@@ -410,13 +430,13 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
             if args.resume and can_restore(folder):
                 if SEARCH_MODES[phase.mode].population:
                     SEARCH_MODES[phase.mode].seed(spec)
-                tuner = Tuner.restore(folder.path, trainable=trainable(spec, phase), resume_errored=True,
+                tuner = Tuner.restore(folder.path, trainable=trainable(spec, phase, shipped), resume_errored=True,
                                       storage_filesystem=ray_filesystem(folder))
             else:
                 tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans,
                                         spec.resources.trial_threads)
                 tuner = build_tuner(spec, study_name, phase, output_dir, tracker, args.max_concurrent_trials,
-                                    args.smoke_test)
+                                    shipped, args.smoke_test)
             rows += summary_rows(tuner.fit(), plans)  # Ctrl-C: Tune stops the trials, saves its state and returns
             interrupted = not phase_ended(folder)
             if interrupted:

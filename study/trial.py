@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from ray import tune
 
+from study.shipping import fetch
 from trainers import contract as M
 from trainers.config import TrainConfig, deep_merge, dotted
 from trainers.grpo import StepReport, train
@@ -50,10 +51,12 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     variant, seed, config, threads, changeable: the settings a population may change on restore)."""
     trial = plans[params["trial"]]
     settings = params.get("search", {})
-    config = TrainConfig.model_validate(apply_search(trial["config"], settings))
+    config = trial["config"] if trial["shipped"] is None else fetch(trial["shipped"], trial["config"], log=print)
+    config = TrainConfig.model_validate(apply_search(config, settings))
     torch.set_num_threads(trial["threads"])
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)  # on a node other than the driver's, Ray has not made it yet
     (trial_dir / "worker.pid").write_text(str(os.getpid()))  # which process runs this trial
     last_eval: dict[str, float] = {M.EVAL_AES: math.nan, M.EVAL_ACCURACY: math.nan, M.EVAL_RESPONSE_LENGTH: math.nan}
     resume_from, exploit = None, None

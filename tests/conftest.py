@@ -54,12 +54,15 @@ def tiny_model_dir(cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(study_cache):
     """The one local Ray of the test session. It says it has 4 GPUs, so GPU placement is tested on
-    CPU machines too (a trial that asks for none is placed as before)."""
+    CPU machines too (a trial that asks for none is placed as before). Its workers' own model cache
+    (``LEAD_STUDY_CACHE``) is ``study_cache``, never the home folder's."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
+    # a lost node (tests/test_cluster.py) is declared dead after about 3 s, not Ray's default 15-30
+    health_checks = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, _system_config=health_checks)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -55,6 +55,8 @@ def test_the_config_hash_ignores_only_what_a_resume_may_change(cache_dir):
     config = tiny_config(cache_dir)
     longer = tiny_config(cache_dir, train={"steps": 40}, checkpoint={"every": 3}, eval={"every": 7})
     assert config_hash(config) == config_hash(longer)
+    elsewhere = tiny_config(cache_dir / "another-node")  # a trial restarted on another node: its own cache
+    assert config_hash(config) == config_hash(elsewhere) and elsewhere.model.cache_dir != config.model.cache_dir
     assert config_hash(config) != config_hash(tiny_config(cache_dir, train={"lr": 3e-3}))
     assert config_hash(config) != config_hash(tiny_config(cache_dir, seed=1))
     # a population search may change its settings when a trial continues from another's checkpoint

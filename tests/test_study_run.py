@@ -484,9 +484,10 @@ def test_an_interrupted_population_resumes_to_the_end_with_its_lineage(ray_clust
     steps_then = [last_step(m) for m in members]
     # the members may run on a few steps before Tune stops them; at least one is left unfinished
     assert reached and driver.returncode == 130 and min(steps_then) < 9, (tmp_path / "driver.log").read_text()[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "study.run", *args, "--resume"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with (tmp_path / "resume.log").open("w") as log:
+        resumed = subprocess.run([sys.executable, "-m", "study.run", *args, "--resume"], cwd=ROOT, stdout=log,
+                                 stderr=subprocess.STDOUT, timeout=300)
+    assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()[-3000:]
     client, parents, children = child_runs(tmp_path, "fault")
     assert parents[0].info.status == "FINISHED" and len(children) == 2, steps_then
     data = load_study(f"sqlite:///{tmp_path}/mlflow.db", "fault")
@@ -520,12 +521,17 @@ def bucket_keys(bucket: str, prefix: str = "") -> list[str]:
 
 
 def test_a_study_keeps_its_results_checkpoints_and_report_in_object_storage(
-    ray_cluster, s3_env, tiny_model_dir, cache_dir, tmp_path, monkeypatch
+    ray_cluster, s3_env, tiny_model_dir, cache_dir, study_cache, tmp_path, monkeypatch
 ):
     """--output-dir s3://bucket/prefix on a real S3 server: the trials' checkpoints, Tune's
     experiment state and the report land in the bucket, nothing is written to a local folder
-    named after the URI, the lock object is gone at the end, and --resume finds the study there."""
+    named after the URI, the lock object is gone at the end, and --resume finds the study there.
+    The base model and its evaluation reach the trial through the bucket, into the trial's own
+    cache (``LEAD_STUDY_CACHE``), and the evaluation found there is not computed again."""
+    from trainers.fingerprint import weights_digest
+
     make_bucket("bars")
+    evaluations_before = set((study_cache / "evaluations").glob("eval-*"))
     monkeypatch.chdir(tmp_path)
     spec = small_spec(tmp_path, cache_dir)
     spec_data = yaml.safe_load(spec.read_text())
@@ -539,6 +545,14 @@ def test_a_study_keeps_its_results_checkpoints_and_report_in_object_storage(
     assert any(k.startswith("studies/fault/experiment_state-") for k in keys), keys
     assert "studies/fault/report/report.html" in keys and "studies/fault/report/report.md" in keys
     assert "studies/.fault.lock" not in keys
+    digest = weights_digest(tiny_model_dir, tmp_path / "digests")
+    shipped = [k for k in keys if k.startswith(f"studies/fault/models/{digest}/")]
+    assert {Path(k).name for k in shipped} >= {"model.safetensors", "config.json", ".complete"}, keys
+    evaluations = {k.split("/")[3] for k in keys if k.startswith("studies/fault/evaluations/")}
+    fetched = set((study_cache / "evaluations").glob("eval-*")) - evaluations_before
+    assert len(evaluations) == 1 and {p.name for p in fetched} == evaluations, (evaluations, fetched)
+    model = study_cache / "shipped" / digest
+    assert weights_digest(model, tmp_path / "digests") == digest and not (model / ".complete").exists()
     assert not (tmp_path / "s3:").exists() and not (tmp_path / "runs").exists()
     client, parents, children = child_runs(tmp_path, "fault")
     assert parents[0].info.status == "FINISHED" and [steps_of(client, r) for r in children] == [[1, 2]]

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, Evaluator, cached_evaluation
-from trainers.fingerprint import EVALUATION_CODE, fingerprint
+from trainers.fingerprint import EVALUATION_CODE, fingerprint, weights_digest
 from trainers.models.tiny import default_cache_dir, ensure_base_model
 from trainers.rollout import build_engine
 from trainers.tasks import build_task, task_identity
@@ -73,21 +73,25 @@ def base_identity(config: TrainConfig) -> dict:
     return {"model": config.model.model_dump(mode="json"), **evaluation_identity(config)}
 
 
+def base_evaluation_key(model_path: Path, config: TrainConfig) -> tuple[Path, dict]:
+    """Where the base evaluation is cached and what it is keyed on: the weights' content (not
+    their path: a copy on another node finds it), the thread count, the code and the settings."""
+    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser()
+    key = {
+        "weights": weights_digest(model_path, cache_dir / "digests"),
+        "threads": torch.get_num_threads(),  # other threads: other last bits, other samples
+        "code": fingerprint(EVALUATION_CODE, libraries=("torch", "transformers", "tokenizers", "math-verify")),
+        **evaluation_identity(config),
+    }
+    return cache_dir / "evaluations", key
+
+
 def base_evaluation(model_path: Path, evaluator: Evaluator) -> EvalResult:
     """The base model's numbers on the eval set, computed once per thread count and cached next to
     the base models.
 
     ``evaluator`` must sample from the base model's weights (call it before any update)."""
-    config = evaluator.config
-    key = {
-        "model": str(model_path),
-        "weights_mtime": max(p.stat().st_mtime for p in model_path.glob("*.safetensors")),
-        "threads": torch.get_num_threads(),  # other threads: other last bits, other samples
-        "code": fingerprint(EVALUATION_CODE, libraries=("torch", "transformers", "tokenizers", "math-verify")),
-        **evaluation_identity(config),
-    }
-    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser() / "evaluations"
-    return cached_evaluation(cache_dir, key, evaluator)
+    return cached_evaluation(*base_evaluation_key(model_path, evaluator.config), evaluator)
 
 
 def prepare(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, EvalResult]:

@@ -24,6 +24,10 @@ CHECKPOINT_FILE = "trainer_state.pt"
 CHECKPOINT_INFO = "checkpoint.json"  # {"step": N, "config_hash": ...}: read without loading the weights
 # Settings a resumed run may always change: how long it runs and how often it evaluates and saves.
 RESUMABLE_CHANGES = ("train.steps", "eval.every", "checkpoint")
+# where the base model, the cache and the plugin files lie, not what they hold: a trial restarted on
+# another node has its own copies (the weights are in the checkpoint; what a plugin registers is
+# named in the settings)
+LOCATIONS = ("model.path", "model.cache_dir", "plugins")
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -35,9 +39,11 @@ def checkpoint_step(directory: Path) -> int:
 
 
 def config_hash(config: TrainConfig, changeable: tuple[str, ...] = ()) -> str:
-    """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES`` and ``changeable``
-    (dotted keys a population search may change when a trial continues from another's checkpoint)."""
-    exclude = functools.reduce(deep_merge, (dotted(key, True) for key in (*RESUMABLE_CHANGES, *changeable)), {})
+    """What a checkpoint belongs to: every setting but ``RESUMABLE_CHANGES``, ``LOCATIONS`` and
+    ``changeable`` (dotted keys a population search may change when a trial continues from
+    another's checkpoint)."""
+    exclude = functools.reduce(deep_merge, (dotted(key, True) for key in (*RESUMABLE_CHANGES, *LOCATIONS, *changeable)),
+                               {})
     payload = config.model_dump_json(exclude=exclude)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

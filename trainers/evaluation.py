@@ -124,14 +124,19 @@ def evaluate(
     )
 
 
+def evaluation_folder(cache_dir: Path, key: dict) -> Path:
+    """Where ``cached_evaluation`` keeps the result for ``key``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"eval-{digest}"
+
+
 def cached_evaluation(cache_dir: Path, key: dict, compute: Callable[[], EvalResult]) -> EvalResult:
     """``compute()`` once per ``key`` (JSON-able settings); later calls read the cached result.
 
     Stored as ``result.json`` and ``problems.parquet`` in a folder named by the key's hash, written
     to a temporary folder first and renamed, so a crash never leaves a half-written result.
     """
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = Path(cache_dir) / f"eval-{digest}"
+    folder = evaluation_folder(cache_dir, key)
     if not folder.is_dir():
         result = compute()
         tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -57,4 +58,26 @@ def fingerprint(parts: tuple[str, ...], libraries: tuple[str, ...] = ("torch", "
             digest.update(str(file.relative_to(PACKAGE_ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
     for name in libraries:
         digest.update(f"{name}={library_version(name)}\0".encode())
+    return digest.hexdigest()
+
+
+def weights_digest(model_dir: Path, memo_dir: Path) -> str:
+    """A hash of a model folder's weight files (their names and bytes): the same model has the
+    same digest wherever it lies, so a cached evaluation of it is found on any node. Hashing a
+    large model takes seconds per GB: the digest is kept in ``memo_dir`` under the folder's path,
+    sizes and modification times, and recomputed only when one of them changes."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = Path(memo_dir) / hashlib.sha256(repr((str(Path(model_dir).resolve()), stamp)).encode()).hexdigest()[:24]
+    if memo.is_file():
+        return memo.read_text()
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 24):
+                digest.update(chunk)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.with_name(f".{memo.name}.{os.getpid()}").write_text(digest.hexdigest())
+    os.replace(memo.with_name(f".{memo.name}.{os.getpid()}"), memo)
     return digest.hexdigest()

@@ -1,0 +1,124 @@
+"""What a trial needs from the driver's disk, shipped through the study's object storage, so that a
+trial on a node that shares no disk with the driver never opens the driver's folders.
+
+When ``--output-dir`` is object storage, the driver uploads, once per study (``ship``):
+
+- the base model folder it built or was given, to ``STUDY/models/<weights digest>/``;
+- the base model's cached evaluation, to ``STUDY/evaluations/<its cache folder>/``;
+- each plugin file, to ``STUDY/plugins/<digest>-<name>.py``;
+
+and each trial downloads them (``fetch``) into its node's own cache (``LEAD_STUDY_CACHE``, else
+``~/.cache/lead-study``): once per node, under a lock, through a temporary folder and a rename,
+so trials starting together on one node download once and never see half a model. The
+evaluation cache is keyed on the weights' content, so the downloaded evaluation is found and the
+trial does not evaluate the base model again. With a local ``--output-dir`` nothing is shipped:
+the cluster's nodes must then share that folder and the model cache at the same paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+
+from study.storage import Storage
+from trainers.base_model import base_evaluation_key
+from trainers.config import TrainConfig
+from trainers.evaluation import evaluation_folder
+from trainers.fingerprint import weights_digest
+from trainers.models.tiny import default_cache_dir
+
+MODELS, EVALUATIONS, PLUGINS = "models", "evaluations", "plugins"  # folders under the study's storage
+SHIPPED = "shipped"  # the downloaded models' folder in a node's cache
+COMPLETE = ".complete"  # the last object of an upload: a folder without it is not used
+
+
+def upload_once(folder: Path, target: Storage) -> float | None:
+    """Upload ``folder`` to ``target`` unless a complete copy is there; the seconds it took (None: none needed)."""
+    if target.exists(COMPLETE):
+        return None
+    start = time.perf_counter()
+    target.upload(folder)
+    target.write_text(COMPLETE, "")
+    return time.perf_counter() - start
+
+
+def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """Upload the base model, its evaluation (already cached: call after ``prepare``, on the trials'
+    threads) and the plugins; returns what a trial passes to ``fetch``."""
+    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser()
+    digest = weights_digest(model_path, cache_dir / "digests")
+    model = study.child(MODELS, digest)
+    seconds = upload_once(model_path, model)
+    if seconds is not None:
+        size = sum(p.stat().st_size for p in model_path.iterdir() if p.is_file()) / 2**20
+        log(f"base model {model_path} ({size:.1f} MiB) uploaded to {model} in {seconds:.2f} s")
+    evaluation = evaluation_folder(*base_evaluation_key(model_path, config))
+    upload_once(evaluation, study.child(EVALUATIONS, evaluation.name))
+    plugins = []
+    for plugin in config.plugins:
+        if plugin.endswith(".py"):
+            text = Path(plugin).read_text()
+            name = f"{hashlib.sha256(text.encode()).hexdigest()[:16]}-{Path(plugin).name}"
+            study.child(PLUGINS).write_text(name, text)
+            plugins.append(name)
+        else:
+            plugins.append(plugin)  # a module name: installed on every node
+    return {"storage": study, "model": digest, "evaluation": evaluation.name, "plugins": plugins}
+
+
+@contextlib.contextmanager
+def node_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def download_once(source: Storage, target: Path) -> float | None:
+    """``source``'s files into the local folder ``target`` unless it exists; the seconds it took."""
+    with node_lock(target.with_name(f".{target.name}.lock")):
+        if target.exists():
+            return None
+        start = time.perf_counter()
+        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if source.local is not None:
+            shutil.copytree(source.local, tmp, dirs_exist_ok=True)
+        else:
+            pafs.copy_files(source.path, str(tmp), source_filesystem=source.filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        (tmp / COMPLETE).unlink(missing_ok=True)
+        os.rename(tmp, target)
+        return time.perf_counter() - start
+
+
+def fetch(shipped: dict[str, Any], config: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """A trial's config with the shipped base model, evaluation and plugins in this node's cache."""
+    study: Storage = shipped["storage"]
+    cache_dir = default_cache_dir()
+    model = cache_dir / SHIPPED / shipped["model"]
+    seconds = download_once(study.child(MODELS, shipped["model"]), model)
+    if seconds is not None:
+        log(f"base model downloaded from {study.child(MODELS, shipped['model'])} to {model} in {seconds:.2f} s")
+    download_once(study.child(EVALUATIONS, shipped["evaluation"]), cache_dir / "evaluations" / shipped["evaluation"])
+    plugins = []
+    for name in shipped["plugins"]:
+        if name.endswith(".py"):
+            local = cache_dir / PLUGINS / name
+            if not local.is_file():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(f".{name}.{os.getpid()}")
+                tmp.write_text(study.child(PLUGINS).read_text(name))
+                os.replace(tmp, local)
+            name = str(local)
+        plugins.append(name)
+    return {**config, "model": {**config["model"], "path": str(model), "cache_dir": str(cache_dir)}, "plugins": plugins}

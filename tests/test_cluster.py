@@ -1,0 +1,160 @@
+"""A study on a Ray cluster whose nodes share no disk, on this one machine: the session's Ray head
+is the driver's node, and a second node is started with ``ray start --address`` in its own process
+group, with its own HOME, TMPDIR, Ray temp folder and model cache, and a custom resource that
+every trial asks for; results go to a real S3-compatible server on 127.0.0.1. Python's audit hook
+(a ``sitecustomize`` on the node's PYTHONPATH) records every file a process of the node opens
+under the driver's folders or the checkout's packages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.test_study_run import ROOT, bucket_keys, child_runs, history_artifact_matches, make_bucket, small_spec, steps_of
+
+AUDIT_HOOK = '''\
+import os, sys
+_forbidden = tuple(p for p in os.environ.get("LEAD_TEST_FORBIDDEN", "").split(os.pathsep) if p)
+_log = os.environ.get("LEAD_TEST_OPENED")
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_forbidden):
+            with open(_log, "a") as out:
+                out.write(f"{os.getpid()} {path}\\n")
+if _forbidden and _log:
+    sys.addaudithook(_hook)
+    with open(_log + ".processes", "a") as out:
+        out.write(f"{os.getpid()}\\n")
+'''
+
+
+@contextlib.contextmanager
+def ray_node(address: str, home: Path, forbidden: list[Path]):
+    """A Ray node joined to ``address``, in its own process group and folders, with 2 CPUs and the
+    custom resource ``far``; stopped (its process group killed) when the block ends, unless the
+    test killed it first. Yields the ``ray start`` process."""
+    import ray
+
+    (home / "tmp").mkdir()
+    (home / "site").mkdir()
+    (home / "site/sitecustomize.py").write_text(AUDIT_HOOK)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "LEAD_STUDY_CACHE": str(home / "cache"),
+           "PYTHONPATH": str(home / "site"), "LEAD_TEST_FORBIDDEN": os.pathsep.join(map(str, forbidden)),
+           "LEAD_TEST_OPENED": str(home / "opened.log"),
+           "RAY_AUTH_TOKEN_PATH": str(Path("~/.ray/auth_token").expanduser())}  # the cluster's token, as on any node
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--address", address, "--num-cpus", "2",
+               "--resources", json.dumps({"far": 1}), "--temp-dir", str(home / "tmp/ray"), "--block",
+               "--disable-usage-stats"]
+    with (home / "node.log").open("w") as log:
+        node = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not any(n["Alive"] and n["Resources"].get("far") for n in ray.nodes()):
+            assert node.poll() is None and time.time() < deadline, (home / "node.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield node
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+        node.wait(timeout=30)
+
+
+def kill_node(node: subprocess.Popen, home: Path) -> None:
+    """SIGKILL the node's process group, and its workers (Ray gives each its own process group)."""
+    import psutil
+
+    workers = [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or ())]
+    os.killpg(node.pid, signal.SIGKILL)
+    for process in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def far_node_alive() -> bool:
+    import ray
+
+    return any(n["Alive"] and n["Resources"].get("far") for n in ray.nodes())
+
+
+def test_trials_on_a_node_that_shares_no_disk_survive_the_loss_of_that_node(
+    ray_cluster, s3_env, tiny_model_dir, cache_dir, study_cache, tmp_path
+):
+    """Two trials (PSI, and a plugin's weighting) run on the second node only; they take the base
+    model, its evaluation, the plugin and the project's code through the bucket and Ray, never from
+    the driver's folders or the checkout. Once the first checkpoint is in the bucket the node is
+    killed (its whole process group); a fresh node joins and Tune restarts the trials there from
+    their checkpoints in the bucket: every step in MLflow once, none missing, the report written."""
+
+    make_bucket("far")
+    shutil.copy(ROOT / "examples/plugins/my_method.py", tmp_path / "my_method.py")
+    spec = small_spec(
+        tmp_path, cache_dir, name="cluster", max_failures=2, plugins=["my_method.py"],
+        resources={"bundles": [{"CPU": 1, "far": 1}]},
+        arms=[{"name": "psi", "weighting": {"kind": "psi"}},
+              {"name": "gate", "reward": {"kind": "budget_linear", "budget": 40},
+               "weighting": {"kind": "accuracy_gate", "threshold": 0.6, "high": 0.9, "low": 0.4}}],
+    )
+    data = yaml.safe_load(spec.read_text())
+    data["base"]["train"]["steps"] = 40  # a step takes a fraction of a second: room to kill the node mid-trial
+    data["base"]["eval"] = {"every": 20, "num_problems": 12}
+    data["base"]["checkpoint"] = {"every": 4}
+    spec.write_text(yaml.safe_dump(data))
+    # short folders: a Ray node's socket paths must stay under 108 bytes
+    first, second = (Path(tempfile.mkdtemp(prefix=f"lead-{name}-")) for name in ("node1", "node2"))
+    try:
+        check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second,
+                        [tmp_path, cache_dir, study_cache] + [ROOT / p for p in ("study", "trainers", "analysis", "stores")])
+    finally:
+        shutil.rmtree(first, ignore_errors=True)
+        shutil.rmtree(second, ignore_errors=True)
+
+
+def check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second, driver_folders):
+    from trainers.fingerprint import weights_digest
+
+    args = [str(spec), "--output-dir", "s3://far/studies", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--address", ray_cluster]
+    with ray_node(ray_cluster, first, driver_folders) as node, (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=tmp_path, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        checkpointed = lambda: any(k.endswith("/report.json") for k in bucket_keys("far", "studies/cluster/"))  # noqa: E731
+        deadline = time.time() + 400
+        while not checkpointed() and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        kill_node(node, first)  # the node and every trial on it, mid-run
+        killed_at = {k for k in bucket_keys("far", "studies/cluster/") if k.endswith("/report.json")}
+    assert killed_at and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    while far_node_alive():
+        time.sleep(0.2)
+    with ray_node(ray_cluster, second, driver_folders):
+        assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+
+    digest = weights_digest(tiny_model_dir, tmp_path / "digests")
+    for home in (first, second):  # both nodes fetched the model and the plugin into their own cache
+        assert weights_digest(home / "cache/shipped" / digest, tmp_path / "digests") == digest
+        assert [p.name.endswith("-my_method.py") for p in (home / "cache/plugins").iterdir()] == [True]
+        assert (home / "opened.log.processes").read_text(), "the audit hook never ran on the node"
+        opened = (home / "opened.log").read_text() if (home / "opened.log").exists() else ""
+        assert opened == "", f"a process of the node opened the driver's files:\n{opened[:2000]}"
+    client, parents, children = child_runs(tmp_path, "cluster")
+    assert parents[0].info.status == "FINISHED" and sorted(r.data.tags["arm"] for r in children) == ["gate", "psi"]
+    for run in children:  # the restarted trials: no gaps, no doubled steps
+        assert run.info.status == "FINISHED" and steps_of(client, run) == list(range(1, 41)), steps_of(client, run)
+        assert steps_of(client, run, "eval/accuracy") == [20, 40] and history_artifact_matches(client, run)
+    keys = bucket_keys("far", "studies/cluster/")
+    assert "studies/cluster/report/report.html" in keys and "studies/cluster/report/report.md" in keys
+    # each trial with a checkpoint in the bucket when its node died went on from it on the new node
+    checkpointed_trials = {k.split("/")[2] for k in killed_at}
+    restored = {p.parent.name for p in second.glob("tmp/ray/**/restored-checkpoint_*")}
+    assert checkpointed_trials and checkpointed_trials <= restored, (checkpointed_trials, restored)
