@@ -23,6 +23,7 @@ from typing import Any
 from stores.tracking import StoreError, check_store, default_tracking_uri
 from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
+from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials
 from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
@@ -86,12 +87,10 @@ def project_code() -> dict[str, Any]:
     """The runtime environment that ships this project's packages to every node of a cluster: a
     node needs the dependencies (``pip install`` of them), not a checkout; the packages a trial
     imports come from the driver's copy (Ray uploads them once per content hash)."""
-    import analysis
-    import stores
-    import study
-    import trainers
+    import importlib.util
 
-    return {"py_modules": [analysis, stores, study, trainers]}
+    return {"py_modules": [str(Path(importlib.util.find_spec(name).origin).parent)
+                           for name in ("analysis", "stores", "study", "trainers")]}
 
 
 def connect_ray(address: str | None, num_cpus: int) -> None:
@@ -112,14 +111,15 @@ def connect_ray(address: str | None, num_cpus: int) -> None:
 # --------------------------------------------------------------------------- preparation
 
 
-def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Storage | None = None
-                        ) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
+def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Storage | None = None,
+                        ship_model: bool = True) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
     """Build (or reuse) and evaluate every distinct base model once, in the driver, on the
     ``threads`` the trials run on (their evaluations then find it in the cache).
 
     Returns the ``model`` settings to fix in each trial (an absolute path, by trial name), the
     first trial's base metrics (for the parent run), and, with ``ship_to`` (object storage), what
-    each trial fetches from there instead of the driver's disk (``study.shipping``)."""
+    each trial fetches from there instead of the driver's disk (``study.shipping``; the model
+    itself only with ``ship_model``)."""
     from study.shipping import ship
     from trainers.base_model import base_identity, prepare
     from trainers.threads import torch_threads
@@ -131,7 +131,7 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
         if key not in seen:
             with torch_threads(threads):
                 model_path, base = prepare(config, log=log)
-                seen[key] = model_path, ship(ship_to, model_path, config, log) if ship_to is not None else None
+                seen[key] = model_path, ship(ship_to, model_path, config, log, ship_model) if ship_to is not None else None
             base_metrics = base_metrics or {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
             log(f"base model {model_path}: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f}")
         fixed[plan.name] = {"path": str(seen[key][0])}
@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{experiment_dir} exists: pass --resume to continue it, or another --output-dir")
             connect_ray(args.address, num_cpus=os.cpu_count() or 1)
             check_trial_fits(spec)
+            if args.address or os.environ.get("RAY_ADDRESS"):  # a cluster: every node must import what trials do
+                lacking = check_nodes(needed_modules([p.config for p in plans]))
+                if lacking:
+                    raise UsageError("\n".join(f"--address: {line}" for line in lacking))
         except (UsageError, StudyLocked) as exc:
             return print_errors(exc)
         if experiment_dir.local is not None:
@@ -415,7 +419,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
     fixed_models, base_metrics, shipped = prepare_base_models(plans, spec.resources.trial_threads, log,
-                                                              None if experiment_dir.local else experiment_dir)
+                                                              None if experiment_dir.local else experiment_dir,
+                                                              spec.ship_model)
     plans = [
         dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]

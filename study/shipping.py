@@ -3,7 +3,8 @@ trial on a node that shares no disk with the driver never opens the driver's fol
 
 When ``--output-dir`` is object storage, the driver uploads, once per study (``ship``):
 
-- the base model folder it built or was given, to ``STUDY/models/<weights digest>/``;
+- the base model folder it built or was given, to ``STUDY/models/<weights digest>/`` (unless the
+  spec says ``ship_model: false``: ``model.path`` is then at the same path on every node);
 - the base model's cached evaluation, to ``STUDY/evaluations/<its cache folder>/``;
 - each plugin file, to ``STUDY/plugins/<digest>-<name>.py``;
 
@@ -50,13 +51,15 @@ def upload_once(folder: Path, target: Storage) -> float | None:
     return time.perf_counter() - start
 
 
-def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """Upload the base model, its evaluation (already cached: call after ``prepare``, on the trials'
-    threads) and the plugins; returns what a trial passes to ``fetch``."""
+def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[str], None],
+         model_too: bool = True) -> dict[str, Any]:
+    """Upload the base model (unless ``model_too`` is false: it is at ``model_path`` on every
+    node), its evaluation (already cached: call after ``prepare``, on the trials' threads) and the
+    plugins; returns what a trial passes to ``fetch``."""
     cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser()
     digest = weights_digest(model_path, cache_dir / "digests")
     model = study.child(MODELS, digest)
-    seconds = upload_once(model_path, model)
+    seconds = upload_once(model_path, model) if model_too else None
     if seconds is not None:
         size = sum(p.stat().st_size for p in model_path.iterdir() if p.is_file()) / 2**20
         log(f"base model {model_path} ({size:.1f} MiB) uploaded to {model} in {seconds:.2f} s")
@@ -71,7 +74,8 @@ def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[s
             plugins.append(name)
         else:
             plugins.append(plugin)  # a module name: installed on every node
-    return {"storage": study, "model": digest, "evaluation": evaluation.name, "plugins": plugins}
+    return {"storage": study, "model": digest if model_too else None, "evaluation": evaluation.name,
+            "plugins": plugins}
 
 
 @contextlib.contextmanager
@@ -105,10 +109,13 @@ def fetch(shipped: dict[str, Any], config: dict[str, Any], log: Callable[[str], 
     """A trial's config with the shipped base model, evaluation and plugins in this node's cache."""
     study: Storage = shipped["storage"]
     cache_dir = default_cache_dir()
-    model = cache_dir / SHIPPED / shipped["model"]
-    seconds = download_once(study.child(MODELS, shipped["model"]), model)
-    if seconds is not None:
-        log(f"base model downloaded from {study.child(MODELS, shipped['model'])} to {model} in {seconds:.2f} s")
+    if shipped["model"] is None:
+        model = Path(config["model"]["path"])  # not shipped: at the same path on every node
+    else:
+        model = cache_dir / SHIPPED / shipped["model"]
+        seconds = download_once(study.child(MODELS, shipped["model"]), model)
+        if seconds is not None:
+            log(f"base model downloaded from {study.child(MODELS, shipped['model'])} to {model} in {seconds:.2f} s")
     download_once(study.child(EVALUATIONS, shipped["evaluation"]), cache_dir / "evaluations" / shipped["evaluation"])
     plugins = []
     for name in shipped["plugins"]:

@@ -340,6 +340,10 @@ class StudySpec(Strict):
         "so a GPU study's smoke test runs on a CPU machine",
     )
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
+    ship_model: bool = Field(
+        True, description="with --output-dir in object storage, upload the base model for trials on other nodes; "
+        "false: model.path is at the same path on every node (a shared mount), used as it is"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from the spec.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ class Storage:
 
     def upload(self, folder: Path) -> None:
         """Copy a local folder's files here (what was there under the same names is replaced)."""
+        if self.local is not None:
+            shutil.copytree(folder, self.local, dirs_exist_ok=True)
+            return
         pafs.copy_files(str(folder), self.path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.filesystem)
 

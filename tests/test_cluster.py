@@ -40,15 +40,16 @@ if _forbidden and _log:
 
 
 @contextlib.contextmanager
-def ray_node(address: str, home: Path, forbidden: list[Path]):
+def ray_node(address: str, home: Path, forbidden: list[Path], site: str = ""):
     """A Ray node joined to ``address``, in its own process group and folders, with 2 CPUs and the
     custom resource ``far``; stopped (its process group killed) when the block ends, unless the
-    test killed it first. Yields the ``ray start`` process."""
+    test killed it first. ``site``: more code for its processes' ``sitecustomize``. Yields the
+    ``ray start`` process."""
     import ray
 
     (home / "tmp").mkdir()
     (home / "site").mkdir()
-    (home / "site/sitecustomize.py").write_text(AUDIT_HOOK)
+    (home / "site/sitecustomize.py").write_text(AUDIT_HOOK + site)
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "LEAD_STUDY_CACHE": str(home / "cache"),
            "PYTHONPATH": str(home / "site"), "LEAD_TEST_FORBIDDEN": os.pathsep.join(map(str, forbidden)),
            "LEAD_TEST_OPENED": str(home / "opened.log"),
@@ -68,6 +69,8 @@ def ray_node(address: str, home: Path, forbidden: list[Path]):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
         node.wait(timeout=30)
+        while far_node_alive():  # gone from the cluster before the next test looks at it
+            time.sleep(0.2)
 
 
 def kill_node(node: subprocess.Popen, home: Path) -> None:
@@ -94,7 +97,9 @@ def test_trials_on_a_node_that_shares_no_disk_survive_the_loss_of_that_node(
     model, its evaluation, the plugin and the project's code through the bucket and Ray, never from
     the driver's folders or the checkout. Once the first checkpoint is in the bucket the node is
     killed (its whole process group); a fresh node joins and Tune restarts the trials there from
-    their checkpoints in the bucket: every step in MLflow once, none missing, the report written."""
+    their checkpoints in the bucket: every step in MLflow once, none missing, the report, Tune's
+    experiment state and the checkpoints in the bucket, no local folder named after the URI, the
+    lock object gone at the end, and --resume finds the finished study there."""
 
     make_bucket("far")
     shutil.copy(ROOT / "examples/plugins/my_method.py", tmp_path / "my_method.py")
@@ -121,6 +126,7 @@ def test_trials_on_a_node_that_shares_no_disk_survive_the_loss_of_that_node(
 
 
 def check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second, driver_folders):
+    from study.run import main
     from trainers.fingerprint import weights_digest
 
     args = [str(spec), "--output-dir", "s3://far/studies", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
@@ -135,8 +141,6 @@ def check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second, 
         kill_node(node, first)  # the node and every trial on it, mid-run
         killed_at = {k for k in bucket_keys("far", "studies/cluster/") if k.endswith("/report.json")}
     assert killed_at and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-    while far_node_alive():
-        time.sleep(0.2)
     with ray_node(ray_cluster, second, driver_folders):
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
 
@@ -152,9 +156,40 @@ def check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second, 
     for run in children:  # the restarted trials: no gaps, no doubled steps
         assert run.info.status == "FINISHED" and steps_of(client, run) == list(range(1, 41)), steps_of(client, run)
         assert steps_of(client, run, "eval/accuracy") == [20, 40] and history_artifact_matches(client, run)
-    keys = bucket_keys("far", "studies/cluster/")
+    keys = bucket_keys("far", "studies/")
     assert "studies/cluster/report/report.html" in keys and "studies/cluster/report/report.md" in keys
+    assert any(k.startswith("studies/cluster/experiment_state-") for k in keys), keys
+    assert "studies/.cluster.lock" not in keys and not (tmp_path / "s3:").exists() and not (tmp_path / "runs").exists()
+    assert parents[0].data.tags["lead_study.study_dir"] == "s3://far/studies/cluster"
+    shipped = {Path(k).name for k in keys if k.startswith(f"studies/cluster/models/{digest}/")}
+    assert shipped >= {"model.safetensors", "config.json", ".complete"}, keys
+    evaluations = {k.split("/")[3] for k in keys if k.startswith("studies/cluster/evaluations/")}
+    for home in (first, second):  # the driver's evaluation, found under the node's own key: not computed again
+        assert {p.name for p in (home / "cache/evaluations").glob("eval-*")} == evaluations and len(evaluations) == 1
     # each trial with a checkpoint in the bucket when its node died went on from it on the new node
     checkpointed_trials = {k.split("/")[2] for k in killed_at}
     restored = {p.parent.name for p in second.glob("tmp/ray/**/restored-checkpoint_*")}
     assert checkpointed_trials and checkpointed_trials <= restored, (checkpointed_trials, restored)
+    assert main([*args, "--resume"]) == 0  # found in the bucket, every trial already done: nothing runs again
+    assert all(steps_of(client, r) == list(range(1, 41)) for r in child_runs(tmp_path, "cluster")[2])
+
+
+def test_a_cluster_node_that_lacks_a_dependency_is_one_line_and_exit_2_before_any_trial(
+    ray_cluster, cache_dir, tmp_path, capsys
+):
+    """A node whose Python cannot import math-verify: the study names the node and the module and
+    stops with exit 2 before it builds anything or starts a trial."""
+    from study.run import main
+
+    spec = small_spec(tmp_path, cache_dir, resources={"bundles": [{"CPU": 1, "far": 1}]})
+    home = Path(tempfile.mkdtemp(prefix="lead-node3-"))
+    try:
+        with ray_node(ray_cluster, home, [], site='sys.modules["math_verify"] = None  # as if not installed\n'):
+            code = main([str(spec), "--output-dir", str(tmp_path / "runs"), "--tracking-uri",
+                         f"sqlite:///{tmp_path}/mlflow.db", "--address", ray_cluster])
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --address: node ") and "cannot import math_verify (import of math_verify halted" in err
+    assert not (tmp_path / "runs/fault").exists() and not (tmp_path / "mlflow.db").exists()  # (the lock files stay)

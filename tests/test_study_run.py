@@ -520,47 +520,6 @@ def bucket_keys(bucket: str, prefix: str = "") -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def test_a_study_keeps_its_results_checkpoints_and_report_in_object_storage(
-    ray_cluster, s3_env, tiny_model_dir, cache_dir, study_cache, tmp_path, monkeypatch
-):
-    """--output-dir s3://bucket/prefix on a real S3 server: the trials' checkpoints, Tune's
-    experiment state and the report land in the bucket, nothing is written to a local folder
-    named after the URI, the lock object is gone at the end, and --resume finds the study there.
-    The base model and its evaluation reach the trial through the bucket, into the trial's own
-    cache (``LEAD_STUDY_CACHE``), and the evaluation found there is not computed again."""
-    from trainers.fingerprint import weights_digest
-
-    make_bucket("bars")
-    evaluations_before = set((study_cache / "evaluations").glob("eval-*"))
-    monkeypatch.chdir(tmp_path)
-    spec = small_spec(tmp_path, cache_dir)
-    spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 2
-    spec.write_text(yaml.safe_dump(spec_data))
-    args = [str(spec), "--output-dir", "s3://bars/studies", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--address", ray_cluster]
-    assert main(args) == 0
-    keys = bucket_keys("bars", "studies/")
-    assert any(k.startswith("studies/fault/psi-s0/checkpoint_") and k.endswith("/report.json") for k in keys), keys
-    assert any(k.startswith("studies/fault/experiment_state-") for k in keys), keys
-    assert "studies/fault/report/report.html" in keys and "studies/fault/report/report.md" in keys
-    assert "studies/.fault.lock" not in keys
-    digest = weights_digest(tiny_model_dir, tmp_path / "digests")
-    shipped = [k for k in keys if k.startswith(f"studies/fault/models/{digest}/")]
-    assert {Path(k).name for k in shipped} >= {"model.safetensors", "config.json", ".complete"}, keys
-    evaluations = {k.split("/")[3] for k in keys if k.startswith("studies/fault/evaluations/")}
-    fetched = set((study_cache / "evaluations").glob("eval-*")) - evaluations_before
-    assert len(evaluations) == 1 and {p.name for p in fetched} == evaluations, (evaluations, fetched)
-    model = study_cache / "shipped" / digest
-    assert weights_digest(model, tmp_path / "digests") == digest and not (model / ".complete").exists()
-    assert not (tmp_path / "s3:").exists() and not (tmp_path / "runs").exists()
-    client, parents, children = child_runs(tmp_path, "fault")
-    assert parents[0].info.status == "FINISHED" and [steps_of(client, r) for r in children] == [[1, 2]]
-    assert parents[0].data.tags["lead_study.study_dir"] == "s3://bars/studies/fault"
-    assert main([*args, "--resume"]) == 0  # found in the bucket: every trial already done
-    assert [steps_of(client, r) for r in child_runs(tmp_path, "fault")[2]] == [[1, 2]]
-
-
 @pytest.mark.parametrize("uri, message", [
     ("s3://no-such-bucket/studies", "--output-dir: s3://no-such-bucket/studies: the bucket 'no-such-bucket' does not exist"),
     ("nope://bucket/studies", "--output-dir: nope://bucket/studies: not a storage URI pyarrow can open"),
