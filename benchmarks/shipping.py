@@ -15,6 +15,7 @@ Loopback figures: a real bucket adds the network's time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -68,24 +69,31 @@ def model_through_storage(mib: int, root: Path) -> None:
           f"{digest:5.2f} s | later trials there: {again:5.3f} s")
 
 
-def first_task_seconds(runtime_env: dict | None) -> float:
-    """A fresh local Ray; the seconds of the first task that imports a trial's code."""
-    import ray
+FIRST_TASK = """
+import json, sys, time
+import ray
+runtime_env = json.loads(sys.argv[1])
+ray.init(num_cpus=1, include_dashboard=False, runtime_env=runtime_env or None, log_to_driver=False)
 
-    ray.init(num_cpus=1, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
-    try:
-        @ray.remote
-        def load_trial_code() -> str:
-            import study.trial
+@ray.remote
+def load_trial_code():
+    import study.trial
+    return study.trial.__file__
 
-            return study.trial.__file__
+start = time.perf_counter()
+where = ray.get(load_trial_code.remote())
+print(json.dumps([time.perf_counter() - start, where]))
+"""
 
-        start = time.perf_counter()
-        where = ray.get(load_trial_code.remote())
-        seconds = time.perf_counter() - start
-    finally:
-        ray.shutdown()
-    assert runtime_env is None or "runtime_resources" in where, where
+
+def first_task_seconds(runtime_env: dict) -> float:
+    """A fresh local Ray in a fresh process (outside the checkout, so the driver's own folder is not
+    on the workers' path); the seconds of the first task that imports a trial's code."""
+    with tempfile.TemporaryDirectory() as elsewhere:
+        out = subprocess.run([sys.executable, "-c", FIRST_TASK, json.dumps(runtime_env)], cwd=elsewhere,
+                             capture_output=True, text=True, check=True).stdout
+    seconds, where = json.loads(out.strip().splitlines()[-1])
+    assert ("runtime_resources" in where) == bool(runtime_env), where  # the code came from where it should
     return seconds
 
 
@@ -106,8 +114,8 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    first_task_seconds(None)  # warms the disk cache for both
-    plain, shipped = first_task_seconds(None), first_task_seconds(project_code())
+    first_task_seconds({})  # warms the disk cache for both
+    plain, shipped = first_task_seconds({}), first_task_seconds(project_code())
     print(f"first task importing a trial's code on a fresh worker: {plain:.2f} s from the installed project, "
           f"{shipped:.2f} s with the project shipped as py_modules (+{shipped - plain:.2f} s)")
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
-from study.storage import Storage
+from study.storage import CHUNK, Storage
 from trainers.base_model import base_evaluation_key
 from trainers.config import TrainConfig
 from trainers.evaluation import evaluation_folder
@@ -99,7 +99,7 @@ def download_once(source: Storage, target: Path) -> float | None:
             shutil.copytree(source.local, tmp, dirs_exist_ok=True)
         else:
             pafs.copy_files(source.path, str(tmp), source_filesystem=source.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
+                            destination_filesystem=pafs.LocalFileSystem(), chunk_size=CHUNK)
         (tmp / COMPLETE).unlink(missing_ok=True)
         os.rename(tmp, target)
         return time.perf_counter() - start

@@ -22,6 +22,9 @@ import pyarrow.fs as pafs
 from trainers.outputs import check_writable_dir
 
 
+CHUNK = 64 * 2**20  # bytes per read in a copy: one ranged request each (pyarrow's default 1 MiB made ~1,000 per GiB)
+
+
 class StorageError(ValueError):
     """A storage location that cannot be used (one line)."""
 
@@ -85,7 +88,7 @@ class Storage:
             shutil.copytree(folder, self.local, dirs_exist_ok=True)
             return
         pafs.copy_files(str(folder), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.filesystem)
+                        destination_filesystem=self.filesystem, chunk_size=CHUNK)
 
 
 PROBE = ".lead-study-write-probe"
