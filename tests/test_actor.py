@@ -3,6 +3,7 @@ and two (ZeRO 2 and 3, gloo), and full-state checkpoints move between backends a
 
 import copy
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,74 @@ def test_only_rows_first_met_after_an_optimizer_step_get_an_old_policy_pass():
         later, first = later_rows(plan), rows_of(plan[:1])
         assert later.numel() == expected and not set(later.tolist()) & set(first.tolist())
         assert set(later.tolist()) | set(first.tolist()) == set(range(11))
+
+
+@needs_deepspeed
+def test_bf16_workers_start_from_the_saved_float32_masters_not_a_rounded_copy(cache_dir, tiny_model_dir):
+    """``deepspeed.initialize`` casts to bf16 and ZeRO builds the float32 masters from that copy:
+    a (re)start from a checkpoint would round every saved weight to bf16. The state read back right
+    after a start holds the saved float32 weights exactly (ZeRO-2, float32 gradient accumulation)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    weights = {k: v + 1e-4 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+               for k, v in model.state_dict().items()}  # low bits that bf16 cannot hold
+    assert any(not torch.equal(v, v.bfloat16().float()) for v in weights.values())
+    bf16 = config(cache_dir, backend="deepspeed", workers=1, zero_stage=2)
+    bf16 = bf16.model_validate({**bf16.model_dump(), "model": {**bf16.model.model_dump(), "dtype": "bfloat16"}})
+    actor = build_actor("deepspeed", bf16, model)
+    try:
+        actor.load_state_dict({"model": weights, "optimizer": None})
+        saved = actor.state_dict()
+    finally:
+        actor.close()
+    assert all(torch.equal(saved["model"][k], v) for k, v in weights.items())
+
+
+@needs_deepspeed
+def test_training_workers_die_with_a_killed_trial_process(cache_dir, tiny_model_dir, tmp_path):
+    """SIGKILL the process that started two DeepSpeed workers (as Ray kills a stuck trial) while
+    they are busy (stopped, so they cannot see their pipes close): the workers go too, instead of
+    keeping their GPUs from the retry."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "trial.py"
+    script.write_text(f"""
+import json, time
+from transformers import AutoModelForCausalLM
+from tests.conftest import tiny_config
+from trainers.actor import build_actor
+
+if __name__ == "__main__":  # the workers are spawned: they import this file again
+    config = tiny_config({str(cache_dir)!r}, train={{"backend": "deepspeed", "workers": 2, "zero_stage": 2}})
+    actor = build_actor("deepspeed", config, AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}))
+    actor._start(None)
+    print("WORKERS", json.dumps([process.pid for process, _ in actor.workers]), flush=True)
+    time.sleep(600)
+""")
+    root = Path(__file__).resolve().parents[1]
+    trial = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    line = trial.stdout.readline()
+    while line and not line.startswith("WORKERS "):  # the backend's own log lines first
+        line = trial.stdout.readline()
+    workers = [psutil.Process(pid) for pid in json.loads(line.removeprefix("WORKERS "))]
+    assert len(workers) == 2 and all(w.is_running() for w in workers)
+    alive = lambda: [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+    try:
+        for worker in workers:  # busy, as in a collective: they will not notice their pipe closing
+            worker.suspend()
+        trial.send_signal(signal.SIGKILL)
+        trial.wait()
+        deadline = time.time() + 60
+        while alive() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not alive()
+    finally:
+        for worker in alive():
+            worker.kill()

@@ -120,3 +120,39 @@ def test_weights_follow_the_trainer_and_a_skipped_sync_shows_in_the_logp_gap(eng
     assert torch.equal(after.response_ids, expected.response_ids) and torch.equal(after.lengths, expected.lengths)
     assert synced_gap < 1e-4 and resynced_gap < 1e-4
     assert stale_gap > 100 * max(synced_gap, resynced_gap, 1e-5), (synced_gap, stale_gap, resynced_gap)
+
+
+def test_a_prompt_cached_before_a_weight_sync_is_computed_afresh_after_it(engines):
+    """A 42-token prompt (whole KV blocks, so vLLM caches its prefix), greedy, before and after the
+    weights change and sync: afterwards vLLM answers as the hf engine does on the new weights, with
+    the same log-probabilities, not from the prefix it cached with the old ones."""
+    model, tokenizer, hf_engine, vllm_engine = engines
+    prompt = tokenizer.encode("Q:" + "+".join("31415926535897932384") + "=")
+    assert len(prompt) == 42
+    greedy = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=16)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    try:
+        before = vllm_engine.generate([prompt, prompt], 1, greedy, seed=0)  # the second one hits the cache
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+        vllm_engine.sync_weights(model)
+        after = vllm_engine.generate([prompt, prompt], 1, greedy, seed=0)
+        expected = hf_engine.generate([prompt, prompt], 1, greedy, seed=0)  # the hf engine shares the model
+    finally:
+        model.load_state_dict(original)
+        vllm_engine.sync_weights(model)
+    assert not torch.allclose(before.logprobs, after.logprobs, atol=1e-3)  # the new weights answer otherwise
+    assert torch.equal(after.response_ids, expected.response_ids) and torch.equal(after.lengths, expected.lengths)
+    assert torch.allclose(after.logprobs, expected.logprobs, atol=1e-4)
+
+
+def test_no_two_samples_of_a_call_share_a_seed():
+    """vLLM seeds a prompt's i-th sample ``seed + i``: prompt seeds are spaced by n (they were
+    consecutive, so row r's second sample drew the noise of row r + 1's first)."""
+    from trainers.rollout.vllm import prompt_seed
+
+    for n in (1, 4, 16):
+        seeds = [prompt_seed(7, row, n) + i for row in range(64) for i in range(n)]
+        assert len(set(seeds)) == len(seeds)

@@ -10,7 +10,11 @@ pipes. A worker that dies fails the step with ``WorkerFailed`` (the run restarts
 checkpoint); only the controller writes checkpoints.
 
 Precision: ``model.dtype: bfloat16`` trains under DeepSpeed's bf16 mode (bf16 weights for compute,
-float32 master weights in the optimizer); checkpoints hold the float32 master weights.
+float32 master weights in the optimizer, float32 gradient accumulation and reduction under ZeRO 1
+and 2); checkpoints hold the float32 master weights, and a (re)start sets the masters from them
+(not from DeepSpeed's bf16 copy). Workers die with the trial's process (``die_with_parent``), and
+worker 0 hands its cached GPU blocks back after gathering full tensors. Needs DeepSpeed 0.19.4
+(``trainers.floors``).
 State in and out is full (unsharded): the weights and a torch ``AdamW`` state dict, gathered with
 DeepSpeed's ``safe_get_full_*`` helpers, so checkpoints move between backends and worker counts.
 Workers start at the first update; loading a state (re)starts them with it.
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import sys
 import time
 import traceback
 
@@ -27,6 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from trainers.actor import register_backend
+from trainers.floors import require_floor
 from trainers.ports import free_port
 from trainers.actor.update import PolicyBatch, combine_sums, policy_update, token_logprobs
 
@@ -50,7 +57,12 @@ class PolicyLogprobs(torch.nn.Module):
 
 
 def deepspeed_config(config, world: int) -> dict:
+    """bf16 (``model.dtype: bfloat16``): bf16 compute, float32 master weights, and, under ZeRO 1 and
+    2, gradients accumulated and reduced in float32, as the single backend (autocast, float32
+    gradients) and verl do; DeepSpeed's default would accumulate and all-reduce them in bf16."""
     train = config.train
+    bf16 = config.model.dtype == "bfloat16"
+    float32_gradients = {"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -58,9 +70,10 @@ def deepspeed_config(config, world: int) -> dict:
         "managed_gradient_accumulation": False,  # backward() accumulates; each step() reduces and updates
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
-        "bf16": {"enabled": config.model.dtype == "bfloat16"},
+        "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
+        **(float32_gradients if bf16 and train.zero_stage < 3 else {}),
     }
 
 
@@ -96,6 +109,8 @@ class _Worker:
             config=deepspeed_config(config, world),
         )
         self.module = self.engine.module.model
+        if state is not None and config.model.dtype == "bfloat16":
+            self._restore_masters(state["model"])
         self._create_optimizer_state()
         if state is not None and state.get("optimizer"):
             self._load_optimizer(state["optimizer"])
@@ -148,6 +163,15 @@ class _Worker:
                  for i in range(len(params))}
         return {"model": weights, "optimizer": {"state": state, "param_groups": [{**group, "params": list(state)}]}}
 
+    def _restore_masters(self, weights: dict) -> None:
+        """``deepspeed.initialize`` casts the parameters to bf16 and builds the float32 master
+        weights from that copy: on every (re)start (a resume, a PBT exploit, a worker retry) the
+        saved float32 weights would lose their low 16 bits. Set the masters from the saved ones."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for name, parameter in self.module.named_parameters():
+            safe_set_full_fp32_param(parameter, weights[name].to(self.device, torch.float32))
+
     def _create_optimizer_state(self) -> None:
         """AdamW creates its state at the first step, and ZeRO links each parameter to its slice of
         it then: create and link it now, so a state can be read before a step and filled after a load."""
@@ -174,7 +198,22 @@ class _Worker:
         self.engine.global_steps = steps
 
 
-def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model_path: str, state, threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Be SIGKILLed when the parent dies (Linux ``PR_SET_PDEATHSIG``): a trial process killed
+    outright (Ray's SIGKILL of a stuck trial, the OOM killer) would otherwise leave its workers
+    holding the GPUs, and the retry would run out of memory. The signal follows the thread that
+    started the workers: the trial's training thread, which outlives them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model_path: str, state, threads: int,
+                 parent: int) -> None:
+    die_with_parent(parent)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
     from trainers.config import TrainConfig
@@ -187,7 +226,10 @@ def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model
             command, args = conn.recv()
             if command == "close":
                 return
-            conn.send(("ok", getattr(worker, command)(*args)))
+            answer = getattr(worker, command)(*args)
+            if command in ("weights", "state_dict") and worker.device.type == "cuda":
+                torch.cuda.empty_cache()  # the full tensors it gathered: not kept beside vLLM on GPU 0
+            conn.send(("ok", answer))
     except Exception:  # the controller reports it, naming this worker
         conn.send(("error", traceback.format_exc()))
 
@@ -195,6 +237,7 @@ def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model
 @register_backend("deepspeed")
 class DeepSpeedActor:
     def __init__(self, config, model: torch.nn.Module, log=print):
+        require_floor("deepspeed")
         self.config, self.model, self.log = config, model, log
         self.workers: list = []
         self.state: dict | None = None  # what the next start loads (None: the model's own weights)
@@ -208,7 +251,7 @@ class DeepSpeedActor:
             process = context.Process(
                 target=_worker_main,
                 args=(rank, world, port, theirs, self.config.model_dump_json(), self.model.name_or_path, state,
-                      max(1, torch.get_num_threads() // world)),  # the controller's threads, shared out
+                      max(1, torch.get_num_threads() // world), os.getpid()),  # the controller's threads, shared out
                 daemon=True,
             )
             process.start()
