@@ -427,6 +427,9 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
         if gpus and workers > max(1.0, gpus):  # one process may share a GPU (a fraction); workers may not
             add(f"train.workers: {workers} workers take one GPU each, a trial gets {gpus:g} "
                 f"(resources: {resources.describe()})", prefix)
+        if config.rollout.engine == "vllm" and gpus != int(gpus):  # its start-up memory check, profiling and sleep
+            add(f"rollout.engine: vllm needs whole GPUs (it assumes it is alone on its memory), a trial gets "
+                f"{gpus:g} (resources: {resources.describe()})", prefix)
 
     for where, smoke in (("base", False), ("smoke", True)):
         last = spec.last_settings(smoke)

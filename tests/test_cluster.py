@@ -91,7 +91,7 @@ def far_node_alive() -> bool:
 
 
 def test_trials_on_a_node_that_shares_no_disk_survive_the_loss_of_that_node(
-    ray_cluster, s3_env, tiny_model_dir, cache_dir, study_cache, tmp_path
+    ray_cluster, s3_env, tiny_model_dir, cache_dir, study_cache, tmp_path, fresh_registries
 ):
     """Two trials (PSI, and a plugin's weighting) run on the second node only; they take the base
     model, its evaluation, the plugin and the project's code through the bucket and Ray, never from

@@ -165,6 +165,9 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(base={"train": {"backend": "deepspeed", "workers": 4}}, resources={"gpus": 2}),
          "arms[0].train.workers: 4 workers take one GPU each, a trial gets 2 (resources: {CPU: 1, GPU: 2})"),
         (minimal(base={"train": {"workers": 2}}), "base.train: workers: the single backend trains in one process (got 2)"),
+        (minimal(base={"rollout": {"engine": "vllm"}}, resources={"gpus": 0.5}),
+         "arms[0].rollout.engine: vllm needs whole GPUs (it assumes it is alone on its memory), a trial gets 0.5 "
+         "(resources: {CPU: 1, GPU: 0.5})"),
         (minimal(base={"rollout": {"engine": "sglang"}}), "base.rollout.engine: unknown rollout engine 'sglang' (known: hf, vllm)"),
         (minimal(seeds=[0, 0]), "seeds: must be distinct, got [0, 0]"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "ratios": [1, 1.0]}}]),

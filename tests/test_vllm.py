@@ -84,10 +84,19 @@ def sequences(prompts, n: int, rollouts) -> Drawn:
 
 
 def gap(actor, tokenizer, rollouts, n: int, prompts) -> float:
-    """The loop's own perf/sampler_logp_gap for these rollouts (an update with zero advantages)."""
+    """The loop's own perf/sampler_logp_gap for these rollouts (an update with zero advantages); its
+    99th percentile and largest value must order as the mean does."""
     batch = build_sequences(sequences(prompts, n, rollouts), tokenizer.pad_token_id, torch.zeros(len(rollouts.lengths)),
                             False, 24)
-    return actor.update(batch, seed=0)[M.PERF_SAMPLER_LOGP_GAP]
+    metrics = actor.update(batch, seed=0)
+    mean, p99, largest = (metrics[k] for k in (M.PERF_SAMPLER_LOGP_GAP, M.PERF_SAMPLER_LOGP_GAP_P99,
+                                               M.PERF_SAMPLER_LOGP_GAP_MAX))
+    assert 0 <= p99 <= largest and mean <= largest, (mean, p99, largest)
+    GAPS.append((mean, p99, largest))
+    return mean
+
+
+GAPS: list[tuple[float, float, float]] = []  # every gap() call's (mean, p99, max), in order
 
 
 def test_weights_follow_the_trainer_and_a_skipped_sync_shows_in_the_logp_gap(engines, cache_dir):
@@ -120,6 +129,8 @@ def test_weights_follow_the_trainer_and_a_skipped_sync_shows_in_the_logp_gap(eng
     assert torch.equal(after.response_ids, expected.response_ids) and torch.equal(after.lengths, expected.lengths)
     assert synced_gap < 1e-4 and resynced_gap < 1e-4
     assert stale_gap > 100 * max(synced_gap, resynced_gap, 1e-5), (synced_gap, stale_gap, resynced_gap)
+    (_, synced_p99, synced_max), (_, stale_p99, stale_max), (_, resynced_p99, resynced_max) = GAPS[-3:]
+    assert max(synced_max, resynced_max) < 1e-3 and stale_p99 > 100 * max(synced_p99, resynced_p99, 1e-5), GAPS
 
 
 def test_a_prompt_cached_before_a_weight_sync_is_computed_afresh_after_it(engines):

@@ -30,6 +30,8 @@ PERF_ROLLOUT_TOKENS = "perf/rollout_tokens"  # response tokens the step's rollou
 PERF_TRAIN_TOKENS = "perf/train_tokens"  # prompt + response tokens through the policy update, every PPO epoch
 PERF_EVAL_TOKENS = "perf/eval_tokens"  # response tokens the step's evaluation generated (0 without one)
 PERF_SAMPLER_LOGP_GAP = "perf/sampler_logp_gap"  # mean |trainer's - sampler's log-prob| on sampled tokens
+PERF_SAMPLER_LOGP_GAP_P99 = "perf/sampler_logp_gap_p99"  # its 99th percentile over the step's tokens
+PERF_SAMPLER_LOGP_GAP_MAX = "perf/sampler_logp_gap_max"  # and its largest: a stale step hides less in these
 FILTER_KEPT_GROUPS = "filter/kept_groups"  # prompts whose rollouts the group filter kept for training
 FILTER_KEPT_ROLLOUTS = "filter/kept_rollouts"  # rollouts it kept (LEAD and the update see only these)
 FILTER_ROUNDS = "filter/rounds"  # generation rounds the step drew (1 without a filter that draws more)
@@ -63,7 +65,7 @@ STEP_METRICS = (
     TRAIN_ACCURACY, TRAIN_RESPONSE_LENGTH, TRAIN_TRUNCATED_FRACTION, TRAIN_BUDGET, TRAIN_REWARD_CORRECTNESS,
     TRAIN_REWARD_EFFICIENCY, *(lead(name) for name in LEAD_REPORTED), LOSS_POLICY, LOSS_KL,
     PERF_STEP_SECONDS, PERF_ROLLOUT_TOKENS_PER_SECOND, PERF_ROLLOUT_TOKENS, PERF_TRAIN_TOKENS, PERF_EVAL_TOKENS,
-    PERF_SAMPLER_LOGP_GAP, GRADER_ERRORS, GRADER_TIMEOUTS, FILTER_KEPT_GROUPS, FILTER_KEPT_ROLLOUTS, FILTER_ROUNDS,
+    PERF_SAMPLER_LOGP_GAP, PERF_SAMPLER_LOGP_GAP_P99, PERF_SAMPLER_LOGP_GAP_MAX, GRADER_ERRORS, GRADER_TIMEOUTS, FILTER_KEPT_GROUPS, FILTER_KEPT_ROLLOUTS, FILTER_ROUNDS,
     FILTER_SKIPPED_UPDATE,
 )
 EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)

@@ -26,6 +26,7 @@ from trainers import contract as M
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
 
 LOGPROB_CHUNK_TOKENS = 1024  # tokens per full-vocabulary float32 log_softmax
+GAPS = "gap_values"  # in a worker's sums: its sampled tokens' gaps (a tensor, not a sum)
 
 
 @dataclass
@@ -193,6 +194,7 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
 
     sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "grad_norm": 0.0, "updates": 0.0,
             "gap": 0.0, "gap_tokens": 0.0}
+    gaps = []  # every sampled token's gap, first epoch: its percentiles (combine_sums)
     trainee.module.train()
     for number, (mini, parts) in enumerate(plan):
         first_epoch = number < math.ceil(total / opt.mini_batch_size)
@@ -224,16 +226,20 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
                 sums["entropy"] += float((entropy * m).sum() / mb_tokens)
                 sums["clip"] += float((clipped.float() * m).sum() / mb_tokens)
                 if first_epoch:
-                    sums["gap"] += float(((old - batch.sampler_logp[idx, : w - 1]).abs() * m).sum())
+                    token_gaps = (old - batch.sampler_logp[idx, : w - 1]).abs()[m.bool()].float()
+                    sums["gap"] += float(token_gaps.sum())
                     sums["gap_tokens"] += float(m.sum())
+                    gaps.append(token_gaps.cpu())
         sums["grad_norm"] += trainee.step()
         sums["updates"] += 1
-    return sums
+    return {**sums, GAPS: torch.cat(gaps) if gaps else torch.zeros(0)}
 
 
 def combine_sums(sums: list[dict]) -> dict[str, float]:
-    """The step's ``loss/*`` metrics and ``perf/sampler_logp_gap`` from every worker's sums."""
-    total = {key: sum(s[key] for s in sums) for key in sums[0]}
+    """The step's ``loss/*`` metrics and ``perf/sampler_logp_gap`` (mean, 99th percentile and
+    largest over the step's sampled tokens) from every worker's sums."""
+    total = {key: sum(s[key] for s in sums) for key in sums[0] if key != GAPS}
+    gaps = torch.cat([s[GAPS] for s in sums]).sort().values
     updates = sums[0]["updates"]
     return {
         M.LOSS_POLICY: total["policy"] / updates,
@@ -242,4 +248,6 @@ def combine_sums(sums: list[dict]) -> dict[str, float]:
         M.LOSS_CLIP_FRACTION: total["clip"] / updates,
         M.LOSS_GRAD_NORM: sums[0]["grad_norm"] / updates,  # the global norm: the same on every worker
         M.PERF_SAMPLER_LOGP_GAP: total["gap"] / max(total["gap_tokens"], 1.0),
+        M.PERF_SAMPLER_LOGP_GAP_P99: float(gaps[int(0.99 * (len(gaps) - 1))]) if len(gaps) else 0.0,
+        M.PERF_SAMPLER_LOGP_GAP_MAX: float(gaps[-1]) if len(gaps) else 0.0,
     }
