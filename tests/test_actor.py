@@ -137,10 +137,10 @@ def test_bf16_workers_start_from_the_saved_float32_masters_not_a_rounded_copy(ca
     assert any(not torch.equal(v, v.bfloat16().float()) for v in weights.values())
     bf16 = config(cache_dir, backend="deepspeed", workers=1, zero_stage=2)
     bf16 = bf16.model_validate({**bf16.model_dump(), "model": {**bf16.model.model_dump(), "dtype": "bfloat16"}})
-    actor = build_actor("deepspeed", bf16, model)
+    actor = build_actor("deepspeed", bf16, model, log=lambda _: None)
     try:
         actor.load_state_dict({"model": weights, "optimizer": None})
-        saved = actor.state_dict()
+        saved = actor.state_dict()  # (an update in bf16 does not finish on DeepSpeed's CPU build: not run here)
     finally:
         actor.close()
     assert all(torch.equal(saved["model"][k], v) for k, v in weights.items())
