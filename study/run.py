@@ -116,12 +116,13 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
     """Build (or reuse) and evaluate every distinct base model once, in the driver, on the
     ``threads`` the trials run on (their evaluations then find it in the cache).
 
-    Returns the ``model`` settings to fix in each trial (an absolute path, by trial name), the
+    Returns the ``model`` settings to fix in each trial (an absolute path, or the URI, by trial name), the
     first trial's base metrics (for the parent run), and, with ``ship_to`` (object storage), what
     each trial fetches from there instead of the driver's disk (``study.shipping``; the model
     itself only with ``ship_model``)."""
     from study.shipping import ship
     from trainers.base_model import base_identity, prepare
+    from trainers.remote import is_uri
     from trainers.threads import torch_threads
 
     fixed, base_metrics, seen, shipped = {}, {}, {}, {}
@@ -129,9 +130,11 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
         config = TrainConfig.model_validate(plan.config)
         key = json.dumps(base_identity(config), sort_keys=True, default=str)  # what the evaluation cache keys on too
         if key not in seen:
+            remote = is_uri(config.model.path)  # trials download it from there themselves
             with torch_threads(threads):
                 model_path, base = prepare(config, log=log)
-                seen[key] = model_path, ship(ship_to, model_path, config, log, ship_model) if ship_to is not None else None
+                record = ship(ship_to, model_path, config, log, ship_model and not remote) if ship_to is not None else None
+            seen[key] = (config.model.path if remote else model_path), record
             base_metrics = base_metrics or {M.BASE_ACCURACY: base.accuracy, M.BASE_RESPONSE_LENGTH: base.response_length}
             log(f"base model {model_path}: accuracy {base.accuracy:.3f}, mean length {base.response_length:.1f}")
         fixed[plan.name] = {"path": str(seen[key][0])}

@@ -18,27 +18,22 @@ the cluster's nodes must then share that folder and the model cache at the same 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.fs as pafs
-
-from study.storage import CHUNK, Storage
+from study.storage import Storage
 from trainers.base_model import base_evaluation_key
 from trainers.config import TrainConfig
 from trainers.evaluation import evaluation_folder
 from trainers.fingerprint import weights_digest
 from trainers.models.tiny import default_cache_dir
+from trainers.remote import COMPLETE, download_once
 
 MODELS, EVALUATIONS, PLUGINS = "models", "evaluations", "plugins"  # folders under the study's storage
 SHIPPED = "shipped"  # the downloaded models' folder in a node's cache
-COMPLETE = ".complete"  # the last object of an upload: a folder without it is not used
 
 
 def upload_once(folder: Path, target: Storage) -> float | None:
@@ -78,45 +73,22 @@ def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[s
             "plugins": plugins}
 
 
-@contextlib.contextmanager
-def node_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def download_once(source: Storage, target: Path) -> float | None:
-    """``source``'s files into the local folder ``target`` unless it exists; the seconds it took."""
-    with node_lock(target.with_name(f".{target.name}.lock")):
-        if target.exists():
-            return None
-        start = time.perf_counter()
-        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if source.local is not None:
-            shutil.copytree(source.local, tmp, dirs_exist_ok=True)
-        else:
-            pafs.copy_files(source.path, str(tmp), source_filesystem=source.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem(), chunk_size=CHUNK)
-        (tmp / COMPLETE).unlink(missing_ok=True)
-        os.rename(tmp, target)
-        return time.perf_counter() - start
+def download(source: Storage, target: Path) -> float | None:
+    return download_once(source.filesystem, source.path, target)
 
 
 def fetch(shipped: dict[str, Any], config: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """A trial's config with the shipped base model, evaluation and plugins in this node's cache."""
     study: Storage = shipped["storage"]
     cache_dir = default_cache_dir()
-    if shipped["model"] is None:
-        model = Path(config["model"]["path"])  # not shipped: at the same path on every node
+    if shipped["model"] is None:  # not shipped: a URI, or at the same path on every node
+        model = config["model"]["path"]
     else:
         model = cache_dir / SHIPPED / shipped["model"]
-        seconds = download_once(study.child(MODELS, shipped["model"]), model)
+        seconds = download(study.child(MODELS, shipped["model"]), model)
         if seconds is not None:
             log(f"base model downloaded from {study.child(MODELS, shipped['model'])} to {model} in {seconds:.2f} s")
-    download_once(study.child(EVALUATIONS, shipped["evaluation"]), cache_dir / "evaluations" / shipped["evaluation"])
+    download(study.child(EVALUATIONS, shipped["evaluation"]), cache_dir / "evaluations" / shipped["evaluation"])
     plugins = []
     for name in shipped["plugins"]:
         if name.endswith(".py"):

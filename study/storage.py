@@ -20,9 +20,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainers.outputs import check_writable_dir
-
-
-CHUNK = 64 * 2**20  # bytes per read in a copy: one ranged request each (pyarrow's default 1 MiB made ~1,000 per GiB)
+from trainers.remote import CHUNK
 
 
 class StorageError(ValueError):

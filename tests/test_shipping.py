@@ -63,3 +63,24 @@ def test_a_model_on_every_node_is_not_shipped(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LEAD_STUDY_CACHE", str(tmp_path / "node-cache"))
     fetched = fetch(shipped, deep_merge(config.model_dump(mode="json"), {"model": {"path": str(model_path)}}), print)
     assert fetched["model"]["path"] == str(model_path) and (tmp_path / "node-cache/evaluations").is_dir()
+
+
+def test_a_model_path_in_object_storage_is_downloaded_once_into_the_cache(s3_env, tiny_model_dir, tmp_path):
+    """``model.path: s3://...``: kept as a URI by the config, fetched once into the cache by the
+    run (the same weights), and one line for a URI that holds no model."""
+    import boto3
+    import pytest
+
+    from trainers.base_model import base_model_path
+
+    boto3.client("s3").create_bucket(Bucket="models")
+    open_storage("s3://models").child("tiny").upload(tiny_model_dir)
+    config = tiny_config(tmp_path / "cache", model={"path": "s3://models/tiny"})
+    assert config.model.path == "s3://models/tiny"
+    logged = []
+    local = base_model_path(config, log=logged.append)
+    assert local.parent == tmp_path / "cache/remote" and len(logged) == 1
+    assert weights_digest(local, tmp_path / "digests") == weights_digest(tiny_model_dir, tmp_path / "digests")
+    assert base_model_path(config, log=logged.append) == local and len(logged) == 1  # downloaded once
+    with pytest.raises(ValueError, match=r"^model.path: s3://models/none is not a model directory \(no config.json\)$"):
+        base_model_path(tiny_config(tmp_path / "cache", model={"path": "s3://models/none"}), log=logged.append)

@@ -15,6 +15,7 @@ from trainers.config import TrainConfig
 from trainers.evaluation import EvalResult, Evaluator, cached_evaluation
 from trainers.fingerprint import EVALUATION_CODE, fingerprint, weights_digest
 from trainers.models.tiny import default_cache_dir, ensure_base_model
+from trainers.remote import cached_model, is_uri
 from trainers.rollout import build_engine
 from trainers.tasks import build_task, task_identity
 
@@ -32,7 +33,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def base_model_path(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """The model to start from: ``model.path``, or the tiny base model built (or reused) in the cache."""
+    """The model to start from: ``model.path`` (a URI: its copy in the cache), or the tiny base
+    model built (or reused) in the cache."""
+    if is_uri(config.model.path):
+        return cached_model(str(config.model.path), config.model.cache_dir or default_cache_dir(), log)
     if config.model.path is not None:
         return config.model.path  # validated by ModelConfig: an existing model directory
     return ensure_base_model(config.task, config.model.tiny, config.model.cache_dir, log=log)

@@ -24,6 +24,7 @@ from trainers.plugins import load_plugins, resolve
 from trainers.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
 from trainers.rollout import ENGINES
+from trainers.remote import is_uri
 from trainers.rollout.base import EngineSpec, SamplingParams
 from trainers.strict import Strict, omit_empty
 from trainers.tasks import TaskSettings, task_settings
@@ -31,7 +32,9 @@ from trainers.tasks.synthetic import SyntheticTaskConfig
 
 
 class ModelConfig(Strict):
-    path: Path | None = Field(None, description="a local Hugging Face model directory; None builds the tiny base model")
+    path: Path | str | None = Field(
+        None, description="a Hugging Face model directory, local or a URI pyarrow opens (s3://, gs://: downloaded "
+        "once into the cache); None builds the tiny base model")
     cache_dir: Path | None = Field(None, description="where built base models and base evaluations are cached")
     tiny: TinyModelConfig = TinyModelConfig()
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -39,9 +42,11 @@ class ModelConfig(Strict):
 
     @field_validator("path")
     @classmethod
-    def _is_model_directory(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            path = path.expanduser().resolve()
+    def _is_model_directory(cls, path: Path | str | None) -> Path | str | None:
+        """A URI stays as it is (checked when the run starts, ``trainers.remote``); a local path
+        must be a model directory."""
+        if path is not None and not is_uri(path):
+            path = Path(path).expanduser().resolve()
             must_exist(path / "config.json", f"{path} is not a model directory (no config.json)")
         return path
 
