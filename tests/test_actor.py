@@ -3,6 +3,7 @@ and two (ZeRO 2 and 3, gloo), and full-state checkpoints move between backends a
 
 import copy
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -140,10 +141,14 @@ def test_bf16_workers_start_from_the_saved_float32_masters_not_a_rounded_copy(ca
     actor = build_actor("deepspeed", bf16, model, log=lambda _: None)
     try:
         actor.load_state_dict({"model": weights, "optimizer": None})
-        saved = actor.state_dict()  # (an update in bf16 does not finish on DeepSpeed's CPU build: not run here)
+        saved = actor.state_dict()
+        metrics = actor.update(random_batch(), seed=0)  # and it trains, accumulating and reducing in float32
+        stepped = actor.state_dict()["model"]
     finally:
         actor.close()
     assert all(torch.equal(saved["model"][k], v) for k, v in weights.items())
+    assert all(math.isfinite(value) for value in metrics.values()) and all(torch.isfinite(v).all() for v in stepped.values())
+    assert max(float((stepped[k] - v).abs().max()) for k, v in weights.items()) > 5e-4  # lr 1e-3: a step moves them
 
 
 @needs_deepspeed
