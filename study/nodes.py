@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from trainers.config import lookup
+
 # what every trial imports (their distribution names differ: math-verify, pyyaml)
 ALWAYS = ("torch", "transformers", "tokenizers", "pyarrow", "pydantic", "yaml", "math_verify", "pebble", "study.trial")
 # what a trial imports only for some settings: (dotted setting, value) -> module
@@ -15,13 +17,8 @@ BY_SETTING = {("rollout.engine", "vllm"): "vllm", ("train.backend", "deepspeed")
 
 
 def needed_modules(configs: list[dict[str, Any]]) -> list[str]:
-    """The modules the trials with these configs import."""
-    def value(config: dict, dotted: str) -> Any:
-        for part in dotted.split("."):
-            config = config.get(part, {}) if isinstance(config, dict) else {}
-        return config
-
-    extra = {module for (key, wanted), module in BY_SETTING.items() if any(value(c, key) == wanted for c in configs)}
+    """The modules the trials with these configs (full ``TrainConfig`` dumps) import."""
+    extra = {module for (key, wanted), module in BY_SETTING.items() if any(lookup(c, key) == wanted for c in configs)}
     return [*ALWAYS, *sorted(extra)]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from trainers.config import TrainConfig, deep_merge
 from trainers.lead import weight_motion
 from trainers.models.tiny import default_cache_dir
+from trainers.remote import is_uri
 
 from study.spec import StudySpec
 
@@ -31,7 +32,7 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     """Trials change directory and may run on other nodes: fix the model path and cache dir now."""
     model = dict(config["model"])
     model["cache_dir"] = str(Path(model["cache_dir"] or default_cache_dir()).expanduser().resolve())
-    if model["path"] and "://" not in model["path"]:  # a URI is the same on every node
+    if model["path"] and not is_uri(model["path"]):  # a URI is the same on every node
         model["path"] = str(Path(model["path"]).expanduser().resolve())
     return {**config, "model": model}
 

@@ -19,7 +19,6 @@ the cluster's nodes must then share that folder and the model cache at the same 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +27,8 @@ from study.storage import Storage
 from trainers.base_model import base_evaluation_key
 from trainers.config import TrainConfig
 from trainers.evaluation import evaluation_folder
-from trainers.fingerprint import weights_digest
 from trainers.models.tiny import default_cache_dir
+from trainers.outputs import write_atomic
 from trainers.remote import COMPLETE, download_once
 
 MODELS, EVALUATIONS, PLUGINS = "models", "evaluations", "plugins"  # folders under the study's storage
@@ -51,14 +50,14 @@ def ship(study: Storage, model_path: Path, config: TrainConfig, log: Callable[[s
     """Upload the base model (unless ``model_too`` is false: it is at ``model_path`` on every
     node), its evaluation (already cached: call after ``prepare``, on the trials' threads) and the
     plugins; returns what a trial passes to ``fetch``."""
-    cache_dir = Path(config.model.cache_dir or default_cache_dir()).expanduser()
-    digest = weights_digest(model_path, cache_dir / "digests")
+    evaluations, key = base_evaluation_key(model_path, config)
+    digest = key["weights"]  # the weights' content, as the evaluation is keyed
     model = study.child(MODELS, digest)
     seconds = upload_once(model_path, model) if model_too else None
     if seconds is not None:
         size = sum(p.stat().st_size for p in model_path.iterdir() if p.is_file()) / 2**20
         log(f"base model {model_path} ({size:.1f} MiB) uploaded to {model} in {seconds:.2f} s")
-    evaluation = evaluation_folder(*base_evaluation_key(model_path, config))
+    evaluation = evaluation_folder(evaluations, key)
     upload_once(evaluation, study.child(EVALUATIONS, evaluation.name))
     plugins = []
     for plugin in config.plugins:
@@ -94,10 +93,7 @@ def fetch(shipped: dict[str, Any], config: dict[str, Any], log: Callable[[str], 
         if name.endswith(".py"):
             local = cache_dir / PLUGINS / name
             if not local.is_file():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f".{name}.{os.getpid()}")
-                tmp.write_text(study.child(PLUGINS).read_text(name))
-                os.replace(tmp, local)
+                write_atomic(local, study.child(PLUGINS).read_text(name))
             name = str(local)
         plugins.append(name)
     return {**config, "model": {**config["model"], "path": str(model), "cache_dir": str(cache_dir)}, "plugins": plugins}

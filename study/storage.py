@@ -11,15 +11,13 @@ from the spec.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainers.outputs import check_writable_dir
+from trainers.outputs import check_writable_dir, write_atomic
 from trainers.remote import CHUNK
 
 
@@ -67,11 +65,7 @@ class Storage:
         """Write ``name`` whole: a local file through a temporary file and a rename; an object in one put."""
         target = self.child(name)
         if target.local is not None:
-            target.local.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=target.local.parent, prefix=f".{target.local.name}.")
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
-            os.replace(temporary, target.local)
+            write_atomic(target.local, text)
             return
         with self.filesystem.open_output_stream(target.path) as stream:
             stream.write(text.encode())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from trainers.outputs import write_atomic
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding trainers/
 LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "ray", "mlflow", "math-verify")
@@ -77,7 +78,5 @@ def weights_digest(model_dir: Path, memo_dir: Path) -> str:
         with file.open("rb") as stream:
             while chunk := stream.read(1 << 24):
                 digest.update(chunk)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.with_name(f".{memo.name}.{os.getpid()}").write_text(digest.hexdigest())
-    os.replace(memo.with_name(f".{memo.name}.{os.getpid()}"), memo)
+    write_atomic(memo, digest.hexdigest())
     return digest.hexdigest()

@@ -10,6 +10,8 @@ Files are written whole or not at all (``write_atomic``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -87,6 +89,16 @@ def replace_owned(built: Path, target: Path, kind: str) -> None:
         target.rename(old)
     built.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on the file ``path`` (made if missing) for the block: one process at
+    a time, across processes on this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_atomic(path: Path, content: str | pa.Table) -> Path:

@@ -5,8 +5,6 @@ study shipped to its nodes. Credentials and endpoints come from the usual enviro
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -15,20 +13,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from trainers.outputs import file_lock
+
 CHUNK = 64 * 2**20  # bytes per read in a copy: one ranged request each (pyarrow's default 1 MiB made ~1,000 per GiB)
 COMPLETE = ".complete"  # the last object an upload writes: a folder without it is not used, nor copied along
 
 
 def is_uri(path) -> bool:
     return "://" in str(path)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def download_once(filesystem: pafs.FileSystem, source: str, target: Path) -> float | None:
