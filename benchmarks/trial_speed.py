@@ -1,12 +1,14 @@
 """Where a default trial's time goes, phase by phase, and the speedup against another revision.
 
-    python -m benchmarks.trial_speed [--against REV] [--repeats 1] [--threads 1] [--arm psi]
+    python -m benchmarks.trial_speed [--against REV] [--unpinned] [--repeats 1] [--threads 1] [--arm psi]
 
 Runs the default study's trial (``search_spaces/psi_vs_static.yaml``: its ``base`` settings over
 ``trainers/configs/synthetic_psi.yaml``, the named arm's weighting, seed 0) start to finish in a
 fresh process on ``--threads`` torch threads (the study gives each trial ``resources.cpus``), on
 the same cached base model, once with this working tree and once with ``--against`` (a git
-revision, unpacked with ``git archive``; each revision runs its own default trial). The runs
+revision, unpacked with ``git archive``; each revision runs its own default trial) or with
+``--unpinned`` (this tree with ``LEAD_STUDY_CPU_LEVEL=native``: the machine's own CPU kernels, not
+the pinned AVX2 ones, ``trainers.kernels``; both from the same base model). The runs
 alternate (A, B, A, B, ...) so both see the same machine load. Prints, per revision, the median
 seconds of each phase over the repeats and the speedup, and the trial's final eval numbers.
 
@@ -150,7 +152,16 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
     total = sum(clock.seconds.values())
     keys = ("eval/accuracy", "eval/response_length", "eval/aes")
     return {"phases": clock.seconds, "total": total, "prepare": prepare_seconds, "tokens": tokens,
-            "final": {key: final.get(key) for key in keys}}
+            "final": {key: final.get(key) for key in keys}, "cpu_kernels": cpu_kernels(root)}
+
+
+def cpu_kernels(root: Path) -> str:
+    """The CPU kernel level this worker computed at (a revision before ``trainers.kernels``: unknown)."""
+    if not (root / "trainers/kernels.py").exists():
+        return "not recorded (a revision before the pin)"
+    from trainers import kernels as worker_kernels
+
+    return worker_kernels.level()
 
 
 def unpack(revision: str, into: Path) -> Path:
@@ -164,8 +175,10 @@ def unpack(revision: str, into: Path) -> Path:
     return tree
 
 
-def run_once(root: Path, arm: str, model_path: str, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root)}
+def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str) -> dict:
+    from trainers import kernels
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root), kernels.SETTING: cpu_level}
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), "--arm", arm,
          "--model", model_path, "--threads", str(threads)],
@@ -202,7 +215,8 @@ def table(results: dict[str, list[dict]]) -> str:
         }
         lines.append(f"\n{name}: seconds per token: " + ", ".join(f"{k} {v:.3g}" for k, v in per_token.items()))
         finals = ", ".join(f"{k} {statistics.median(r['final'][k] for r in runs):.3f}" for k in runs[0]["final"])
-        lines.append(f"\n{name}: {len(runs)} run(s), totals {[round(r['total'], 1) for r in runs]}; final {finals}")
+        lines.append(f"\n{name}: {len(runs)} run(s), totals {[round(r['total'], 1) for r in runs]}; final {finals}; "
+                     f"CPU kernels {runs[0].get('cpu_kernels', 'not recorded')}")
     if len(names) == 2:
         lines.append(f"\nspeedup per trial ({names[0]} / {names[1]}): {totals[names[0]] / totals[names[1]]:.2f}x")
     return "\n".join(lines)
@@ -212,6 +226,8 @@ def main() -> None:
     started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", default=None, help="a git revision to compare with (e.g. 88e562b)")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="also run this tree at the machine's own CPU kernel level (LEAD_STUDY_CPU_LEVEL=native)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial (the study's resources.cpus)")
     parser.add_argument("--arm", default="psi", help="the default study's arm whose trial runs (psi)")
@@ -221,15 +237,19 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(Path(args.worker), args.arm, args.model, args.threads, started)))
         return
+    from trainers import kernels
+
     model_path = base_model(args.arm)
     with tempfile.TemporaryDirectory() as scratch:
-        roots = {"HEAD (working tree)": ROOT}
+        roots = {"HEAD (working tree)": (ROOT, kernels.mode())}
         if args.against:
-            roots = {args.against: unpack(args.against, Path(scratch)), **roots}
+            roots = {args.against: (unpack(args.against, Path(scratch)), kernels.mode()), **roots}
+        if args.unpinned:
+            roots = {"HEAD, not pinned": (ROOT, kernels.NATIVE), **roots}
         results: dict[str, list[dict]] = {name: [] for name in roots}
         for repeat in range(args.repeats):
-            for name, root in roots.items():
-                results[name].append(run_once(root, args.arm, model_path, args.threads))
+            for name, (root, cpu_level) in roots.items():
+                results[name].append(run_once(root, args.arm, model_path, args.threads, cpu_level))
                 print(f"repeat {repeat + 1}, {name}: {results[name][-1]['total']:.1f} s", flush=True)
     print(f"\ndefault trial ({args.arm}, seed 0) on {args.threads} thread(s), median of {args.repeats}:\n")
     print(table(results))

@@ -29,6 +29,7 @@ from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
 from trainers import contract as M
+from trainers import kernels
 from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
 
@@ -86,11 +87,19 @@ def check_ray_address(address: str) -> None:
 def project_code() -> dict[str, Any]:
     """The runtime environment that ships this project's packages to every node of a cluster: a
     node needs the dependencies (``pip install`` of them), not a checkout; the packages a trial
-    imports come from the driver's copy (Ray uploads them once per content hash)."""
+    imports come from the driver's copy (Ray uploads them once per content hash). Its workers
+    start at the driver's CPU kernel level (``trainers.kernels``)."""
     import importlib.util
 
     return {"py_modules": [str(Path(importlib.util.find_spec(name).origin).parent)
-                           for name in ("analysis", "stores", "study", "trainers")]}
+                           for name in ("analysis", "stores", "study", "trainers")], **kernel_level_env()}
+
+
+def kernel_level_env() -> dict[str, Any]:
+    """The runtime environment that starts every Ray worker at the driver's CPU kernel level."""
+    from trainers import kernels
+
+    return {"env_vars": kernels.child_environment()}
 
 
 def connect_ray(address: str | None, num_cpus: int) -> None:
@@ -103,7 +112,7 @@ def connect_ray(address: str | None, num_cpus: int) -> None:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=project_code())
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=kernel_level_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"--address: cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
 
@@ -300,7 +309,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def check_flags(args: argparse.Namespace) -> tuple[Storage | None, str | None, list[str]]:
     """The output folder and the tracking URI, checked, and every problem with the flags, one line each."""
-    errors, output_dir, tracking_uri = [], None, None
+    errors, output_dir, tracking_uri = kernels.problems(), None, None
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         errors.append("--max-concurrent-trials: must be at least 1")
     try:

@@ -28,7 +28,7 @@ from ray import tune
 
 from stores.tracking import read_json_artifact
 from study.replay import HEADER, W_CORR, replay_config
-from study.trial import EVALUATED, EXPLOIT, REPORT_FILE, apply_search
+from study.trial import EVALUATED, EXPLOIT, MADE_WITH, REPORT_FILE, apply_search
 from trainers import contract as M
 from trainers.contract import (
     EXPLOIT_METRIC, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, PLANNED_ARTIFACT, STEP_KEY,
@@ -88,8 +88,9 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def version_tags() -> dict[str, str]:
-    """``version.torch`` etc.: what the run was made with (``trainers.fingerprint.versions``)."""
-    return {f"version.{name}": version for name, version in versions().items()}
+    """``version.torch`` etc.: what the run was made with (``trainers.fingerprint.versions``), as the
+    driver sees it; a trial's run then takes its own process's (``MADE_WITH``, with every step)."""
+    return {M.version_tag(name): version for name, version in versions().items()}
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI opens a model-training experiment on its runs, not a GenAI overview
@@ -256,9 +257,10 @@ class MLflowTracker(tune.Callback):
                 keys = (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH)
                 metrics += [Metric(k, float(result[k]), now, 0) for k in keys if k in result]
             self._base_logged.add(trial.trial_id)
+        made_with = [RunTag(M.version_tag(k), v) for k, v in json.loads(result.get(MADE_WITH, "{}")).items()]
         for start in range(0, len(metrics), 500):
             last = start + 500 >= len(metrics)
-            tags = [RunTag(TAG_LOGGED_STEP, str(step))] if last else []  # with the step's last metrics
+            tags = [RunTag(TAG_LOGGED_STEP, str(step)), *made_with] if last else []  # with the step's last metrics
             self.client.log_batch(run_id, metrics=metrics[start : start + 500], tags=tags)
         rows += [(m.key, m.step, m.value) for m in metrics]
         self._last_step[trial.trial_id] = step

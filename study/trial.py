@@ -22,11 +22,13 @@ from ray import tune
 from study.shipping import fetch
 from trainers import contract as M
 from trainers.config import TrainConfig, deep_merge, dotted
+from trainers.fingerprint import versions
 from trainers.grpo import StepReport, train
 
 REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step", "last_eval", "trial_id", "trial_name", "settings"}
 EVALUATED = "evaluated"
 EXPLOIT = "exploit"  # in the first result after a PBT exploit: a JSON record (``exploit_record``)
+MADE_WITH = "made_with"  # in every result: the trial process's own versions() as JSON, its CPU kernel level included
 
 
 def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +56,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     config = trial["config"] if trial["shipped"] is None else fetch(trial["shipped"], trial["config"], log=print)
     config = TrainConfig.model_validate(apply_search(config, settings))
     torch.set_num_threads(trial["threads"])
+    made_with = json.dumps(versions())  # this process's, on whichever node it runs
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)  # on a node other than the driver's, Ray has not made it yet
@@ -76,6 +79,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
         numbers = {key: value for key, value in settings.items() if isinstance(value, (int, float))}
         result.update({M.SETTING_PREFIX + key: float(value) for key, value in numbers.items()})
         result["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        result[MADE_WITH] = made_with
         if exploit is not None:
             result[EXPLOIT], exploit = json.dumps(exploit), None
         if step.checkpoint_dir is None:

@@ -92,6 +92,14 @@ TAG_ARM = "arm"
 TAG_VARIANT = "variant"
 TAG_SEED = "seed"
 TAG_THREADS = "threads"  # the torch threads the trial ran on (they change the last bits, and so samples)
+CPU_KERNELS = "cpu-kernels"  # the CPU kernel level, in versions() and so in build_info.json and version tags
+
+
+def version_tag(name: str) -> str:
+    """The tag of a run that records what it was made with: ``version.torch``, ``version.cpu-kernels``."""
+    return f"version.{name}"
+
+
 # The method tags: how the trial's advantage is made.
 TAG_REWARD = "reward"  # the length reward's name in trainers.rewards.LENGTH_REWARDS
 TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.weightings.WEIGHTINGS (psi, static, schedule, ...)

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from trainers import kernels
 from trainers.evaluation import aes
 from trainers.fingerprint import versions
 from trainers.grading import Grader, extract_answer
@@ -184,7 +185,7 @@ def with_aes(results: dict, base: dict | None) -> dict:
 def check_inputs(args: argparse.Namespace) -> tuple[dict, dict, dict | None, Path, dict, list[str]]:
     """The benchmarks, their problems, the base results, the output folder and the run's settings,
     with every problem in the flags, one line each."""
-    errors = check_flags(args)
+    errors = check_flags(args) + kernels.problems()
     benchmarks, benchmark_errors = resolve_benchmarks(args.benchmarks, args.data_dir)
     errors += benchmark_errors
     problems = {}
@@ -206,6 +207,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[dict, dict, dict | None, Pat
     out = (args.out or Path("evaluations") / args.model.resolve().name).resolve()
     settings = {"model": str(args.model.resolve()), "max_tokens": args.max_tokens, "temperature": args.temperature,
                 "top_p": args.top_p, "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
+                "cpu_kernels": None if errors else kernels.level(),  # a resumed evaluation continues at its level
                 "benchmarks": {name: [str(file), n] for name, (file, n) in benchmarks.items()}}
     try:
         settings_file = out / "settings.json"

@@ -13,6 +13,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from trainers import contract as M
+from trainers import kernels
 from trainers.outputs import write_atomic
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding trainers/
@@ -46,12 +48,15 @@ def project_version() -> str:
 
 
 def versions() -> dict[str, str]:
-    """``{"lead-study": "0.1.0+abc123", "torch": "2.13.0", ...}``: the project and ``LIBRARIES``."""
-    return {"lead-study": project_version(), **{name: library_version(name) for name in LIBRARIES}}
+    """``{"lead-study": "0.1.0+abc123", "torch": "2.13.0", ..., "cpu-kernels": "AVX2 (pinned)"}``:
+    the project, ``LIBRARIES`` and the CPU kernel level this process computes at (``trainers.kernels``)."""
+    return {"lead-study": project_version(), **{name: library_version(name) for name in LIBRARIES},
+            M.CPU_KERNELS: kernels.level()}
 
 
 def fingerprint(parts: tuple[str, ...], libraries: tuple[str, ...] = ("torch", "transformers", "tokenizers")) -> str:
-    """A hash of the source files under ``parts`` and of the versions of ``libraries``."""
+    """A hash of the source files under ``parts``, of the versions of ``libraries`` and of the CPU
+    kernel level (numbers made at another level are other numbers)."""
     digest = hashlib.blake2b(digest_size=12)
     for part in parts:
         path = PACKAGE_ROOT / part
@@ -59,6 +64,7 @@ def fingerprint(parts: tuple[str, ...], libraries: tuple[str, ...] = ("torch", "
             digest.update(str(file.relative_to(PACKAGE_ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
     for name in libraries:
         digest.update(f"{name}={library_version(name)}\0".encode())
+    digest.update(f"{M.CPU_KERNELS}={kernels.level()}\0".encode())
     return digest.hexdigest()
 
 

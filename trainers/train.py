@@ -25,6 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from trainers import contract as M
+from trainers import kernels
 from trainers.config import ConfigError, load_train_config, print_errors
 from trainers.fingerprint import versions
 from trainers.base_model import ModelLoadError
@@ -116,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     both.add_argument("--overwrite", action="store_true", help="replace the run in the output dir")
     args = parser.parse_args(argv)
     try:
+        kernels.level()  # before anything computes: a level that cannot hold is one line, not other numbers
         config = load_train_config(args.config)
         if args.smoke_test:
             config = config.smoke()
-    except ConfigError as exc:
+    except (ConfigError, kernels.KernelLevelError) as exc:
         return print_errors(exc)
     output_dir = (args.output_dir or default_output_dir(args.config, args.smoke_test)).expanduser().resolve()
     try:
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda message: tqdm.write(message, file=sys.stderr)  # noqa: E731
     try:
         final = train(config, output_dir, report=files, resume_from=resume_from, log=log)
-    except (ModelLoadError, CheckpointMismatch) as exc:
+    except (ModelLoadError, CheckpointMismatch, kernels.KernelLevelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {**final, "threads": torch.get_num_threads(), "versions": versions()}  # threads change numbers

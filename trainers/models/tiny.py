@@ -25,6 +25,8 @@ from pydantic import Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from trainers import contract as M
+from trainers import kernels
 from trainers.fingerprint import BASE_MODEL_CODE, fingerprint, versions
 from trainers.strict import Strict
 from trainers.threads import BUILD_THREADS, torch_threads
@@ -198,11 +200,11 @@ def ensure_base_model(
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = cache_dir / f"base-{settings_hash(task, config)}"
     if final.is_dir():
-        return final
+        return check_built_level(final)
     with open(cache_dir / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if final.is_dir():  # built by another process while we waited
-            return final
+            return check_built_level(final)
         tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -213,3 +215,15 @@ def ensure_base_model(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def check_built_level(model_dir: Path) -> Path:
+    """``model_dir``, if its ``build_info.json`` records the CPU kernel level this process computes
+    at; else ``KernelLevelError`` (the level is part of the cache key, so only a copied folder or an
+    edited record gets here: a run never studies a base model built at another level unawares)."""
+    built = json.loads((model_dir / "build_info.json").read_text()).get("versions", {}).get(M.CPU_KERNELS)
+    here = kernels.level()
+    if built != here:
+        raise kernels.KernelLevelError(f"{model_dir}: this cached base model was built at CPU kernel level {built}, "
+                                       f"but this run computes at {here}: delete the folder to build it anew")
+    return model_dir
