@@ -248,3 +248,19 @@ def compute_spent(history: pa.Table, runs: pa.Table) -> tuple[pa.Table, pa.Table
                                                        ("variant", pa.string()), *schema])),
             pa.Table.from_pylist(sorted(per_arm.values(), key=lambda r: r["arm"] or ""),
                                  pa.schema([("arm", pa.string()), ("trials", pa.int64()), *schema])))
+
+
+def differing_versions(runs: pa.Table) -> dict[str, dict[str, int]]:
+    """What the trials were made with, where they differ: ``{"torch": {"2.13.0": 30, "2.14.1": 5}, "cpu-kernels":
+    {...}}`` over the runs' ``version.*`` columns (the project's commit, each library, the CPU kernel level);
+    empty when every trial ran with the same."""
+    prefix = M.version_tag("")
+    differing = {}
+    for column in runs.column_names:
+        if column.startswith(prefix):
+            counts: dict[str, int] = {}
+            for value in runs[column].to_pylist():
+                counts[str(value)] = counts.get(str(value), 0) + 1
+            if len(counts) > 1:
+                differing[column.removeprefix(prefix)] = counts
+    return differing

@@ -223,6 +223,7 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
 
     eval_keys = sorted({key for r in trials for key in r.data.metrics if key.startswith(M.EVALUATION_PREFIXES)})
     param_keys = sorted({key for r in trials for key in r.data.params})
+    version_tags = sorted({tag for r in trials for tag in r.data.tags if tag.startswith(M.version_tag(""))})
     last_step = _per_run(history, M.STEP_KEY, "last_step")
     columns: dict[str, list] = {
         "run_id": [r.info.run_id for r in trials],
@@ -230,7 +231,7 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         "arm": [r.data.tags.get(TAG_ARM) for r in trials],
         "variant": [r.data.tags.get(TAG_VARIANT) for r in trials],
         "seed": [int(r.data.tags.get(TAG_SEED, -1)) for r in trials],
-        **{tag: [r.data.tags.get(tag) for r in trials] for tag in M.METHOD_TAGS},
+        **{tag: [r.data.tags.get(tag) for r in trials] for tag in (*M.METHOD_TAGS, *version_tags)},
         "status": [r.info.status for r in trials],
         "steps": [int(last_step.get(r.info.run_id, 0)) for r in trials],
     }

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    arm_summary, compute_spent, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
+    arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
     pareto_front, series, weight_shape, weightings,
 )
 from analysis.load import StudyData, load_study
@@ -122,6 +122,12 @@ def trial_status(data: StudyData) -> tuple[str, list[dict]]:
                  for name in missing]
     if not_done:
         text += " Statistics below use whatever these trials logged; the ones without an evaluation are left out."
+    differing = differing_versions(data.runs)
+    if differing:
+        text += (" **Warning: the trials ran with different versions or CPU kernel levels, so their numbers may "
+                 "differ for that reason alone:** " + "; ".join(
+                     f"{name}: " + ", ".join(f"{value} ({n} trials)" for value, n in sorted(counts.items()))
+                     for name, counts in differing.items()) + ".")
     return text, not_done
 
 

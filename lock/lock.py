@@ -30,7 +30,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK, BUILD_LOCK = ROOT / "lock/cpu.txt", ROOT / "lock/cpu-build.txt"
+LOCK, BUILD_LOCK = "lock/cpu.txt", "lock/cpu-build.txt"  # under the checkout
 BUILT_FROM_SOURCE = {"deepspeed"}  # built against the locked torch, after everything else is installed
 DIGEST_LINE = "# pyproject dependencies sha256: "
 
@@ -56,23 +56,23 @@ def locked(path: Path) -> dict[str, str]:
     return {canonical(name): version for name, version in pins}
 
 
-def check() -> list[str]:
-    """Every way the lock fails to match ``pyproject.toml``, one line each."""
+def check(root: Path = ROOT) -> list[str]:
+    """Every way the lock under ``root`` fails to match its ``pyproject.toml``, one line each."""
     problems = []
-    digest = dependencies_digest(ROOT / "pyproject.toml")
-    for path in (LOCK, BUILD_LOCK):
-        if not path.is_file():
-            problems.append(f"{path.relative_to(ROOT)}: missing; write it with `make lock`")
-        elif f"{DIGEST_LINE}{digest}" not in path.read_text():
-            problems.append(f"{path.relative_to(ROOT)}: made for other dependencies than pyproject.toml's "
+    digest = dependencies_digest(root / "pyproject.toml")
+    for name in (LOCK, BUILD_LOCK):
+        if not (root / name).is_file():
+            problems.append(f"{name}: missing; write it with `make lock`")
+        elif f"{DIGEST_LINE}{digest}" not in (root / name).read_text():
+            problems.append(f"{name}: made for other dependencies than pyproject.toml's "
                             "(its [project] dependencies or the test extra changed); write it anew with `make lock`")
     if problems:
         return problems
-    pins = {**locked(LOCK), **locked(BUILD_LOCK)}
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {**locked(root / LOCK), **locked(root / BUILD_LOCK)}
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
         if requirement_name(requirement) not in pins:
-            problems.append(f"{LOCK.relative_to(ROOT)}: pyproject.toml needs {requirement_name(requirement)}, "
+            problems.append(f"{LOCK}: pyproject.toml needs {requirement_name(requirement)}, "
                             "which the lock does not pin; write it anew with `make lock`")
     return problems
 
@@ -103,16 +103,16 @@ def write(venv: Path) -> None:
         subprocess.run([python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-build-isolation", "-d", scratch,
                         "-r", str(requirements)], check=True, env={**os.environ, "DS_BUILD_OPS": "0"})
         files = archive_names(Path(scratch))
-        lines = {LOCK: list(header), BUILD_LOCK: list(header)}
+        lines = {ROOT / LOCK: list(header), ROOT / BUILD_LOCK: list(header)}
         for pin in sorted(pins, key=str.lower):
             name = canonical(pin.split("==")[0])
             sha = hashlib.sha256(files[name].read_bytes()).hexdigest()
-            lines[BUILD_LOCK if name in BUILT_FROM_SOURCE else LOCK].append(f"{pin} --hash=sha256:{sha}")
+            lines[ROOT / (BUILD_LOCK if name in BUILT_FROM_SOURCE else LOCK)].append(f"{pin} --hash=sha256:{sha}")
     for path, content in lines.items():
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(content) + "\n")
         tmp.rename(path)
-    print(f"wrote {LOCK.relative_to(ROOT)} ({len(lines[LOCK]) - 2} packages) and {BUILD_LOCK.relative_to(ROOT)}")
+    print(f"wrote {LOCK} ({len(lines[ROOT / LOCK]) - 2} packages) and {BUILD_LOCK}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,17 @@ import pytest
 
 from trainers.config import TrainConfig
 
+# Tests that use these need a Ray cluster, a server (S3, MLflow), a vLLM engine or a whole study:
+# marked ``slow``, left out by ``make test-fast`` (``pytest -m "not slow"``); a test may mark itself too.
+SLOW_FIXTURES = frozenset({"ray_cluster", "s3_server", "smoke_study", "partial_study", "engines"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 # A few SFT steps: enough for a real, loadable model that emits EOS; far from a good one.
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "sft_steps": 60}
 

@@ -16,7 +16,7 @@ from trainers.actor.update import PolicyBatch, plan_pass, micro_batches
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
-    reason="deepspeed is not installed (make setup logs why in .venv/optional.log)",
+    reason="deepspeed is not installed (make setup installs it from the lock: lock/cpu.txt, lock/cpu-build.txt)",
 )
 
 
@@ -86,6 +86,7 @@ def assert_same_state(a: dict, b: dict):
 
 
 @needs_deepspeed
+@pytest.mark.slow  # DeepSpeed process groups
 def test_one_worker_and_two_take_the_same_steps_and_checkpoints_move_between_them(cache_dir, tiny_model_dir):
     """For ZeRO 2 and 3, two workers take the step one process takes; from the two workers'
     checkpoint, one process (the single backend) takes the step the two take next: the state is full."""
@@ -128,6 +129,7 @@ def test_only_rows_first_met_after_an_optimizer_step_get_an_old_policy_pass():
 
 
 @needs_deepspeed
+@pytest.mark.slow  # DeepSpeed process groups
 def test_bf16_workers_start_from_the_saved_float32_masters_not_a_rounded_copy(cache_dir, tiny_model_dir):
     """``deepspeed.initialize`` casts to bf16 and ZeRO builds the float32 masters from that copy:
     a (re)start from a checkpoint would round every saved weight to bf16. The state read back right
@@ -152,6 +154,7 @@ def test_bf16_workers_start_from_the_saved_float32_masters_not_a_rounded_copy(ca
 
 
 @needs_deepspeed
+@pytest.mark.slow  # DeepSpeed process groups
 def test_training_workers_die_with_a_killed_trial_process(cache_dir, tiny_model_dir, tmp_path):
     """SIGKILL the process that started two DeepSpeed workers (as Ray kills a stuck trial) while
     they are busy (stopped, so they cannot see their pipes close): the workers go too, instead of

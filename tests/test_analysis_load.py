@@ -93,6 +93,7 @@ def test_unknown_empty_and_unreachable_studies_are_clear_errors(store, tmp_path)
         load_study("http://127.0.0.1:9", "demo")
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_an_mlflow_server_serves_the_same_study(store, tmp_path):
     """A real ``mlflow server`` on loopback: the bulk HTTP path gives exactly the SQLite tables."""
     uri, _, _ = store

@@ -17,5 +17,5 @@ def test_a_release_older_than_the_floor_is_refused_in_one_line(name, old):
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_what_make_setup_installs_is_at_or_above_the_floor(name):
     if installed_version(name) is None:
-        pytest.skip(f"{name} is not installed (make setup logs why in .venv/optional.log)")
+        pytest.skip(f"{name} is not installed (make setup installs it from the lock: lock/cpu.txt, lock/cpu-build.txt)")
     require_floor(name)

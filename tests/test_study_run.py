@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
+from trainers import kernels
 from trainers.config import TrainConfig, deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,7 @@ def test_default_study_smoke_test_end_to_end_in_mlflow(smoke_study):
     for run in children:
         assert run.data.tags[STUDY_RUN_TAG] == parents[0].info.run_id
         assert run.data.tags["version.torch"] == torch.__version__ and "version.lead-study" in run.data.tags
+        assert run.data.tags["version.cpu-kernels"] == kernels.level()  # recorded by the trial's own process
         assert run.data.tags["study"] == "psi_vs_static-smoke" and run.info.status == "FINISHED"
         assert run.data.tags["threads"] == "1"  # the spec's resources.cpus: the trial's torch threads
         assert steps_of(client, run) == [1, 2] and steps_of(client, run, "eval/aes") == [2]
@@ -313,7 +315,7 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
 
     missing = [name for name in ("vllm", "deepspeed") if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed (make setup logs why in .venv/optional.log)")
+        pytest.skip(f"{' and '.join(missing)} not installed (make setup installs it from the lock: lock/cpu.txt, lock/cpu-build.txt)")
     from tests.test_vllm import VLLM_TINY
 
     spec = small_spec(

