@@ -63,11 +63,11 @@ run: setup
 	$(PY) -m study.run $(SPEC)
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=20
 
 # The tests that need no Ray cluster, no server and no whole study (tests/conftest.py marks the rest).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=10
 
 bench: setup
 	$(PY) benchmarks/lead_step.py
