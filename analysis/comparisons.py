@@ -1,12 +1,15 @@
-"""PSI against the other arms of a study, with intervals, by a protocol that never picks and scores on the same numbers.
+"""The arm under test against the other arms of a study, with intervals, by a protocol that never
+picks and scores on the same numbers.
 
-Protocol: the evaluation problems are split once (``analysis.stats.selection_split``: a third for
-selection, the rest for testing, by a seeded hash of the problem id). Every (arm, variant) is
-scored at its trials' last evaluations. On the selection problems, the best PSI (arm, variant) and
-the best one without PSI (static grids, schedules, baselines, population members) are chosen by
-mean AES over seeds; on the test problems, the chosen PSI arm is compared with the chosen other
-arm and with every other (arm, variant) (``analysis.stats.compare``). AES is computed against the
-base model's numbers on the whole evaluation set, the same reference the trainer uses.
+The arm under test (the focus) is the study's to name (``StudySpec.focus``: PSI by default, or a
+user's own weighting from a plugin, or any arm). Protocol: the evaluation problems are split once
+(``analysis.stats.selection_split``: a third for selection, the rest for testing, by a seeded hash
+of the problem id). Every (arm, variant) is scored at its trials' last evaluations. On the
+selection problems, the focus arm's best variant and the best (arm, variant) of every other arm
+(static grids, schedules, baselines, population members) are chosen by mean AES over seeds; on
+the test problems, the chosen focus variant is compared with the chosen other arm and with every
+other (arm, variant) (``analysis.stats.compare``). AES is computed against the base model's numbers
+on the whole evaluation set, the same reference the trainer uses.
 """
 
 from __future__ import annotations
@@ -82,34 +85,34 @@ def base_numbers(data: StudyData) -> tuple[float, float] | None:
 class StudyComparison:
     selection_problems: int
     test_problems: int
-    best_psi: Group
+    best_focus: Group
     best_other: Group
     selection_aes: dict[str, float]  # label -> mean AES on the selection problems
-    headline: dict[str, Comparison]  # best PSI minus best other, on the test problems
-    versus: list[tuple[Group, dict[str, Comparison]]]  # best PSI minus every other (arm, variant), test problems
+    headline: dict[str, Comparison]  # best focus variant minus best other, on the test problems
+    versus: list[tuple[Group, dict[str, Comparison]]]  # best focus variant minus every other (arm, variant), test problems
 
 
 def compare_study(data: StudyData, fraction: float = SELECTION_FRACTION, seed: int = 0,
                   steps: dict[str, int] | None = None) -> StudyComparison | None:
     """The protocol of the module docstring (each trial at its last evaluation, or at ``steps[trial]``);
-    None when the study has no evaluated PSI arm and other arm, no base numbers, or too few
+    None when the study has no evaluated focus arm and other arm, no base numbers, or too few
     problems to split."""
     groups, base = final_groups(data, steps), base_numbers(data)
-    psi = [g for g in groups if g.weighting == "psi"]
-    others = [g for g in groups if g.weighting != "psi"]
-    if not psi or not others or base is None:
+    focus = [g for g in groups if g.arm == data.focus]
+    others = [g for g in groups if g.arm != data.focus]
+    if not focus or not others or base is None:
         return None
     problems = set.intersection(*(set(g.scores.problems.tolist()) for g in groups))
     selection, test = selection_split(sorted(problems), fraction, seed)
     if len(selection) < 2 or len(test) < 2:
         return None
     selection_aes = {g.label: g.scores.restrict(selection).aes(*base) for g in groups}
-    best_psi = max(psi, key=lambda g: selection_aes[g.label])
+    best_focus = max(focus, key=lambda g: selection_aes[g.label])
     best_other = max(others, key=lambda g: selection_aes[g.label])
     on_test = {g.label: g.scores.restrict(test) for g in groups}
-    versus = [(g, compare(on_test[best_psi.label], on_test[g.label], *base)) for g in others]
+    versus = [(g, compare(on_test[best_focus.label], on_test[g.label], *base)) for g in others]
     headline = next(result for g, result in versus if g is best_other)
-    return StudyComparison(len(selection), len(test), best_psi, best_other, selection_aes, headline, versus)
+    return StudyComparison(len(selection), len(test), best_focus, best_other, selection_aes, headline, versus)
 
 
 @dataclass

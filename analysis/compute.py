@@ -5,8 +5,6 @@
   final eval accuracy, length and AES;
 - ``compute_spent``: per trial and per arm, the rollout, training and evaluation tokens and the
   seconds of its logged steps;
-- ``psi_versus_best_other``: the best arm not weighted by PSI (static grids, schedules, GRPO
-  baselines, any reward), by mean AES, and each PSI arm's gap to it;
 - ``pareto_front``: the (arm, variant) pairs no other pair beats on both accuracy (higher) and
   length (lower);
 - ``series`` / ``weight_shape``: a metric's trajectory per trial, and where PSI's weight went
@@ -60,18 +58,6 @@ def arm_summary(runs: pa.Table) -> pa.Table:
     return pa.table(out).sort_by([(key, "ascending") for key in order])
 
 
-def psi_versus_best_other(summary: pa.Table) -> dict:
-    """``best_other``: the best evaluated (arm, variant) not weighted by PSI, by mean AES (None if
-    there is none); ``psi``: every evaluated PSI (arm, variant), best mean AES first (so the two
-    sides are compared alike, best against best), each with ``gap``, its mean AES minus the best
-    other's (None without one)."""
-    rows = [r for r in summary.to_pylist() if r["aes_mean"] is not None]
-    others = [r for r in rows if r[M.TAG_WEIGHTING] != "psi"]
-    best = max(others, key=lambda r: r["aes_mean"]) if others else None
-    psi = sorted((r for r in rows if r[M.TAG_WEIGHTING] == "psi"), key=lambda r: -r["aes_mean"])
-    return {"best_other": best, "psi": [{**r, "gap": r["aes_mean"] - best["aes_mean"] if best else None} for r in psi]}
-
-
 def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
     """(arm, variant) pairs on the accuracy-versus-length frontier (higher accuracy, shorter length)."""
     points = [(r["arm"], r["variant"], r["accuracy_mean"], r["length_mean"]) for r in summary.to_pylist()]
@@ -83,11 +69,6 @@ def pareto_front(summary: pa.Table) -> list[tuple[str, str]]:
         )
 
     return sorted((p[0], p[1]) for p in points if not dominated(p))
-
-
-def weightings(runs: pa.Table) -> dict[str, str | None]:
-    """trial -> its weighting tag (psi, static, schedule, ...; None where the run has no such tag)."""
-    return dict(zip(runs["trial"].to_pylist(), runs[M.TAG_WEIGHTING].to_pylist()))
 
 
 def motions(runs: pa.Table) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ tables (the caller saves or shows it):
 - ``lstar_curves``: the mean per-problem target L* over training (band: 95% over seeds);
 - ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length;
 - ``population_schedules``: each PBT / PB2 member's effective schedule of a searched setting,
-  PSI's ``w_corr`` on the same axes, and the exploits.
+  the arm under test's ``w_corr`` on the same axes, and the exploits.
 """
 
 from __future__ import annotations
@@ -180,10 +180,10 @@ def lstar_per_problem(problems: pa.Table, runs: pa.Table) -> Figure:
 
 def population_schedules(
     schedules: dict[str, tuple[list[int], list[float]]], own: dict[str, tuple[list[int], list[float]]],
-    exploits: pa.Table, psi: dict[str, tuple[list[int], list[float]]], setting: str,
+    exploits: pa.Table, focus: dict[str, tuple[list[int], list[float]]], setting: str,
 ) -> Figure:
     """Solid: each member's effective schedule (``analysis.population``); dotted: what it ran
-    itself; crosses: its exploits (the step, at the donor's value); dashed: PSI's trials' ``w_corr``."""
+    itself; crosses: its exploits (the step, at the donor's value); dashed: the arm under test's trials' ``w_corr``."""
     fig = Figure(figsize=(7.6, 4.6))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["tab10"]
@@ -195,6 +195,6 @@ def population_schedules(
         for step in exploits.filter(pc.equal(exploits["trial"], trial))["step"].to_pylist():
             if step in effective:
                 ax.plot([step], [effective[step]], "x", color=colour, ms=8, mew=2)
-    for trial, (steps, values) in sorted(psi.items()):
-        ax.plot(steps, values, color="black", lw=1.0, ls="--", label=f"{trial} (PSI w_corr)")
-    return _finish(fig, ax, "step", setting, "Population schedules against PSI (x: exploit)")
+    for trial, (steps, values) in sorted(focus.items()):
+        ax.plot(steps, values, color="black", lw=1.0, ls="--", label=f"{trial} (w_corr)")
+    return _finish(fig, ax, "step", setting, "Population schedules against the arm under test (x: exploit)")

@@ -57,6 +57,7 @@ class StudyData:
     problems: pa.Table
     planned: list[str]  # trial names the study's parent run lists (empty if it lists none)
     exploits: pa.Table = field(default_factory=EXPLOIT_SCHEMA.empty_table)  # PBT / PB2 exploits (EXPLOIT_SCHEMA), one row each
+    focus: str | None = None  # the arm under test (the study run's TAG_FOCUS; older studies: focus_of)
 
     @property
     def missing(self) -> list[str]:
@@ -241,11 +242,22 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         columns[best_column(key)] = [best.get(r.info.run_id) for r in trials]
     for key in param_keys:
         columns[param_column(key)] = [r.data.params.get(key) for r in trials]
+    runs_table = pa.table(columns)
     return StudyData(
-        study, parent.info.run_id if parent else None, pa.table(columns), history, problems,
+        study, parent.info.run_id if parent else None, runs_table, history, problems,
         (read_json_artifact(client, parent.info.run_id, PLANNED_ARTIFACT) or []) if parent else [],
         _read_exploits(client, trials, workers),
+        (parent.data.tags.get(M.TAG_FOCUS) if parent else None) or focus_of(runs_table),
     )
+
+
+def focus_of(runs: pa.Table) -> str | None:
+    """The arm under test of a study whose run does not name it (made before ``TAG_FOCUS``): the arm
+    named psi, else the first arm weighted by PSI, else none."""
+    arms = runs["arm"].to_pylist()
+    if M.DEFAULT_FOCUS in arms:
+        return M.DEFAULT_FOCUS
+    return next((arm for arm, kind in zip(arms, runs[M.TAG_WEIGHTING].to_pylist()) if kind == "psi"), None)
 
 
 def _per_run(history: pa.Table, key: str, how: str) -> dict[str, float]:

@@ -1,11 +1,12 @@
-"""A study spec that asks whether the schedule a population found beats PSI on other seeds.
+"""A study spec that asks whether the schedule a population found beats the arm under test on other seeds.
 
     python -m analysis.replay_spec --study psi_vs_pbt [--member TRIAL] [--seeds 1 2 3] [--out FILE]
 
 Takes a PBT / PB2 member (default: the best by final ``eval/aes``), whose run ends with the replay
 of its final weights' lineage (``train_config.yaml``: w_corr as schedule points, its other searched
-settings final), and a PSI trial of the same study, and writes a spec with two arms: the replayed
-schedule and PSI, each with exactly the settings it ran with, on ``--seeds``. Run it with
+settings final), and a trial of the study's arm under test (PSI by default), and writes a spec with
+two arms: the replayed schedule and that arm, each with exactly the settings it ran with, on
+``--seeds``, the latter its focus. Run it with
 ``python -m study.run FILE``; its report compares the two with intervals over those seeds.
 """
 
@@ -34,14 +35,15 @@ def trial_config(client: MlflowClient, run_id: str) -> dict[str, Any]:
 
 
 def pick(data: StudyData, member: str | None) -> tuple[dict, dict]:
-    """The member (named, or the best by final AES) and the first PSI trial: their runs-table rows."""
+    """The member (named, or the best by final AES) and the first trial of the arm under test: their runs-table rows."""
     rows = data.runs.to_pylist()
     members = [r for r in rows if r[M.TAG_MOTION] == M.SEARCHED]
-    psi = [r for r in rows if r[M.TAG_WEIGHTING] == "psi"]
+    psi = [r for r in rows if r["arm"] == data.focus]
     if not members:
         raise StoreError(f"study '{data.study}' has no population member (weight_motion: searched)")
     if not psi:
-        raise StoreError(f"study '{data.study}' has no PSI trial to set the schedule against")
+        raise StoreError(f"study '{data.study}' has no trial of its arm under test ({data.focus or 'none named'}) "
+                         "to set the schedule against")
     if member is not None:
         chosen = [r for r in members if r["trial"] == member]
         if not chosen:
@@ -62,17 +64,17 @@ def differences(config: dict, base: dict) -> dict:
     return out
 
 
-def replay_spec(study: str, replay: dict, psi: dict, member: str, seeds: list[int]) -> dict:
-    """Two arms on ``seeds``: the member's replayed schedule (the shared ``base``) and PSI (its own
-    weighting, and whatever else it ran with otherwise, as overrides)."""
+def replay_spec(study: str, replay: dict, psi: dict, member: str, seeds: list[int], focus: str) -> dict:
+    """Two arms on ``seeds``: the member's replayed schedule (the shared ``base``) and the arm under
+    test, ``focus`` (its own weighting, and whatever else it ran with otherwise, as overrides)."""
     base = {key: value for key, value in replay.items() if key != "seed"}
     base["lead"] = {key: value for key, value in replay["lead"].items() if key != "weighting"}
     psi_rest = {key: value for key, value in psi.items() if key != "seed"}
     psi_rest["lead"] = {key: value for key, value in psi["lead"].items() if key != "weighting"}
     arms = [{"name": "replay", "weighting": replay["lead"]["weighting"]},
-            {"name": "psi", "weighting": psi["lead"]["weighting"], "overrides": differences(psi_rest, base)}]
-    return {"name": f"{study}-replay", "description": f"{member}'s replayed schedule (from study {study}) against PSI "
-            "on other seeds", "base": base, "seeds": seeds, "arms": arms}
+            {"name": focus, "weighting": psi["lead"]["weighting"], "overrides": differences(psi_rest, base)}]
+    return {"name": f"{study}-replay", "description": f"{member}'s replayed schedule (from study {study}) against "
+            f"{focus} on other seeds", "base": base, "seeds": seeds, "arms": arms, "focus": focus}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         member, psi = pick(data, args.member)
         client = MlflowClient(tracking_uri)
         spec = replay_spec(args.study, trial_config(client, member["run_id"]), trial_config(client, psi["run_id"]),
-                           member["trial"], sorted(set(args.seeds)))
+                           member["trial"], sorted(set(args.seeds)), data.focus)
         write_atomic(out, f"# python -m study.run {out}\n" + yaml.safe_dump(spec, sort_keys=False))
     except StoreError as exc:
         return print_errors(exc)

@@ -28,7 +28,7 @@ from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
     arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
-    pareto_front, series, weight_shape, weightings,
+    pareto_front, series, weight_shape,
 )
 from analysis.load import StudyData, load_study
 from analysis.population import effective_schedules
@@ -238,17 +238,21 @@ def _interval(c: Comparison) -> str:
     return f"{c.difference:+.4g} [{c.low:+.4g}, {c.high:+.4g}]"
 
 
-VERDICT_WORDS = {"ahead": "PSI ahead", "behind": "PSI behind", "not distinguishable": "not distinguishable"}
+def verdict_words(verdict: str, focus: str | None) -> str:
+    """``ahead`` / ``behind`` as the focus arm's: "psi ahead", "gate behind"; or "not distinguishable"."""
+    return verdict if verdict == "not distinguishable" else f"{focus} {verdict}"
 
 
 def comparison_section(data: StudyData) -> Section:
-    """PSI against the best arm without PSI, by the protocol of ``analysis.comparisons``."""
-    heading = "PSI against the best arm without PSI"
+    """The arm under test against the best other arm, by the protocol of ``analysis.comparisons``."""
+    focus = data.focus
+    heading = f"{focus} (the arm under test) against the best other arm"
     result = compare_study(data)
     if result is None:
-        return Section(heading, "No comparison: the study has no evaluated PSI arm and non-PSI arm to set against "
-                                "each other (or no base-model numbers, or too few evaluation problems to split).")
-    psi, other, head = result.best_psi, result.best_other, result.headline
+        return Section(heading, f"No comparison: the study has no evaluated arm under test ({focus or 'none named'}) "
+                                "and other arm to set against each other (or no base-model numbers, or too few "
+                                "evaluation problems to split).")
+    psi, other, head = result.best_focus, result.best_other, result.headline
     seeds_psi, seeds_other = len(psi.scores.seeds), len(other.scores.seeds)
     if seeds_psi == 1 and seeds_other == 1:
         seeds_text = ("Both rest on one seed: no interval over seeds can be given; the intervals cover the evaluation "
@@ -261,42 +265,43 @@ def comparison_section(data: StudyData) -> Section:
                       "benchmarks/stats_coverage.py for the measured coverage).")
     text = (
         f"Protocol: a fixed third of the evaluation problems ({result.selection_problems}, chosen by a seeded hash "
-        f"of the problem id) selects the best PSI arm and the best arm without PSI by mean AES over seeds; they are "
+        f"of the problem id) selects the best variant of {focus} and the best other arm by mean AES over seeds; they are "
         f"compared on the other {result.test_problems} problems, never on the numbers that chose them.\n"
         f"Chosen: {psi.label} (selection AES {result.selection_aes[psi.label]:.4g}) and {other.label} "
         f"({other.weighting} weights; selection AES {result.selection_aes[other.label]:.4g}).\n"
-        f"On the test problems, PSI minus the other, 95% t interval from the seed and problem variance components "
+        f"On the test problems, {focus} minus the other, 95% t interval from the seed and problem variance components "
         f"(problems paired, {len(head['aes'].paired_seeds) or 'no'} seed(s) paired; few seeds give few degrees of "
-        f"freedom and a wider interval), P(PSI ahead) = the probability under that t distribution that PSI "
+        f"freedom and a wider interval), P({focus} ahead) = the probability under that t distribution that {focus} "
         f"is better:\n"
-        f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {VERDICT_WORDS[head['aes'].verdict]}"
+        f"  AES {_interval(head['aes'])}, P {head['aes'].p_ahead:.2f}: {verdict_words(head['aes'].verdict, focus)}"
         f"{_power(head['aes'])}\n"
         f"  accuracy {_interval(head['accuracy'])}, P {head['accuracy'].p_ahead:.2f}: "
-        f"{VERDICT_WORDS[head['accuracy'].verdict]}{_power(head['accuracy'])}\n"
+        f"{verdict_words(head['accuracy'].verdict, focus)}{_power(head['accuracy'])}\n"
         f"  length {_interval(head['length'])}, P(shorter) {head['length'].p_ahead:.2f}: "
-        f"{VERDICT_WORDS[head['length'].verdict]}{_power(head['length'])}\n"
+        f"{verdict_words(head['length'].verdict, focus)}{_power(head['length'])}\n"
         "Power: a true difference smaller than the one stated would have been found less than 80% of the time by "
         "this design (t quantiles on the interval's degrees of freedom, with the standard error measured from its seed and "
         "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
-        f"{seeds_text}\nThe table sets {psi.label} against every arm without PSI on the same test problems."
+        f"{seeds_text}\nThe table sets {psi.label} against every other arm on the same test problems."
     )
-    return Section(heading, text, table=versus_table(result))
+    return Section(heading, text, table=versus_table(result, focus))
 
 
-def versus_table(result) -> list[dict]:
-    """The chosen PSI arm against every arm without PSI, on the test problems: one row each."""
+def versus_table(result, focus: str | None) -> list[dict]:
+    """The chosen variant of the arm under test against every other arm, on the test problems: one row each."""
     return [
         {"other": g.label, "seeds": len(g.scores.seeds),
          **{f"{m} diff": c[m].difference for m in ("aes", "accuracy", "length")},
-         "aes low": c["aes"].low, "aes high": c["aes"].high, "P(PSI ahead)": c["aes"].p_ahead,
-         "verdict (AES)": VERDICT_WORDS[c["aes"].verdict], "AES detectable (80%)": c["aes"].detectable}
+         "aes low": c["aes"].low, "aes high": c["aes"].high, f"P({focus} ahead)": c["aes"].p_ahead,
+         "verdict (AES)": verdict_words(c["aes"].verdict, focus), "AES detectable (80%)": c["aes"].detectable,
+         "interval covers": c["aes"].covers}
         for g, c in result.versus
     ]
 
 
 def equal_tokens_section(data: StudyData) -> Section | None:
     """Every arm taken where it had spent the cheapest trial's rollout tokens (``equal_token_steps``),
-    and PSI against the others there by the same protocol; None when every trial is taken at its
+    and the arm under test against the others there by the same protocol; None when every trial is taken at its
     last evaluation anyway (the arms spent alike)."""
     budget, steps, tokens = equal_token_steps(data.history, data.problems)
     last = {r["trial"]: r["step"] for r in final_problems(data.problems).select(["trial", "step"]).to_pylist()}
@@ -313,14 +318,14 @@ def equal_tokens_section(data: StudyData) -> Section | None:
             "rollout tokens": sum(tokens[t] for t in g.trials if t in tokens) / len(g.scores.seeds),
             "accuracy": float(g.scores.accuracy.mean()), "length": float(g.scores.length.mean()),
             "AES": g.scores.aes(*base) if base else None,
-            "PSI minus it (AES, test problems)": _interval(against) if against else None,
-            "verdict": VERDICT_WORDS[against.verdict] if against else None,
+            f"{data.focus} minus it (AES, test problems)": _interval(against) if against else None,
+            "verdict": verdict_words(against.verdict, data.focus) if against else None,
         })
-    verdict = ("No PSI comparison at this point (no evaluated PSI arm and other arm, or no base numbers)."
-               if result is None else
-               f"PSI against the others here, by the protocol above (chosen: {result.best_psi.label} and "
+    verdict = (f"No comparison at this point (no evaluated arm under test, {data.focus}, and other arm, or no base "
+               "numbers)." if result is None else
+               f"{data.focus} against the others here, by the protocol above (chosen: {result.best_focus.label} and "
                f"{result.best_other.label}): AES {_interval(result.headline['aes'])}, "
-               f"{VERDICT_WORDS[result.headline['aes'].verdict]}{_power(result.headline['aes'])}.")
+               f"{verdict_words(result.headline['aes'].verdict, data.focus)}{_power(result.headline['aes'])}.")
     text = (f"The arms did not spend the same rollout tokens (a group filter that samples more, or draws more rounds, "
             f"spends more per step). The cheapest trial generated {budget:,.0f} response tokens in rollouts up to its last "
             "evaluation; every trial is taken at its evaluation whose running rollout tokens are nearest to that (its "
@@ -329,7 +334,7 @@ def equal_tokens_section(data: StudyData) -> Section | None:
 
 
 def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Section | None:
-    """The PBT / PB2 members' effective schedules against PSI, the exploits, and what each spent."""
+    """The PBT / PB2 members' effective schedules against the arm under test, the exploits, and what each spent."""
     settings = sorted({k for k in data.history["key"].to_pylist() if k.startswith(SETTING)})
     if not settings:
         return None
@@ -338,8 +343,8 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     own = series(data.history, setting)
     members = sorted(own)
     schedules = effective_schedules(data.history, data.exploits, setting)
-    kinds = weightings(data.runs)
-    psi = {t: v for t, v in series(data.history, M.lead("w_corr")).items() if kinds.get(t) == "psi"}
+    focus_trials = {t for t, arm in zip(data.runs["trial"].to_pylist(), data.runs["arm"].to_pylist()) if arm == data.focus}
+    psi = {t: v for t, v in series(data.history, M.lead("w_corr")).items() if t in focus_trials}
     spent = {r["trial"]: r for r in per_trial.to_pylist()}
     final_aes = M.final_column(M.EVAL_AES)
     aes_column = data.runs[final_aes].to_pylist() if final_aes in data.runs.column_names else []
@@ -354,14 +359,14 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
         f"{len(members)} members (named by their starting settings) moved {setting.removeprefix(SETTING)}; "
         f"{data.exploits.num_rows} exploit(s). Solid: "
         "each member's effective schedule (the settings its final weights were trained under, followed back through "
-        "its exploits); dotted: what the member ran itself; x: an exploit; dashed: PSI's w_corr.\n"
+        f"its exploits); dotted: what the member ran itself; x: an exploit; dashed: {data.focus}'s w_corr.\n"
         f"Best member by final AES on the whole evaluation set: {best}, AES {_cell(final.get(best))}, having spent "
         f"{tokens([best]):.4g} rollout + training tokens itself; the population spent {tokens(members):.4g}.\n"
-        + (f"PSI: mean final AES {sum(psi_aes) / len(psi_aes):.4g} over {len(psi_aes)} run(s), "
-           f"{tokens(psi) / max(len(psi), 1):.4g} tokens per run, {tokens(psi):.4g} in all." if psi_aes else
-           "No PSI trial to set against it.")
+        + (f"{data.focus} (the arm under test): mean final AES {sum(psi_aes) / len(psi_aes):.4g} over {len(psi_aes)} "
+           f"run(s), {tokens(psi) / max(len(psi), 1):.4g} tokens per run, {tokens(psi):.4g} in all." if psi_aes else
+           "No trial of the arm under test to set against it.")
         + ("\nEach member's run ends with the replay of its schedule (train_config.yaml: w_corr as points). Does the "
-           f"schedule {best} found beat PSI when replayed on other seeds? python -m analysis.replay_spec --study "
+           f"schedule {best} found beat {data.focus} when replayed on other seeds? python -m analysis.replay_spec --study "
            f"{data.study} --seeds 1 2 3 --out replay.yaml, then python -m study.run replay.yaml: its report answers "
            "with intervals over those seeds." if psi_aes else "")
         + "\nThe comparison with intervals (and the member chosen on held-out problems) is in the section above."
@@ -369,7 +374,7 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     table = [{"trial": r["trial"], "step": r["step"], "donor": r["donor"], "old": r["old"], "new": r["new"]}
              for r in data.exploits.to_pylist()]
     figure = _save(figures.population_schedules(schedules, own, data.exploits, psi, setting), folder, "population.png")
-    return Section("Population (PBT / PB2) against PSI", text, table=table or None, figure=figure)
+    return Section(f"Population (PBT / PB2) against {data.focus}", text, table=table or None, figure=figure)
 
 
 def _save(fig, folder: Path, name: str) -> str:

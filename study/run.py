@@ -343,6 +343,7 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
               f"{method[M.TAG_GROUP_FILTER]}, loss {method[M.TAG_LOSS_AGGREGATION]}{moves}]: {plan.config}")
     seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
     print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
+    print(f"the arm under test: {spec.focus_arm} (the report sets every other arm against it)")
     print(expected_wall_time(spec, plans, max_concurrent))
     for path in unchecked:
         print(f"not found on this machine (a dry run does not require it): {path}")
@@ -437,7 +438,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
     experiment_id, parent_id = start_study_run(
-        tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans]
+        tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans],
+        spec.focus_arm,
     )
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
     rows, interrupted = [], False

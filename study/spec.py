@@ -332,6 +332,8 @@ class StudySpec(Strict):
         None, min_length=1, description="the seeds --smoke-test runs, of each arm's own (default: all of them)"
     )
     arms: list[Arm] = Field(min_length=1)
+    focus: str | None = Field(None, description="the arm under test: the report and its verdicts set every other arm "
+                              "against it (default: the arm named psi; required when there are several arms and none is)")
     search: Search = Search()
     resources: Resources = Resources()
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -385,6 +387,11 @@ class StudySpec(Strict):
         for where, seeds in seed_lists:
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"{where}: must be distinct, got {seeds} (a repeated seed is the same trial twice)")
+        if self.focus is not None and self.focus not in names:
+            raise ValueError(f"focus: no arm named '{self.focus}' (arms: {', '.join(names)})")
+        if self.focus is None and len(names) > 1 and M.DEFAULT_FOCUS not in names:
+            raise ValueError(f"focus: name the arm under test (the study has {len(names)} arms and none is called "
+                             f"'{M.DEFAULT_FOCUS}'): one of {', '.join(names)}")
         SEARCH_MODES[self.search.mode]().check(self)
         if self.search.population is not None:
             arm = self.population_arm
@@ -396,6 +403,12 @@ class StudySpec(Strict):
                 raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
                                  "(weight variants x seeds)")
         return self
+
+    @property
+    def focus_arm(self) -> str:
+        """The arm under test: ``focus``, or the arm named psi, or the only arm."""
+        names = [arm.name for arm in self.arms]
+        return self.focus or (M.DEFAULT_FOCUS if M.DEFAULT_FOCUS in names else names[0])
 
     @property
     def population_arm(self) -> Arm | None:

@@ -122,9 +122,11 @@ def configure_experiment(client: MlflowClient, experiment_id: str) -> None:
 
 
 def start_study_run(
-    tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str]
+    tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str],
+    focus: str,
 ) -> tuple[str, str]:
-    """The study's parent run (created, or found again on resume); returns (experiment_id, run_id)."""
+    """The study's parent run (created, or found again on resume), tagged with the arm under test
+    (``focus``); returns (experiment_id, run_id)."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
@@ -136,7 +138,8 @@ def start_study_run(
         run = client.create_run(
             experiment_id,
             run_name=f"{study} (study)",
-            tags={TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY, M.TAG_STUDY: study, **version_tags()},
+            tags={TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY, M.TAG_STUDY: study, M.TAG_FOCUS: focus,
+                  **version_tags()},
         )
         run_id = run.info.run_id
         client.log_artifact(run_id, str(spec_path), artifact_path=M.SPEC_FOLDER)

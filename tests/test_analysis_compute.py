@@ -1,11 +1,11 @@
-"""Per-arm statistics, PSI against the best arm without PSI, and the Pareto frontier, worked by hand."""
+"""Per-arm statistics and the Pareto frontier, worked by hand."""
 
 import math
 
 import pyarrow as pa
 import pytest
 
-from analysis.compute import arm_summary, pareto_front, psi_versus_best_other
+from analysis.compute import arm_summary, pareto_front
 
 
 def runs_table():
@@ -47,15 +47,6 @@ def test_arm_summary_means_and_sample_std_over_seeds():
     assert rows[("static", "ratio1")]["aes_std"] is None  # one seed: no spread
     # grouped by (reward, weighting): kimi/psi, lead/psi, lead/static, threshold/static
     assert list(rows) == [("psi-kimi", "psi"), ("psi", "psi"), ("static", "ratio0"), ("static", "ratio1"), ("grpo", "wc0.5")]
-
-
-def test_psi_against_the_best_arm_without_psi():
-    result = psi_versus_best_other(arm_summary(runs_table()))
-    # non-PSI means: ratio0 0.8, ratio1 0.5, grpo -1.0 -> best ratio0
-    assert (result["best_other"]["arm"], result["best_other"]["variant"]) == ("static", "ratio0")
-    # PSI arms, best first: psi-kimi 1.9 -> gap 1.1; psi 1.4 -> gap 0.6
-    assert [(r["arm"], r["reward"]) for r in result["psi"]] == [("psi-kimi", "kimi"), ("psi", "lead")]
-    assert [r["gap"] for r in result["psi"]] == pytest.approx([1.1, 0.6])
 
 
 def test_the_summary_keeps_each_arms_reward_and_normalization():

@@ -45,7 +45,7 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert "7 of 7 planned trials have runs: 7 finished." in markdown
     assert "different versions or CPU kernel levels" not in markdown  # one machine, one level
-    for heading in ("PSI against the best arm without PSI", "Per arm, over seeds", "Accuracy against length",
+    for heading in ("psi (the arm under test) against the best other arm", "Per arm, over seeds", "Accuracy against length",
                     "Where PSI's weights went", "Evaluation over training", "Target lengths over training",
                     "Target lengths per problem against the minimal length", "Compute spent"):
         assert f"## {heading}" in markdown
@@ -53,7 +53,7 @@ def test_report_of_a_smoke_study(smoke_study, tmp_path, capsys):
     assert "Power: a true difference smaller than the one stated" in markdown and "AES detectable (80%)" in markdown
     assert "Both rest on one seed: no interval over seeds can be given" in markdown
     assert re.search(r"AES [-+][\d.e+-]+ \[[-+][\d.e+-]+, [-+][\d.e+-]+\], P [\d.]+: "
-                     r"(PSI ahead|PSI behind|not distinguishable)", markdown)
+                     r"(psi ahead|psi behind|not distinguishable)", markdown)
     assert tables["compute_per_arm"]["arm"].to_pylist() == ["psi", "static"]
     assert min(tables["compute_per_trial"]["rollout_tokens"].to_pylist()) > 0
     assert re.search(r"\| psi \| psi \| lead \| psi \| adaptive \| decoupled \| 1 \|", markdown)
@@ -97,7 +97,7 @@ def test_the_notebook_runs_against_a_smoke_study(smoke_study):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 6  # five report figures and the custom one
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
-    assert "7 trials" in printed and "best arm without PSI:" in printed
+    assert "7 trials" in printed and "arm under test: psi" in printed and "best other arm: static/ratio" in printed
 
 
 def rest(url: str, endpoint: str, **params):

@@ -113,6 +113,7 @@ def combined_spec(tmp_path) -> Path:
     search = specs["psi_vs_pbt"]["search"]
     plugins = [str(SPEC_FILES["plugin_study"].parent / p) for p in specs["plugin_study"]["plugins"]]
     combined = {"name": "shipped", "plugins": plugins, "smoke": specs["psi_vs_pbt"]["smoke"], "seeds": [0], "arms": arms,
+                "focus": "plugin_study.gate",  # a user's own weighting as the arm under test
                 "search": {**search, "population": {**search["population"], "arm": "psi_vs_pbt.pbt"}}}
     path = tmp_path / "shipped.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(combined))))  # copies: no YAML aliases for shared bases
@@ -137,8 +138,9 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     motions = {r.data.tags["arm"]: r.data.tags["weight_motion"] for r in children if r.data.tags["arm"].startswith("psi_vs_pbt.")}
     assert motions == {"psi_vs_pbt.psi": "adaptive", "psi_vs_pbt.pbt": "searched"}
     report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
-    assert "Chosen: " in report or "No comparison" in report
-    assert "## Population (PBT / PB2) against PSI" in report and "## Compute spent" in report
+    assert "## plugin_study.gate (the arm under test) against the best other arm" in report
+    assert "Chosen: plugin_study.gate (selection AES" in report and "plugin_study.gate minus the other" in report
+    assert "## Population (PBT / PB2) against plugin_study.gate" in report and "## Compute spent" in report
     assert "python -m analysis.replay_spec --study shipped-smoke" in report  # the question the replays ask
 
 
@@ -319,7 +321,7 @@ def test_a_trial_with_vllm_rollouts_and_one_with_two_deepspeed_workers_one_of_th
     from tests.test_vllm import VLLM_TINY
 
     spec = small_spec(
-        tmp_path, cache_dir, name="scale", max_failures=1, max_concurrent_trials=2,
+        tmp_path, cache_dir, name="scale", max_failures=1, max_concurrent_trials=2, focus="vllm",
         arms=[
             {"name": "vllm", "weighting": {"kind": "psi"}, "overrides": {"rollout": {"engine": "vllm"}}},
             {"name": "zero2", "weighting": {"kind": "psi"},

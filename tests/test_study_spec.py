@@ -66,6 +66,7 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
             tmp_path,
             minimal(
                 seeds=[1, 2],
+                focus="sched",
                 arms=[
                     {"name": "grpo", "weighting": {"kind": "combined", "w_corr": [0.5, 0.8]}},
                     {
@@ -121,7 +122,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         {"name": "sb", "reward": {"kind": "shorter_better", "bmax": 120}, "weighting": {"kind": "combined", "w_corr": 0.5, "whiten": False}},
         {"name": "min", "reward": {"kind": "lead", "aggregator": "min_correct"}, "weighting": {"kind": "psi"}},
     ]
-    kimi, dapo, sb, minimum = (p.config["lead"] for p in plan_trials(load_spec(write(tmp_path, minimal(arms=arms)))))
+    kimi, dapo, sb, minimum = (p.config["lead"] for p in plan_trials(load_spec(write(tmp_path, minimal(arms=arms, focus="min")))))
     assert (kimi["length_reward"], kimi["length_params"], kimi["weighting"]["kind"]) == ("kimi", {}, "static")
     assert (dapo["length_reward"], dapo["length_params"]) == ("overlong", {"max_len": 150, "cache_len": 40})
     assert (sb["length_params"], sb["bmax"], sb["weighting"]["whiten"]) == ({}, 120, False)  # bmax is lead's field
@@ -184,6 +185,9 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.weighting.betta"),
         (minimal(search={"mode": "pbt"}), "search.population: search.mode pbt needs one"),
         (pbt(population={"arm": "nope"}), "search.population.arm: no arm named 'nope' (arms: psi, pbt)"),
+        (minimal(focus="nope"), "focus: no arm named 'nope' (arms: psi)"),
+        (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static"}}]),
+         "focus: name the arm under test (the study has 2 arms and none is called 'psi'): one of a, b"),
         (pbt(population={"mutations": {}}), "population.mutations: pbt needs at least one setting to move"),
         (pbt(mode="pb2"), "population.bounds: pb2 needs at least one setting to move"),
         (pbt(population={"bounds": {"train.lr": [1e-4, 1e-3]}}), "population.bounds: not used by pbt (it takes mutations)"),
@@ -241,6 +245,7 @@ def test_dry_run_prints_every_trial(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "\n35 trials; seeds per arm: psi [0, 1, 2, 3, 4]; static [0, 1, 2, 3, 4]\n" in out
+    assert "\nthe arm under test: psi (the report sets every other arm against it)\n" in out
     assert ("static-ratio0.25-s3 [resources {CPU: 1}; rollout hf, training single x1; advantage decoupled, group filter none, "
             "loss token_mean]: ") in out
     assert out.strip().splitlines()[-1].startswith("expected wall time: ")
@@ -424,3 +429,13 @@ def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch
             "loss_aggregation": arm.get("overrides", {}).get("train", {}).get("loss_aggregation", "token_mean"),
         }
         assert M.method_tags(plan.config, plan.motion) == expected, plan.name
+
+
+def test_the_arm_under_test_is_named_or_psi_or_the_only_arm():
+    from study.spec import StudySpec
+
+    two = [{"name": "a", "weighting": {"kind": "psi"}}, {"name": "psi", "weighting": {"kind": "static"}}]
+    assert StudySpec.model_validate(minimal()).focus_arm == "psi"
+    assert StudySpec.model_validate(minimal(arms=two)).focus_arm == "psi"  # by name, whatever its weighting
+    assert StudySpec.model_validate(minimal(arms=two, focus="a")).focus_arm == "a"
+    assert StudySpec.model_validate(minimal(arms=two[:1])).focus_arm == "a"

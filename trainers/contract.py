@@ -116,6 +116,8 @@ STARTING_VALUES = "starting values"
 
 TAG_STUDY_DIR = "lead_study.study_dir"  # on a study's run: its Ray results folder (found again on --resume)
 TAG_ROLE = "lead_study.role"  # "study" on a study's own run
+TAG_FOCUS = "lead_study.focus"  # on a study's run: the arm under test, which the report sets every other arm against
+DEFAULT_FOCUS = "psi"  # the arm under test when a spec names none (and the arm of that name exists)
 ROLE_STUDY = "study"
 TAG_TRIAL_ID = "lead_study.trial_id"  # on a trial's run: its Tune trial id (found again after a retry)
 TAG_STUDY_RUN = "lead_study.study_run"  # on a trial's run: its study's run id (trials are not nested, so
