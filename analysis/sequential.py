@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,70 @@ def boundaries(looks: tuple[int, ...], alpha: float, rho: float = TABLE_RHO) -> 
         raise ValueError(f"looks {looks}: need increasing seed counts of at least 2")
     stored = _table().get(design_key(looks, alpha, rho))
     return tuple(stored) if stored is not None else calibrate(looks, alpha, rho)
+
+
+AHEAD, BEHIND, EQUIVALENT, CONTINUE, AT_MAXIMUM = "ahead", "behind", "equivalent", "continue", "at max_seeds"
+
+
+@dataclass(frozen=True)
+class SequentialDesign:
+    """Looks at every seed count from ``min_seeds`` to ``max_seeds`` of a pre-registered seed list;
+    ``equivalence``: a margin within which an interval decides "equivalent" (None: never)."""
+
+    min_seeds: int = 4
+    max_seeds: int = 12
+    alpha: float = 0.05
+    rho: float = TABLE_RHO
+    equivalence: float | None = None
+
+    @property
+    def looks(self) -> tuple[int, ...]:
+        return tuple(range(self.min_seeds, self.max_seeds + 1))
+
+    def boundary(self, seeds: int) -> float:
+        return boundaries(self.looks, self.alpha, self.rho)[self.looks.index(seeds)]
+
+
+@dataclass(frozen=True)
+class Look:
+    """A comparison's repeated interval after ``seeds`` seeds, and what it decides."""
+
+    seeds: int
+    estimate: float
+    low: float
+    high: float
+    decision: str  # AHEAD, BEHIND (the focus arm against the other), EQUIVALENT, CONTINUE or AT_MAXIMUM
+
+
+def look(differences: Sequence[float], design: SequentialDesign) -> Look:
+    """The repeated interval ``dbar +- c_n s / sqrt(n)`` over the paired seed differences so far
+    (the focus arm minus the other, oriented so that positive is better for the focus) and its
+    decision: ahead or behind when it excludes 0, equivalent when it lies inside the margin, at the
+    maximum when the design allows no more seeds, else continue."""
+    d = np.asarray(differences, dtype=float)
+    n = len(d)
+    half = design.boundary(n) * float(d.std(ddof=1)) / np.sqrt(n)
+    estimate = float(d.mean())
+    low, high = estimate - half, estimate + half
+    margin = design.equivalence
+    if low > 0 or high < 0:
+        decision = AHEAD if low > 0 else BEHIND
+    elif margin is not None and -margin < low and high < margin:
+        decision = EQUIVALENT
+    else:
+        decision = AT_MAXIMUM if n >= design.max_seeds else CONTINUE
+    return Look(n, estimate, low, high, decision)
+
+
+def run_sequence(differences: Sequence[float], design: SequentialDesign) -> list[Look]:
+    """One comparison's looks over a pre-registered sequence of seed differences (at least
+    ``max_seeds`` of them), up to the first that decides or the maximum."""
+    looks = []
+    for n in design.looks:
+        looks.append(look(differences[:n], design))
+        if looks[-1].decision != CONTINUE:
+            break
+    return looks
 
 
 def write_table(path: Path = TABLE) -> None:
