@@ -139,7 +139,7 @@ def test_every_shipped_grid_and_population_spec_runs_in_smoke_mode(ray_cluster, 
     assert motions == {"psi_vs_pbt.psi": "adaptive", "psi_vs_pbt.pbt": "searched"}
     report = (tmp_path / "runs/shipped-smoke/report/report.md").read_text()
     assert "## plugin_study.gate (the arm under test) against the best other arm" in report
-    assert "Chosen: plugin_study.gate (selection AES" in report and "plugin_study.gate minus the other" in report
+    assert "Chosen: plugin_study.gate/accuracy_gate (selection AES" in report and "plugin_study.gate minus the other" in report
     assert "## Population (PBT / PB2) against plugin_study.gate" in report and "## Compute spent" in report
     assert "python -m analysis.replay_spec --study shipped-smoke" in report  # the question the replays ask
 
