@@ -178,7 +178,8 @@ def unpack(revision: str, into: Path) -> Path:
 def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str) -> dict:
     from trainers import kernels
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root), kernels.SETTING: cpu_level}
+    inherited = {k: v for k, v in os.environ.items() if k not in kernels.PINNED_ENVIRONMENT}  # this process's pin
+    env = {**inherited, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root), kernels.SETTING: cpu_level}
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), "--arm", arm,
          "--model", model_path, "--threads", str(threads)],
