@@ -32,6 +32,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
+from trainers import kernels
 from trainers.actor import register_backend
 from trainers.floors import require_floor
 from trainers.ports import free_port
@@ -219,6 +220,7 @@ def _worker_main(rank: int, world: int, port: int, conn, config_json: str, model
     from trainers.config import TrainConfig
 
     try:
+        kernels.level()  # the controller's CPU kernel level holds here too (inherited), or the worker says why not
         torch.set_num_threads(threads)
         worker = _Worker(rank, world, TrainConfig.model_validate_json(config_json), model_path, state)
         conn.send(("ready", None))
