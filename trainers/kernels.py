@@ -4,13 +4,17 @@ any x86-64 machine.
 torch picks its vectorized CPU kernels by the instruction set it finds, and so do MKL (its BLAS)
 and oneDNN: the same build, the same seed and the same thread count give other last bits on an
 AVX-512 machine than on an AVX2-only one, sampling diverges, and a study trains from another base
-model (measured: three machines, three base models from one spec). ``pin()`` holds all three at
-AVX2, which every supported x86-64 machine has:
+model (measured: three machines, three base models from one spec). ``pin()`` holds what the
+trainer reaches at AVX2, which every supported x86-64 machine has:
 
 - torch's own kernels: ``ATEN_CPU_CAPABILITY=avx2``;
-- MKL: ``MKL_CBWR=AVX2,STRICT`` (its conditional numerical reproducibility mode; strict makes gemm
-  independent of memory alignment);
-- oneDNN: ``ONEDNN_MAX_CPU_ISA=AVX2``.
+- MKL, which runs every float32 matrix product: ``MKL_CBWR=AVX2,STRICT`` (its conditional
+  numerical reproducibility mode; strict makes gemm independent of memory alignment).
+
+oneDNN is left alone: the trainer never reaches it in float32 (``ONEDNN_VERBOSE=1``: no primitive
+in a whole run), and capping it (``ONEDNN_MAX_CPU_ISA=AVX2``) made the second vLLM CPU engine of a
+process sample with log-probabilities 0.63 away from the model's (``tests/test_vllm.py`` after a
+study's base evaluation), so bf16 on a CPU, which does reach it, is not covered.
 
 Each library reads its variable once, when it first computes, so the pin runs when ``trainers`` is
 imported (``trainers/__init__.py``), before any module of ours imports torch; child processes (Ray
@@ -34,7 +38,7 @@ from pathlib import Path
 
 SETTING = "LEAD_STUDY_CPU_LEVEL"
 PINNED, NATIVE = "avx2", "native"
-PINNED_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
 NEEDED_FLAGS = frozenset({"avx2", "fma"})  # torch's AVX2 kernels use FMA too
 TORCH_NAME = "AVX2"  # torch.backends.cpu.get_cpu_capability() at the pinned level
 
