@@ -32,6 +32,7 @@ bit-reproducible across GPU kinds whatever this says. Off x86-64 (arm64) there i
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -59,14 +60,16 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def cpu_flags() -> set[str]:
-    """The instruction-set flags the kernel reports for this CPU (empty where /proc/cpuinfo is absent)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the kernel reports for this CPU (empty where /proc/cpuinfo is absent);
+    read once per process (``level()`` runs in every cache key)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
 def applies() -> bool:
