@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -236,12 +238,6 @@ def differing_versions(runs: pa.Table) -> dict[str, dict[str, int]]:
     {...}}`` over the runs' ``version.*`` columns (the project's commit, each library, the CPU kernel level);
     empty when every trial ran with the same."""
     prefix = M.version_tag("")
-    differing = {}
-    for column in runs.column_names:
-        if column.startswith(prefix):
-            counts: dict[str, int] = {}
-            for value in runs[column].to_pylist():
-                counts[str(value)] = counts.get(str(value), 0) + 1
-            if len(counts) > 1:
-                differing[column.removeprefix(prefix)] = counts
-    return differing
+    counts = {column.removeprefix(prefix): Counter(map(str, runs[column].to_pylist()))
+              for column in runs.column_names if column.startswith(prefix)}
+    return {name: dict(values) for name, values in counts.items() if len(values) > 1}

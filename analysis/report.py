@@ -252,14 +252,14 @@ def comparison_section(data: StudyData) -> Section:
         return Section(heading, f"No comparison: the study has no evaluated arm under test ({focus or 'none named'}) "
                                 "and other arm to set against each other (or no base-model numbers, or too few "
                                 "evaluation problems to split).")
-    psi, other, head = result.best_focus, result.best_other, result.headline
-    seeds_psi, seeds_other = len(psi.scores.seeds), len(other.scores.seeds)
-    if seeds_psi == 1 and seeds_other == 1:
+    chosen, other, head = result.best_focus, result.best_other, result.headline
+    seeds_chosen, seeds_other = len(chosen.scores.seeds), len(other.scores.seeds)
+    if seeds_chosen == 1 and seeds_other == 1:
         seeds_text = ("Both rest on one seed: no interval over seeds can be given; the intervals cover the evaluation "
                       "problems and their sampling only, not the spread between training runs.")
     else:
         paired = head["aes"].paired_seeds
-        seeds_text = (f"{psi.label} rests on {seeds_psi} seed(s), {other.label} on {seeds_other}; "
+        seeds_text = (f"{chosen.label} rests on {seeds_chosen} seed(s), {other.label} on {seeds_other}; "
                       + (f"seeds {list(paired)} are paired." if paired else "their seeds are not shared (each side's seed spread counts).")
                       + " With few seeds an interval over seeds is narrow when runs differ much (see "
                       "benchmarks/stats_coverage.py for the measured coverage).")
@@ -267,7 +267,7 @@ def comparison_section(data: StudyData) -> Section:
         f"Protocol: a fixed third of the evaluation problems ({result.selection_problems}, chosen by a seeded hash "
         f"of the problem id) selects the best variant of {focus} and the best other arm by mean AES over seeds; they are "
         f"compared on the other {result.test_problems} problems, never on the numbers that chose them.\n"
-        f"Chosen: {psi.label} (selection AES {result.selection_aes[psi.label]:.4g}) and {other.label} "
+        f"Chosen: {chosen.label} (selection AES {result.selection_aes[chosen.label]:.4g}) and {other.label} "
         f"({other.weighting} weights; selection AES {result.selection_aes[other.label]:.4g}).\n"
         f"On the test problems, {focus} minus the other, 95% t interval from the seed and problem variance components "
         f"(problems paired, {len(head['aes'].paired_seeds) or 'no'} seed(s) paired; few seeds give few degrees of "
@@ -282,7 +282,7 @@ def comparison_section(data: StudyData) -> Section:
         "Power: a true difference smaller than the one stated would have been found less than 80% of the time by "
         "this design (t quantiles on the interval's degrees of freedom, with the standard error measured from its seed and "
         "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
-        f"{seeds_text}\nThe table sets {psi.label} against every other arm on the same test problems."
+        f"{seeds_text}\nThe table sets {chosen.label} against every other arm on the same test problems."
     )
     return Section(heading, text, table=versus_table(result, focus))
 
@@ -344,13 +344,13 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
     members = sorted(own)
     schedules = effective_schedules(data.history, data.exploits, setting)
     focus_trials = {t for t, arm in zip(data.runs["trial"].to_pylist(), data.runs["arm"].to_pylist()) if arm == data.focus}
-    psi = {t: v for t, v in series(data.history, M.lead("w_corr")).items() if t in focus_trials}
+    focus_lines = {t: v for t, v in series(data.history, M.lead("w_corr")).items() if t in focus_trials}
     spent = {r["trial"]: r for r in per_trial.to_pylist()}
     final_aes = M.final_column(M.EVAL_AES)
     aes_column = data.runs[final_aes].to_pylist() if final_aes in data.runs.column_names else []
     final = dict(zip(data.runs["trial"].to_pylist(), aes_column))
     best = max(members, key=lambda t: final.get(t) if final.get(t) is not None else float("-inf"))
-    psi_aes = [final[t] for t in psi if final.get(t) is not None]
+    focus_aes = [final[t] for t in focus_lines if final.get(t) is not None]
 
     def tokens(trials) -> float:
         return sum(spent.get(t, {}).get("rollout_tokens", 0) + spent.get(t, {}).get("train_tokens", 0) for t in trials)
@@ -362,18 +362,18 @@ def population_section(data: StudyData, folder: Path, per_trial: pa.Table) -> Se
         f"its exploits); dotted: what the member ran itself; x: an exploit; dashed: {data.focus}'s w_corr.\n"
         f"Best member by final AES on the whole evaluation set: {best}, AES {_cell(final.get(best))}, having spent "
         f"{tokens([best]):.4g} rollout + training tokens itself; the population spent {tokens(members):.4g}.\n"
-        + (f"{data.focus} (the arm under test): mean final AES {sum(psi_aes) / len(psi_aes):.4g} over {len(psi_aes)} "
-           f"run(s), {tokens(psi) / max(len(psi), 1):.4g} tokens per run, {tokens(psi):.4g} in all." if psi_aes else
+        + (f"{data.focus} (the arm under test): mean final AES {sum(focus_aes) / len(focus_aes):.4g} over {len(focus_aes)} "
+           f"run(s), {tokens(focus_lines) / max(len(focus_lines), 1):.4g} tokens per run, {tokens(focus_lines):.4g} in all." if focus_aes else
            "No trial of the arm under test to set against it.")
         + ("\nEach member's run ends with the replay of its schedule (train_config.yaml: w_corr as points). Does the "
            f"schedule {best} found beat {data.focus} when replayed on other seeds? python -m analysis.replay_spec --study "
            f"{data.study} --seeds 1 2 3 --out replay.yaml, then python -m study.run replay.yaml: its report answers "
-           "with intervals over those seeds." if psi_aes else "")
+           "with intervals over those seeds." if focus_aes else "")
         + "\nThe comparison with intervals (and the member chosen on held-out problems) is in the section above."
     )
     table = [{"trial": r["trial"], "step": r["step"], "donor": r["donor"], "old": r["old"], "new": r["new"]}
              for r in data.exploits.to_pylist()]
-    figure = _save(figures.population_schedules(schedules, own, data.exploits, psi, setting), folder, "population.png")
+    figure = _save(figures.population_schedules(schedules, own, data.exploits, focus_lines, setting), folder, "population.png")
     return Section(f"Population (PBT / PB2) against {data.focus}", text, table=table or None, figure=figure)
 
 
