@@ -3,7 +3,8 @@ is the driver's node, and a second node is started with ``ray start --address`` 
 group, with its own HOME, TMPDIR, Ray temp folder and model cache, and a custom resource that
 every trial asks for; results go to a real S3-compatible server on 127.0.0.1. Python's audit hook
 (a ``sitecustomize`` on the node's PYTHONPATH) records every file a process of the node opens
-under the driver's folders or the checkout's packages."""
+under the driver's folders or the checkout's packages (a read-only probe of a path that does not
+exist, as a traceback's source lookup makes, reads nothing and is not recorded)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ _log = os.environ.get("LEAD_TEST_OPENED")
 def _hook(event, args):
     if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
         path = os.path.abspath(os.fsdecode(args[0]))
-        if path.startswith(_forbidden):
+        writes = any(c in args[1] for c in "wax+") if args[1] else args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        reads_nothing = not os.path.exists(path) and not writes
+        if path.startswith(_forbidden) and not reads_nothing:  # a failed probe (a traceback's source lookup) reads nothing
             with open(_log, "a") as out:
                 out.write(f"{os.getpid()} {path}\\n")
 if _forbidden and _log:
