@@ -25,6 +25,7 @@ from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials
+from study.designs import DESIGNS
 from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
@@ -213,15 +214,26 @@ def trainable(spec: StudySpec, phase: Phase, shipped: dict[str, dict]):
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
+def design_kind(spec: StudySpec, smoke: bool) -> str:
+    """The design a run follows: the spec's; a smoke test runs its few seeds as a fixed design."""
+    return "fixed" if smoke else spec.design.kind
+
+
+def design_tag(spec: StudySpec, smoke: bool) -> str:
+    """The study run's ``TAG_DESIGN``: ``fixed``, or a sequential design's settings as JSON."""
+    kind = design_kind(spec, smoke)
+    return kind if kind == "fixed" else json.dumps(spec.design.model_dump(), sort_keys=True)
+
+
 def build_tuner(
     spec: StudySpec, study_name: str, phase: Phase, output: Storage, tracker, max_concurrent, shipped: dict[str, dict],
-    smoke: bool = False
+    smoke: bool = False, recorder=None
 ):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     mode = SEARCH_MODES[phase.mode]
-    setup = mode().setup(spec, phase.plans)
+    setup = DESIGNS[design_kind(spec, smoke)]().setup(spec, phase.plans, mode().setup(spec, phase.plans), recorder)
     reuse, storage, name, keep = smoke, output, study_name, 2
     concurrent = max_concurrent or spec.max_concurrent_trials
     if mode.population:
@@ -279,6 +291,8 @@ def summary_rows(results, plans: list[TrialPlan]) -> list[dict[str, Any]]:
     arms = {p.name: p.arm for p in plans}
     rows = []
     for result in results:
+        if result.config is None:  # created, never started (Ctrl-C came first): nothing to show
+            continue
         name = result.config["trial"]
         last = result.metrics or {}
         rows.append(
@@ -329,7 +343,25 @@ def check_flags(args: argparse.Namespace) -> tuple[Storage | None, str | None, l
     return output_dir, tracking_uri, errors
 
 
-def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concurrent: int | None) -> None:
+def print_sequential_design(spec: StudySpec, plans: list, max_concurrent: int | None) -> None:
+    """A sequential design's looks, boundaries, budgets, and its fewest and most trials with their wall times."""
+    d, design = spec.design, spec.design.sequential()
+    groups = len({(p.arm, p.variant) for p in plans})
+    first = [p for p in plans if spec.seeds.index(p.seed) < d.min_seeds]
+    most = [p for p in plans if spec.seeds.index(p.seed) < d.max_seeds][: d.max_trials]
+    print(f"design: sequential, the arm under test against {groups - 1} others on the seeds {spec.seeds[: d.max_seeds]} "
+          f"in that order; looks at {d.min_seeds}..{d.max_seeds} seeds, repeated {1 - d.alpha:.0%} intervals per "
+          f"comparison, boundaries {', '.join(f'{design.boundary(n):.2f}' for n in design.looks)}"
+          + (f"; equivalent inside +-{d.equivalence:g}" if d.equivalence else "")
+          + (f"; at most {d.max_trials} trials" if d.max_trials else "")
+          + (f"; no trial starts after {d.max_hours:g} h" if d.max_hours else ""))
+    print(f"fewest trials {len(first)} (every comparison decided at the first look): "
+          + expected_wall_time(spec, first, max_concurrent))
+    print(f"most trials {len(most)}: " + expected_wall_time(spec, most, max_concurrent))
+
+
+def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concurrent: int | None,
+                  smoke: bool = False) -> None:
     """Every trial resolved, the seeds each arm runs, the expected wall time, and the files a dry
     run did not require."""
     population = spec.population_arm.name if spec.population_arm else None
@@ -344,7 +376,10 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
     seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
     print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
     print(f"the arm under test: {spec.focus_arm} (the report sets every other arm against it)")
-    print(expected_wall_time(spec, plans, max_concurrent))
+    if design_kind(spec, smoke) == "fixed":
+        print(expected_wall_time(spec, plans, max_concurrent))
+    else:
+        print_sequential_design(spec, plans, max_concurrent)
     for path in unchecked:
         print(f"not found on this machine (a dry run does not require it): {path}")
 
@@ -362,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         errors += exc.lines
     if args.dry_run and not errors:
-        print_dry_run(spec, plans, unchecked, args.max_concurrent_trials)
+        print_dry_run(spec, plans, unchecked, args.max_concurrent_trials, args.smoke_test)
         return 0
     output_dir, tracking_uri, flag_errors = check_flags(args)
     if errors or flag_errors:
@@ -429,7 +464,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     failed, or the driver crashed) or KILLED (Ctrl-C: exit code 130), and print the table and the report."""
     from ray.tune import Tuner
 
-    from study.tracking import MLflowTracker, finish_study_run, start_study_run, trials_view_url
+    from study.tracking import LookRecorder, MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
     fixed_models, base_metrics, shipped = prepare_base_models(plans, spec.resources.trial_threads, log,
                                                               None if experiment_dir.local else experiment_dir,
@@ -439,7 +474,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     ]
     experiment_id, parent_id = start_study_run(
         tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans],
-        spec.focus_arm,
+        spec.focus_arm, design_tag(spec, args.smoke_test),
     )
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
     rows, interrupted = [], False
@@ -455,7 +490,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
                 tracker = MLflowTracker(tracking_uri, experiment_id, parent_id, study_name, phase.plans,
                                         spec.resources.trial_threads)
                 tuner = build_tuner(spec, study_name, phase, output_dir, tracker, args.max_concurrent_trials,
-                                    shipped, args.smoke_test)
+                                    shipped, args.smoke_test, LookRecorder(tracking_uri, parent_id))
             rows += summary_rows(tuner.fit(), plans)  # Ctrl-C: Tune stops the trials, saves its state and returns
             interrupted = not phase_ended(folder)
             if interrupted:

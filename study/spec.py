@@ -40,6 +40,7 @@ from trainers.rewards import LENGTH_REWARDS
 from trainers.strict import Strict
 from trainers.weightings import Weighting, weighting_settings
 
+from study.designs import DESIGNS, SEQUENTIAL_FIELDS, DesignSettings
 from study.search_modes import SEARCH_FIELDS, SEARCH_MODES, users_of
 
 
@@ -335,6 +336,8 @@ class StudySpec(Strict):
     focus: str | None = Field(None, description="the arm under test: the report and its verdicts set every other arm "
                               "against it (default: the arm named psi; required when there are several arms and none is)")
     search: Search = Search()
+    design: DesignSettings = Field(DesignSettings(), description="how many seeds each comparison gets: fixed (every "
+                                   "listed seed) or sequential (study.designs)")
     resources: Resources = Resources()
     max_concurrent_trials: int | None = Field(None, ge=1)
     smoke_resources: Resources | None = Field(
@@ -393,6 +396,11 @@ class StudySpec(Strict):
             raise ValueError(f"focus: name the arm under test (the study has {len(names)} arms and none is called "
                              f"'{M.DEFAULT_FOCUS}'): one of {', '.join(names)}")
         SEARCH_MODES[self.search.mode]().check(self)
+        design = DESIGNS[self.design.kind]
+        for name in SEQUENTIAL_FIELDS:
+            if name in self.design.model_fields_set and name not in design.uses:
+                raise ValueError(f"design.{name}: only a sequential design takes it (design.kind is {self.design.kind})")
+        design().check(self)
         if self.search.population is not None:
             arm = self.population_arm
             if arm is None:

@@ -13,7 +13,9 @@ per trial instead of one request per metric key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import tempfile
 import time
@@ -123,10 +125,11 @@ def configure_experiment(client: MlflowClient, experiment_id: str) -> None:
 
 def start_study_run(
     tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str],
-    focus: str,
+    focus: str, design: str = "fixed",
 ) -> tuple[str, str]:
     """The study's parent run (created, or found again on resume), tagged with the arm under test
-    (``focus``); returns (experiment_id, run_id)."""
+    (``focus``) and its design (``fixed``, or a sequential design's settings as JSON); returns
+    (experiment_id, run_id)."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
@@ -139,7 +142,7 @@ def start_study_run(
             experiment_id,
             run_name=f"{study} (study)",
             tags={TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY, M.TAG_STUDY: study, M.TAG_FOCUS: focus,
-                  **version_tags()},
+                  M.TAG_DESIGN: design, **version_tags()},
         )
         run_id = run.info.run_id
         client.log_artifact(run_id, str(spec_path), artifact_path=M.SPEC_FOLDER)
@@ -148,6 +151,41 @@ def start_study_run(
     else:
         client.update_run(run_id, status="RUNNING")
     return experiment_id, run_id
+
+
+class LookRecorder:
+    """A sequential study's looks on its MLflow run, as they happen: the metrics
+    ``sequential/<comparison>/{estimate,low,high}`` at step = seeds (the UI charts each comparison's
+    repeated interval against the seeds), and ``DECISION_PATH_ARTIFACT``: every look in order with
+    its interval, boundary, decision, the trials started so far and the trials it asked for next.
+    Why the study started no more trials goes into the tag ``TAG_DESIGN_STOPPED``."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.path: list[dict] | None = None  # read back from the run the first time (a resumed study's)
+
+    def looks_so_far(self, client: MlflowClient) -> list[dict]:
+        if self.path is None:
+            self.path = read_json_artifact(client, self.run_id, M.DECISION_PATH_ARTIFACT) or []
+        return self.path
+
+    def __call__(self, comparison: str, look, started: int, next_trials: list[str]) -> None:
+        client = MlflowClient(self.tracking_uri)
+        numbers = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in dataclasses.asdict(look).items()}
+        record = {"comparison": comparison, **numbers, "trials_started": started, "next": next_trials}
+        path = self.looks_so_far(client) + [record]
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{M.SEQUENTIAL_PREFIX}{comparison}/{key}", getattr(look, key), now, look.seeds)
+                   for key in ("estimate", "low", "high") if math.isfinite(getattr(look, key))]
+        client.log_batch(self.run_id, metrics=metrics)
+        log_json(client, self.run_id, M.DECISION_PATH_ARTIFACT, path)
+        self.path = path
+
+    def stopped(self, reason: str) -> None:
+        MlflowClient(self.tracking_uri).set_tag(self.run_id, M.TAG_DESIGN_STOPPED, reason)
+
+    def __getstate__(self):  # pickled with the searcher into Tune's experiment state: the path stays in MLflow
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "path": None}
 
 
 def finish_study_run(tracking_uri: str, run_id: str, summary_rows: list[dict], status: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import sequential
+from study import sequential
 
 
 def test_the_table_holds_every_planned_design_and_the_code_reproduces_an_entry():

@@ -118,6 +118,10 @@ TAG_STUDY_DIR = "lead_study.study_dir"  # on a study's run: its Ray results fold
 TAG_ROLE = "lead_study.role"  # "study" on a study's own run
 TAG_FOCUS = "lead_study.focus"  # on a study's run: the arm under test, which the report sets every other arm against
 DEFAULT_FOCUS = "psi"  # the arm under test when a spec names none (and the arm of that name exists)
+TAG_DESIGN = "lead_study.design"  # on a study's run: its design (fixed | sequential: its settings as JSON)
+TAG_DESIGN_STOPPED = "lead_study.design.stopped"  # on a sequential study's run: why it started no more trials
+DECISION_PATH_ARTIFACT = "sequential/decision_path.json"  # on a sequential study's run: every look, in order
+SEQUENTIAL_PREFIX = "sequential/"  # on a sequential study's run: sequential/<comparison>/{estimate,low,high}, step = seeds
 ROLE_STUDY = "study"
 TAG_TRIAL_ID = "lead_study.trial_id"  # on a trial's run: its Tune trial id (found again after a retry)
 TAG_STUDY_RUN = "lead_study.study_run"  # on a trial's run: its study's run id (trials are not nested, so
