@@ -94,15 +94,21 @@ def naive_peeking(d: np.ndarray, design: SequentialDesign) -> tuple[int, float, 
     raise AssertionError("unreachable")
 
 
-def simulate(sequences: dict[str, np.ndarray], design: SequentialDesign) -> tuple[dict[str, list], int]:
+def simulate(sequences: dict[str, np.ndarray], design: SequentialDesign,
+             max_trials: int | None = None) -> tuple[dict[str, list], int]:
     """A study driven by the real allocator: the focus arm scores 0 on every seed, arm k scores
     ``-sequences[k][i]`` on seed i (so the focus-minus-k differences are the sequence); each
-    round runs every trial the allocation asks for. Returns each comparison's looks and the trials run."""
+    round runs the trials the allocation asks for, in its order, until ``max_trials`` have run (as
+    the searcher does: ``design.max_trials``). Returns each comparison's looks and the trials run."""
     scores: dict[str, dict[int, float]] = {"focus": {}, **{arm: {} for arm in sequences}}
+    used = 0
     while not (allocation := allocate(scores, "focus", list(sequences), design)).done:
-        for arm, i in allocation.needed:
+        if max_trials is not None and used >= max_trials:
+            break
+        for arm, i in allocation.needed[: None if max_trials is None else max_trials - used]:
             scores[arm][i] = 0.0 if arm == "focus" else -float(sequences[arm][i])
-    return allocation.paths, sum(len(values) for values in scores.values())
+            used += 1
+    return allocation.paths, used
 
 
 def measure(draw, mean: float, design: SequentialDesign, repetitions: int, rng) -> tuple[float, float, float]:

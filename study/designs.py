@@ -26,11 +26,11 @@ from typing import ClassVar
 from pydantic import Field
 
 from study.search_modes import TuneSetup
-from study.sequential import SequentialDesign
+from study.sequential import DEFAULT_RHO, SequentialDesign
 from trainers.registry import Registry
 from trainers.strict import Strict
 
-SEQUENTIAL_FIELDS = ("min_seeds", "max_seeds", "alpha", "equivalence", "max_trials", "max_hours")
+SEQUENTIAL_FIELDS = ("min_seeds", "max_seeds", "alpha", "rho", "equivalence", "max_trials", "max_hours")
 MIN_SEEDS = 3  # a look's t has n - 1 degrees of freedom: at 2 seeds its boundary lies beyond any data
 
 
@@ -53,13 +53,15 @@ class DesignSettings(Strict):
     min_seeds: int = Field(4, description="sequential: the first look, after this many seeds of every comparison")
     max_seeds: int = Field(12, description="sequential: the last look; the seeds list must hold at least this many")
     alpha: float = Field(0.05, description="sequential: 1 - the coverage of each comparison's repeated intervals")
+    rho: float = Field(DEFAULT_RHO, gt=0, description="sequential: alpha spent by look n is alpha (n / max_seeds) ** rho "
+                       "(smaller: more spent early, narrower early intervals, wider late ones)")
     equivalence: float | None = Field(None, gt=0, description="sequential: an interval inside +-this margin "
                                       "(in the metric's units) decides 'equivalent'")
     max_trials: int | None = Field(None, ge=1, description="sequential: start no trial beyond this many")
     max_hours: float | None = Field(None, gt=0, description="sequential: start no trial after this wall time")
 
     def sequential(self) -> SequentialDesign:
-        return SequentialDesign(self.min_seeds, self.max_seeds, self.alpha, equivalence=self.equivalence)
+        return SequentialDesign(self.min_seeds, self.max_seeds, self.alpha, self.rho, self.equivalence)
 
 
 @register_design("fixed")
