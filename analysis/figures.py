@@ -10,7 +10,8 @@ tables (the caller saves or shows it):
 - ``lstar_curves``: the mean per-problem target L* over training (band: 95% over seeds);
 - ``lstar_per_problem``: at the last evaluation, each problem's L* against its minimal length;
 - ``population_schedules``: each PBT / PB2 member's effective schedule of a searched setting,
-  the arm under test's ``w_corr`` on the same axes, and the exploits.
+  the arm under test's ``w_corr`` on the same axes, and the exploits;
+- ``repeated_intervals``: a sequential study's repeated interval per comparison against the seeds.
 """
 
 from __future__ import annotations
@@ -198,3 +199,28 @@ def population_schedules(
     for trial, (steps, values) in sorted(focus.items()):
         ax.plot(steps, values, color="black", lw=1.0, ls="--", label=f"{trial} (w_corr)")
     return _finish(fig, ax, "step", setting, "Population schedules against the arm under test (x: exploit)")
+
+
+def repeated_intervals(decision_path: list[dict], focus: str, metric: str) -> Figure:
+    """A sequential study's comparisons, one panel each: the repeated interval (the focus arm minus
+    the other) at every look against the seeds it rested on, the estimate as a dot, zero dashed;
+    the title says where it stopped and why."""
+    comparisons = sorted({look["comparison"] for look in decision_path})
+    columns = min(3, len(comparisons)) or 1
+    rows = (len(comparisons) + columns - 1) // columns or 1
+    fig = Figure(figsize=(4.2 * columns, 3.0 * rows))
+    for k, comparison in enumerate(comparisons):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        looks = [look for look in decision_path if look["comparison"] == comparison and look["estimate"] is not None]
+        seeds = [look["seeds"] for look in looks]
+        estimate = [look["estimate"] for look in looks]
+        errors = [[e - look["low"] for e, look in zip(estimate, looks)], [look["high"] - e for e, look in zip(estimate, looks)]]
+        ax.errorbar(seeds, estimate, yerr=errors, fmt="o", capsize=3, color="C0")
+        ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+        last = [look for look in decision_path if look["comparison"] == comparison][-1]
+        ax.set_title(f"{focus} - {comparison}: {last['decision']} at {last['seeds']}", fontsize=8)
+        ax.set_xlabel("seeds")
+        ax.set_ylabel(f"{metric} difference")
+        ax.set_xticks(seeds or [last["seeds"]])
+    fig.tight_layout()
+    return fig

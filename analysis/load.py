@@ -58,6 +58,9 @@ class StudyData:
     planned: list[str]  # trial names the study's parent run lists (empty if it lists none)
     exploits: pa.Table = field(default_factory=EXPLOIT_SCHEMA.empty_table)  # PBT / PB2 exploits (EXPLOIT_SCHEMA), one row each
     focus: str | None = None  # the arm under test (the study run's TAG_FOCUS; older studies: focus_of)
+    design: dict | None = None  # a sequential design's settings (the study run's TAG_DESIGN); None: fixed
+    decision_path: list[dict] = field(default_factory=list)  # a sequential study's looks, in order (DECISION_PATH_ARTIFACT)
+    design_stopped: str | None = None  # why a sequential study started no more trials (TAG_DESIGN_STOPPED)
 
     @property
     def missing(self) -> list[str]:
@@ -248,7 +251,17 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         (read_json_artifact(client, parent.info.run_id, PLANNED_ARTIFACT) or []) if parent else [],
         _read_exploits(client, trials, workers),
         (parent.data.tags.get(M.TAG_FOCUS) if parent else None) or focus_of(runs_table),
+        *_design_of(client, parent),
     )
+
+
+def _design_of(client: MlflowClient, parent) -> tuple[dict | None, list[dict], str | None]:
+    """A sequential study's design, its looks and why it stopped; (None, [], None) for a fixed one."""
+    tag = parent.data.tags.get(M.TAG_DESIGN, "fixed") if parent else "fixed"
+    if tag == "fixed":
+        return None, [], None
+    path = read_json_artifact(client, parent.info.run_id, M.DECISION_PATH_ARTIFACT) or []
+    return json.loads(tag), path, parent.data.tags.get(M.TAG_DESIGN_STOPPED)
 
 
 def focus_of(runs: pa.Table) -> str | None:

@@ -115,6 +115,9 @@ def trial_status(data: StudyData) -> tuple[str, list[dict]]:
         f"{n} {status.lower()}" for status, n in sorted(counts.items())
     ) + "."
     missing = data.missing
+    if missing and data.design is not None and data.design_stopped:  # a finished sequential study
+        text += f" The sequential design did not need the other {len(missing)} trials its seeds list allows."
+        missing = []
     if missing:
         text += f" Missing (not started or never logged): {', '.join(missing)}."
     not_done = [r for r in rows if r["status"] != "FINISHED"]
@@ -140,6 +143,8 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
     status_text, not_done = trial_status(data)
 
     sections = [Section("Trials", status_text, table=not_done or None)]
+    if data.design is not None:
+        sections += sequential_sections(data, folder)
     sections.append(comparison_section(data))
     equal_tokens = equal_tokens_section(data)
     if equal_tokens is not None:
@@ -285,6 +290,59 @@ def comparison_section(data: StudyData) -> Section:
         f"{seeds_text}\nThe table sets {chosen.label} against every other arm on the same test problems."
     )
     return Section(heading, text, table=versus_table(result, focus))
+
+
+BASE_MODEL_SEED = M.param_column("model.tiny.seed")
+BASE_MODEL_PATH = M.param_column("model.path")
+
+
+def base_models(data: StudyData) -> list[str]:
+    """The base models the study's trials started from: their model path, else the seed of the tiny model built."""
+    for column in (BASE_MODEL_PATH, BASE_MODEL_SEED):
+        if column in data.runs.column_names:
+            values = sorted({v for v in data.runs[column].to_pylist() if v not in (None, "None")})
+            if values:
+                return [Path(v).name if column == BASE_MODEL_PATH else f"tiny model seed {v}" for v in values]
+    return []
+
+
+def sequential_sections(data: StudyData, folder: Path) -> list[Section]:
+    """A sequential study's verdicts (each comparison's repeated interval where it stopped), the
+    figure of every look, and the decision path."""
+    d, focus, path = data.design, data.focus, data.decision_path
+    last = {look["comparison"]: look for look in path}  # the stopping look of each comparison
+    models = base_models(data)
+    population = (f"RL seeds on base model {models[0]}" if len(models) == 1 else
+                  f"base models and RL seeds ({len(models)} base models)" if models else "RL seeds")
+    text = (
+        f"Design: sequential (study.designs). Seeds in the listed order; after {d['min_seeds']} seeds of every "
+        f"comparison, and after each further seed, every open comparison's repeated {1 - d['alpha']:.0%} interval "
+        f"(a group-sequential paired t over seeds, alpha spent as alpha (n / {d['max_seeds']}) ** {d.get('rho', 2.0):g}, "
+        "boundaries calibrated under the least favourable of four laws of the seed differences: Gaussian, t with 3 df, "
+        "one arm skewed, one arm collapsing on 10% of seeds) was read: it decides when it excludes zero"
+        + (f" or lies inside +-{d['equivalence']:g} (equivalent)" if d.get("equivalence") else "")
+        + f"; the others got the next seed. Stopped: {data.design_stopped or 'not yet (the study is unfinished)'}. "
+        f"{len(data.runs)} trials ran (of {len(data.planned)} the seeds list allows).\n"
+        f"What each interval covers: the difference in {d.get('metric', M.EVAL_AES)} ({focus} minus the other; each trial's final "
+        f"evaluation on all its evaluation problems, against its own base model) over {population}, on these "
+        "evaluation problems (problems beyond them would add a margin more seeds cannot shrink). It is per comparison: "
+        f"95% each, not simultaneous over the {len(last)} comparisons (that would need alpha / {len(last) or 1} each). "
+        "It keeps its coverage wherever the study stopped (a decision, the maximum, a budget); the fixed-design "
+        "intervals of the next section do not, after the data chose the seeds: read the verdicts here."
+    )
+    rows = [{"other": name, "seeds": look["seeds"], "estimate": look["estimate"], "low": look["low"],
+             "high": look["high"], "boundary c_n": look["boundary"],
+             "verdict": verdict_words(look["decision"], focus) if look["decision"] in ("ahead", "behind") else look["decision"]}
+            for name, look in sorted(last.items())]
+    metric = d.get("metric", M.EVAL_AES)
+    figure = _save(figures.repeated_intervals(path, focus, metric), folder, "repeated_intervals.png") if path else None
+    steps = [{"look": i + 1, **{k: look[k] for k in ("comparison", "seeds", "estimate", "low", "high", "decision",
+                                                       "trials_started")}, "next": ", ".join(look["next"])}
+             for i, look in enumerate(path)]
+    return [Section(f"Verdicts of the sequential design ({focus} against each other arm)", text, table=rows or None,
+                    figure=figure),
+            Section("Decision path", "Every look in the order it was made: the interval, what it decided, the trials "
+                    "started by then, and the trials it asked for next.", table=steps or None)]
 
 
 def versus_table(result, focus: str | None) -> list[dict]:

@@ -222,7 +222,7 @@ def design_kind(spec: StudySpec, smoke: bool) -> str:
 def design_tag(spec: StudySpec, smoke: bool) -> str:
     """The study run's ``TAG_DESIGN``: ``fixed``, or a sequential design's settings as JSON."""
     kind = design_kind(spec, smoke)
-    return kind if kind == "fixed" else json.dumps(spec.design.model_dump(), sort_keys=True)
+    return kind if kind == "fixed" else json.dumps({**spec.design.model_dump(), "metric": spec.search.metric}, sort_keys=True)
 
 
 def build_tuner(

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
+from analysis.report import write_report
 from stores.tracking import read_json_artifact
 from study.run import main
 from tests.test_study_run import ROOT, child_runs, quiet_args, small_spec, wait_for
@@ -85,6 +87,14 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     assert expected and {look["comparison"] for look in expected} == {"static-wc0.5", "static-wc1"}
     assert len({(look["comparison"], look["seeds"]) for look in expected}) == len(expected)  # no look twice
     assert parent.data.tags[M.TAG_DESIGN_STOPPED] == "every comparison decided or at max_seeds"
+    client = MlflowClient(f"sqlite:///{whole}/mlflow.db")
+    for comparison in ("static-wc0.5", "static-wc1"):  # the UI charts each comparison's interval against the seeds
+        history = client.get_metric_history(parent.info.run_id, f"{M.SEQUENTIAL_PREFIX}{comparison}/high")
+        assert sorted(m.step for m in history) == [look["seeds"] for look in expected if look["comparison"] == comparison]
+    page = write_report(f"sqlite:///{whole}/mlflow.db", "fault", whole / "report", log_artifacts=False)
+    report = page.with_suffix(".md").read_text()
+    assert "## Verdicts of the sequential design (psi against each other arm)" in report and "## Decision path" in report
+    assert "over RL seeds on base model" in report and (whole / "report/figures/repeated_intervals.png").is_file()
 
     spec = sequential_spec(broken, cache_dir)
     args = quiet_args(spec, broken, "--address", ray_cluster)
