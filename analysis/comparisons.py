@@ -71,11 +71,14 @@ def final_groups(data: StudyData, steps: dict[str, int] | None = None) -> list[G
 
 
 def base_numbers(data: StudyData) -> tuple[float, float] | None:
-    """The base model's accuracy and mean length on the whole evaluation set (None if not logged)."""
+    """The base model's accuracy and mean length on the whole evaluation set (None if not logged);
+    where trials started from several base models, the mean over the trials of each one's own."""
     values = {}
     for key in (M.BASE_ACCURACY, M.BASE_RESPONSE_LENGTH):
-        rows = data.history.filter(pc.equal(data.history["key"], key))["value"].to_pylist()
-        values[key] = rows[0] if rows else None
+        rows = data.history.filter(pc.equal(data.history["key"], key))
+        per_trial = dict(zip(rows["run_id"].to_pylist(), rows["value"].to_pylist()))  # one value a trial
+        distinct = set(per_trial.values())
+        values[key] = (distinct.pop() if len(distinct) == 1 else sum(per_trial.values()) / len(per_trial)) if distinct else None
     if not values[M.BASE_ACCURACY] or not values[M.BASE_RESPONSE_LENGTH]:
         return None
     return values[M.BASE_ACCURACY], values[M.BASE_RESPONSE_LENGTH]

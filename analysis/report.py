@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
+    arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
     pareto_front, series, weight_shape,
 )
 from analysis.load import StudyData, load_study
@@ -145,6 +145,9 @@ def build_sections(data: StudyData, folder: Path) -> tuple[list[Section], dict[s
     sections = [Section("Trials", status_text, table=not_done or None)]
     if data.design is not None:
         sections += sequential_sections(data, folder)
+    per_base = base_model_section(data)
+    if per_base is not None:
+        sections.append(per_base)
     sections.append(comparison_section(data))
     equal_tokens = equal_tokens_section(data)
     if equal_tokens is not None:
@@ -304,6 +307,39 @@ def base_models(data: StudyData) -> list[str]:
             if values:
                 return [Path(v).name if column == BASE_MODEL_PATH else f"tiny model seed {v}" for v in values]
     return []
+
+
+def base_model_section(data: StudyData) -> Section | None:
+    """Where trials started from several base models: each base model's own result, the arm under
+    test minus every other arm (and variant) on final AES, over the seeds run on that base model."""
+    column = M.final_column(M.EVAL_AES)
+    if BASE_MODEL_PATH not in data.runs.column_names or column not in data.runs.column_names:
+        return None
+    rows = data.runs.select(["arm", "variant", "seed", BASE_MODEL_PATH, column]).to_pylist()
+    models = sorted({r[BASE_MODEL_PATH] for r in rows})
+    if len(models) < 2:
+        return None
+    score = {(r[BASE_MODEL_PATH], r["arm"], r["variant"], r["seed"]): r[column] for r in rows}
+    others = sorted({(r["arm"], r["variant"]) for r in rows if r["arm"] != data.focus})
+    table, signs = [], {}
+    for model in models:
+        focus = {seed: v for (m, arm, _, seed), v in score.items() if m == model and arm == data.focus}
+        row = {"base model": Path(model).name, "seeds": sorted(focus)}
+        for arm, variant in others:
+            d = [focus[seed] - v for (m, a, var, seed), v in score.items()
+                 if m == model and (a, var) == (arm, variant) and seed in focus and v is not None and focus[seed] is not None]
+            mean = sum(d) / len(d) if d else None
+            row[arm_label(arm, variant)] = mean
+            if mean:
+                signs.setdefault(arm_label(arm, variant), set()).add(mean > 0)
+        table.append(row)
+    disagree = sorted(label for label, seen in signs.items() if len(seen) > 1)
+    text = (f"The trials started from {len(models)} base models. Each cell: {data.focus} minus that arm, final AES, "
+            "mean over the seeds run on that base model (each trial's AES against its own base model). "
+            + (f"The base models disagree in sign on: {', '.join(disagree)}; a verdict that flips with the base model "
+               "is a statement about base models as well as RL seeds." if disagree else
+               "Every comparison has the same sign on every base model."))
+    return Section("Per base model", text, table=table)
 
 
 def sequential_sections(data: StudyData, folder: Path) -> list[Section]:

@@ -2,7 +2,7 @@
 interval reported where a comparison stops covers the true difference, how many comparisons it
 decides, and how many seeds it spends against fixed designs of 5 and 12 seeds.
 
-    python -m benchmarks.sequential_coverage [--repetitions 4000] [--min-seeds 4] [--max-seeds 12]
+    python -m benchmarks.sequential_coverage [--repetitions 4000] [--min-seeds 4] [--max-seeds 12] [--rho 0.5]
         [--tracking-uri URI --study NAME]
 
 Each repetition draws one comparison's pre-registered sequence of seed differences (the focus arm
@@ -27,7 +27,7 @@ import argparse
 import numpy as np
 from scipy import stats
 
-from study.sequential import AHEAD, BEHIND, SequentialDesign, allocate
+from study.sequential import AHEAD, BEHIND, DEFAULT_RHO, SequentialDesign, allocate
 
 
 def gaussian(rng, size, mean):
@@ -162,10 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repetitions", type=int, default=4000)
     parser.add_argument("--min-seeds", type=int, default=4)
     parser.add_argument("--max-seeds", type=int, default=12)
+    parser.add_argument("--rho", type=float, default=DEFAULT_RHO, help="alpha spent by look n: alpha (n / max) ** rho")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--study", default=None, help="resample seed differences from this study's runs")
     args = parser.parse_args(argv)
-    design = SequentialDesign(args.min_seeds, args.max_seeds)
+    design = SequentialDesign(args.min_seeds, args.max_seeds, rho=args.rho)
     rng = np.random.default_rng(0)
     scenarios = [(f"Gaussian, true difference {m:g} sd", gaussian, m) for m in (0, 0.5, 1, 2, 3)]
     scenarios += [("t with 3 df, difference 0", heavy_tails, 0.0), ("t with 3 df, difference 1", heavy_tails, 1.0),
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.study:
         residuals = study_residuals(args.tracking_uri, args.study)
         scenarios += [(f"{args.study}'s seeds resampled, difference {m:g}", resampled(residuals), m) for m in (0, 1)]
-    print(f"design: looks at {design.looks[0]}..{design.looks[-1]} seeds, alpha {design.alpha}, "
+    print(f"design: looks at {design.looks[0]}..{design.looks[-1]} seeds, alpha {design.alpha}, rho {design.rho:g}, "
           f"boundaries {', '.join(f'{c:.2f}' for c in (design.boundary(n) for n in design.looks))}; "
           f"{args.repetitions} repetitions a row")
     print(f"{'':<48} {'':>8} {'sequential':>19} {'':>10} {'decided at':>17} {'decided per seed':>29}")

@@ -46,7 +46,8 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
         variants = arm.settings(spec.base, last)
         for variant, settings in variants:
             for seed in spec.arm_seeds(arm, smoke):
-                settings = deep_merge(deep_merge(settings, {"seed": seed}), fixed or {})
+                own = {"seed": seed, **({"model": {"tiny": {"seed": seed}}} if spec.base_model_per_seed else {})}
+                settings = deep_merge(deep_merge(settings, own), fixed or {})
                 config = TrainConfig.model_validate(settings)
                 motion = weight_motion(config.lead, searched=arm.name == population)
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"

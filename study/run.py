@@ -153,6 +153,35 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
     return fixed, base_metrics, shipped
 
 
+def _prepare_one(config: dict[str, Any], threads: int) -> str:
+    """Build and evaluate one base model into the cache (a Ray task of ``build_in_parallel``)."""
+    from trainers.base_model import prepare
+    from trainers.threads import torch_threads
+
+    with torch_threads(threads):
+        return str(prepare(TrainConfig.model_validate(config), log=lambda _: None)[0])
+
+
+def build_in_parallel(plans: list[TrialPlan], threads: int, log) -> None:
+    """Build and evaluate every distinct base model at once, as Ray tasks of ``threads`` CPUs each
+    (as many at a time as the machine's CPUs allow), so ``prepare_base_models`` then finds them all
+    in the cache. Only on a one-node Ray: on a cluster a task could build on another node's disk."""
+    import ray
+
+    from trainers.base_model import base_identity
+
+    distinct = {}
+    for plan in plans:
+        config = TrainConfig.model_validate(plan.config)
+        distinct.setdefault(json.dumps(base_identity(config), sort_keys=True, default=str), plan.config)
+    if len(distinct) < 2 or sum(node["Alive"] for node in ray.nodes()) > 1:
+        return
+    log(f"building and evaluating {len(distinct)} base models, {threads} CPU(s) each, in parallel")
+    task = ray.remote(num_cpus=threads)(_prepare_one)
+    for path in ray.get([task.remote(config, threads) for config in distinct.values()]):
+        log(f"base model ready: {path}")
+
+
 # --------------------------------------------------------------------------- the Tune experiment
 
 
@@ -376,6 +405,9 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
     seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
     print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
     print(f"the arm under test: {spec.focus_arm} (the report sets every other arm against it)")
+    if spec.base_model_per_seed:
+        print(f"each seed draws its own base model (model.tiny.seed = the seed): {len(spec.seeds)} base models, built "
+              "in parallel before the trials; verdicts cover base models and RL seeds")
     if design_kind(spec, smoke) == "fixed":
         print(expected_wall_time(spec, plans, max_concurrent))
     else:
@@ -466,6 +498,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
 
     from study.tracking import LookRecorder, MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
+    build_in_parallel(plans, spec.resources.trial_threads, log)
     fixed_models, base_metrics, shipped = prepare_base_models(plans, spec.resources.trial_threads, log,
                                                               None if experiment_dir.local else experiment_dir,
                                                               spec.ship_model)

@@ -333,6 +333,10 @@ class StudySpec(Strict):
         None, min_length=1, description="the seeds --smoke-test runs, of each arm's own (default: all of them)"
     )
     arms: list[Arm] = Field(min_length=1)
+    base_model_per_seed: bool = Field(
+        False, description="each seed builds its own tiny base model (model.tiny.seed = the trial's seed): a unit is a "
+        "(base model, RL seed) pair, so verdicts cover base models as well as RL seeds"
+    )
     focus: str | None = Field(None, description="the arm under test: the report and its verdicts set every other arm "
                               "against it (default: the arm named psi; required when there are several arms and none is)")
     search: Search = Search()
@@ -395,6 +399,9 @@ class StudySpec(Strict):
         if self.focus is None and len(names) > 1 and M.DEFAULT_FOCUS not in names:
             raise ValueError(f"focus: name the arm under test (the study has {len(names)} arms and none is called "
                              f"'{M.DEFAULT_FOCUS}'): one of {', '.join(names)}")
+        if self.base_model_per_seed and self.base.get("model", {}).get("path") is not None:
+            raise ValueError("base_model_per_seed: a base model is drawn per seed by building the tiny model with that "
+                             f"seed; base.model.path ({self.base['model']['path']}) names one model")
         SEARCH_MODES[self.search.mode]().check(self)
         design = DESIGNS[self.design.kind]
         for name in SEQUENTIAL_FIELDS:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import write_report
 from stores.tracking import read_json_artifact
 from study.run import main
-from tests.test_study_run import ROOT, child_runs, quiet_args, small_spec, wait_for
+from tests.test_study_run import ROOT, child_runs, quiet_args, small_spec, study_args, wait_for
 from trainers import contract as M
 
 ARMS = [{"name": "psi", "weighting": {"kind": "psi"}},
@@ -121,3 +121,30 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     assert sorted(r.info.run_name for r in again) == sorted(r.info.run_name for r in children)
     assert all(r.info.status == "FINISHED" for r in again)
     assert min(look["seeds"] for look in expected) == 3
+
+
+def test_each_seed_can_draw_its_own_base_model_and_the_report_says_so(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
+    """``base_model_per_seed``: seed s trains from the tiny model built with seed s (built at once,
+    in parallel, cached by content); the report states the wider population and each base model's own result."""
+    spec = small_spec(tmp_path, cache_dir, arms=ARMS[:1] + [{"name": "static", "weighting": {"kind": "static", "w_corr": [0.5]}}],
+                      seeds=[0, 1], base_model_per_seed=True)
+    data = yaml.safe_load(spec.read_text())
+    data["base"]["train"]["steps"] = 2
+    data["base"]["eval"]["every"] = 2
+    spec.write_text(yaml.safe_dump(data))
+    assert main(study_args(spec, tmp_path, "--address", ray_cluster)) == 0
+    client, _, children = child_runs(tmp_path, "fault")
+    models = {r.data.params["model.tiny.seed"]: r.data.params["model.path"] for r in children}
+    assert sorted(models) == ["0", "1"] and len(set(models.values())) == 2
+    assert all(r.data.params["model.tiny.seed"] == r.data.tags["seed"] for r in children)
+    report = (tmp_path / "runs/fault/report/report.md").read_text()
+    assert "## Per base model" in report and "The trials started from 2 base models" in report
+
+
+def test_a_base_model_per_seed_needs_the_tiny_model(tmp_path, cache_dir, tiny_model_dir, capsys):
+    spec = small_spec(tmp_path, cache_dir, base_model_per_seed=True)
+    data = yaml.safe_load(spec.read_text())
+    data["base"]["model"]["path"] = str(tiny_model_dir)
+    spec.write_text(yaml.safe_dump(data))
+    assert main(quiet_args(spec, tmp_path)) == 2
+    assert "base_model_per_seed: a base model is drawn per seed" in capsys.readouterr().err
