@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import stats
 
 from analysis.stats import mean_interval
 from trainers import contract as M
@@ -241,3 +243,37 @@ def differing_versions(runs: pa.Table) -> dict[str, dict[str, int]]:
     counts = {column.removeprefix(prefix): Counter(map(str, runs[column].to_pylist()))
               for column in runs.column_names if column.startswith(prefix)}
     return {name: dict(values) for name, values in counts.items() if len(values) > 1}
+
+
+OUTLYING = 0.01  # the chance, per comparison, that a Gaussian study shows a seed "far from the others"
+
+
+def outlying_seeds(runs: pa.Table, focus: str | None, metric: str = M.EVAL_AES) -> dict[str, list[tuple[int, float]]]:
+    """Per other (arm, variant): the seeds whose paired difference (the focus arm minus it, final
+    ``metric``) lies outside the other seeds' prediction interval: ``|d_s - mean| / (sd sqrt(1 + 1 /
+    m))`` over the other m >= 3 seeds is Student's t on m - 1 df for Gaussian seeds, and a seed is
+    far when it passes the quantile that flags a Gaussian comparison with chance ``OUTLYING``
+    (Bonferroni over its seeds): a run that fell apart, the mode a few seeds cannot estimate."""
+    column = M.final_column(metric)
+    if focus is None or column not in runs.column_names:
+        return {}
+    scores: dict[str, dict[int, float]] = {}
+    for row in runs.select(["arm", "variant", "seed", column]).to_pylist():
+        if row[column] is not None:
+            scores.setdefault(arm_label(row["arm"], row["variant"]) if row["arm"] != focus else focus, {})[row["seed"]] = row[column]
+    out = {}
+    for label, values in scores.items():
+        if label == focus or focus not in scores:
+            continue
+        d = {seed: scores[focus][seed] - v for seed, v in values.items() if seed in scores[focus]}
+        far = []
+        for seed, x in d.items():
+            rest = [y for s, y in d.items() if s != seed]
+            if len(rest) < 3 or np.std(rest) == 0:
+                continue
+            scale = float(np.std(rest, ddof=1)) * np.sqrt(1 + 1 / len(rest))
+            if abs(x - float(np.mean(rest))) > stats.t.ppf(1 - OUTLYING / (2 * len(d)), len(rest) - 1) * scale:
+                far.append((seed, x))
+        if far:
+            out[label] = far
+    return out

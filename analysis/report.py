@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials,
+    OUTLYING, arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials, outlying_seeds,
     pareto_front, series, weight_shape,
 )
 from analysis.load import StudyData, load_study
@@ -292,6 +292,14 @@ def comparison_section(data: StudyData) -> Section:
         "problems), so \"not distinguishable\" rules out only differences of about that size or more.\n"
         f"{seeds_text}\nThe table sets {chosen.label} against every other arm on the same test problems."
     )
+    far = outlying_seeds(data.runs, focus)
+    if far:
+        text += ("\n**A seed far from the others** (" + "; ".join(
+            f"{label}: seed {', '.join(f'{seed} ({x:+.3g})' for seed, x in seeds)}" for label, seeds in sorted(far.items()))
+            + f", the AES difference outside the other seeds' prediction interval, a {OUTLYING:.0%} chance per comparison "
+            "for Gaussian seeds): a run that fell apart? With a few seeds a rare mode cannot be estimated, and an interval may be too narrow when the arms "
+            "differ in how often it happens (benchmarks/stats_coverage.py, collapse rows); a sequential design "
+            "(design: {kind: sequential}) gives such a comparison more seeds.")
     return Section(heading, text, table=versus_table(result, focus))
 
 

@@ -17,7 +17,8 @@ three rows beyond the laws the boundaries are calibrated under (``CALIBRATION_LA
 Columns: the sequential design's coverage, share decided and mean seeds; the share a fixed design
 of 5 and of 12 seeds decides (its 95% t interval); decisions per seed of each. Then a six-comparison
 study's trials and decisions against fixed designs, and naive peeking: a fixed-n 95% t interval
-re-checked after every seed, stopped when it excludes 0.
+re-checked after every seed, stopped when it excludes 0. With ``--study``, last: which design
+decides the most comparisons per trial for a study with that study's effects (``design_rows``).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def resampled(residuals: np.ndarray):
     return draw
 
 
-def study_residuals(tracking_uri: str, study: str) -> np.ndarray:
-    """Every comparison's per-seed AES differences (the focus arm minus each other (arm, variant),
-    seeds both ran), centred and scaled to unit sd per comparison, pooled."""
+def study_differences(tracking_uri: str, study: str) -> dict[str, np.ndarray]:
+    """Each comparison's per-seed AES differences: the focus arm minus each other (arm, variant),
+    on the seeds both ran."""
     from analysis.load import load_study
     from trainers import contract as M
 
@@ -74,15 +75,44 @@ def study_residuals(tracking_uri: str, study: str) -> np.ndarray:
     for row in rows:
         scores.setdefault((row["arm"], row["variant"]), {})[row["seed"]] = row[M.final_column(M.EVAL_AES)]
     focus = next(group for group in scores if group[0] == data.focus)
-    pooled = []
+    out = {}
     for group, values in scores.items():
-        if group[0] == data.focus:
-            continue
-        seeds = sorted(set(values) & set(scores[focus]))
-        d = np.asarray([scores[focus][s] - values[s] for s in seeds], dtype=float)
-        if len(d) > 2 and d.std(ddof=1) > 0:
-            pooled.extend((d - d.mean()) / d.std(ddof=1))
-    return np.asarray(pooled)
+        if group[0] != data.focus:
+            seeds = sorted(set(values) & set(scores[focus]))
+            out["/".join(filter(None, group))] = np.asarray([scores[focus][s] - values[s] for s in seeds], dtype=float)
+    return out
+
+
+def study_residuals(differences: dict[str, np.ndarray]) -> np.ndarray:
+    """Every comparison's seed differences centred and scaled to unit sd, pooled."""
+    return np.concatenate([(d - d.mean()) / d.std(ddof=1) for d in differences.values()
+                           if len(d) > 2 and d.std(ddof=1) > 0])
+
+
+def design_rows(differences: dict[str, np.ndarray], designs: list[tuple[str, SequentialDesign, int | None]],
+                repetitions: int, rng) -> list[str]:
+    """Which design decides the most comparisons per trial for a study like this one: every
+    comparison's true difference set to its observed standardized mean (Gaussian seeds), the
+    sequential designs driven through the real allocator with their trial budgets, against fixed
+    designs of 4, 5 and 6 seeds (their 95% t interval)."""
+    effects = [float(d.mean() / d.std(ddof=1)) for d in differences.values() if len(d) > 2 and d.std(ddof=1) > 0]
+    arms = len(effects) + 1
+    lines = [f"effects (standardized, from the study): {', '.join(f'{e:+.2f}' for e in effects)}"]
+    for n in (4, 5, 6):
+        d = rng.normal(np.asarray(effects)[None, :, None], 1.0, (repetitions, len(effects), n))
+        half = stats.t.ppf(0.975, n - 1) * d.std(axis=2, ddof=1) / np.sqrt(n)
+        decided = float(np.mean(np.sum(np.abs(d.mean(axis=2)) > half, axis=1)))
+        lines.append(f"fixed {n} seeds: {decided:.2f} decided in {arms * n} trials, {decided / (arms * n):.3f} per trial")
+    for name, design, budget in designs:
+        decided = used = 0
+        for _ in range(repetitions):
+            paths, trials = simulate({f"arm{k}": rng.normal(e, 1.0, design.max_seeds) for k, e in enumerate(effects)},
+                                     design, budget)
+            decided += sum(path[-1].decision in (AHEAD, BEHIND) for path in paths.values() if path)
+            used += trials
+        lines.append(f"{name}: {decided / repetitions:.2f} decided in {used / repetitions:.1f} trials, "
+                     f"{decided / used:.3f} per trial")
+    return lines
 
 
 def naive_peeking(d: np.ndarray, design: SequentialDesign) -> tuple[int, float, float]:
@@ -175,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     beyond = [("collapse on 20% of seeds", collapse(0.2, 4.0), 0.0), ("collapse by 6 sd on 10%", collapse(0.1, 6.0), 0.0),
               ("skewed differences (skewness 2)", skewed_differences, 0.0)]
     if args.study:
-        residuals = study_residuals(args.tracking_uri, args.study)
+        differences = study_differences(args.tracking_uri, args.study)
+        residuals = study_residuals(differences)
         scenarios += [(f"{args.study}'s seeds resampled, difference {m:g}", resampled(residuals), m) for m in (0, 1)]
     print(f"design: looks at {design.looks[0]}..{design.looks[-1]} seeds, alpha {design.alpha}, rho {design.rho:g}, "
           f"boundaries {', '.join(f'{c:.2f}' for c in (design.boundary(n) for n in design.looks))}; "
@@ -194,6 +225,14 @@ def main(argv: list[str] | None = None) -> None:
         covered += low <= 0.0 <= high
     print(study_row((0.0, 0.5, 1.0, 2.0, 3.0, 5.0), design, args.repetitions // 4, rng))
     print(f"{'naive peeking (fixed-n t), difference 0':<48} {covered / args.repetitions:>8.3f}")
+    if args.study:
+        print(f"\nwhich design decides the most per trial for a study like {args.study} "
+              f"({args.repetitions // 4} simulated studies a row):")
+        designs = [(f"sequential, looks {low}..12, rho {rho:g}, at most {budget or 'any'} trials",
+                    SequentialDesign(low, 12, rho=rho), budget)
+                   for rho in (0.5, 2.0) for low in (4, 5) for budget in (35, 42, None)]
+        for line in design_rows(differences, designs, args.repetitions // 4, rng):
+            print(line)
 
 
 if __name__ == "__main__":

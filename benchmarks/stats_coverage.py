@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scipy.stats import norm
+
 from analysis.stats import ArmScores, compare
+from trainers.evaluation import aes
 
 DESIGNS = [  # seeds, problems, samples per problem, seed-effect sd
     (1, 200, 1, 0.0), (1, 200, 4, 0.0), (3, 200, 1, 0.0), (3, 200, 1, 0.1), (3, 200, 1, 0.5),
@@ -54,19 +57,23 @@ class Model:
     seeds: int
     seed_sd: tuple[float, float] = (0.3, 0.3)  # per arm: the sd of a seed's effect on the logit
     shared_seeds: bool = True
-    collapse: float = 0.0  # the chance that a (arm, seed) run collapses (accuracy near 0, lengths at the budget)
+    collapse: tuple[float, float] = (0.0, 0.0)  # per arm: the chance a seed's run collapses (accuracy 0.05, lengths at the budget)
     problems: int = 300
     samples: int = 1
+
+
+def problems_drawn(rng, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p`` problems: the logit of a U-shaped solve rate, a topic (of 20), a minimal length."""
+    base_logit = np.log(rng.beta(0.3, 0.3, p).clip(1e-3, 1 - 1e-3))
+    base_logit -= np.log1p(-np.exp(base_logit))
+    return base_logit, rng.integers(0, 20, p), rng.uniform(20, 90, p)
 
 
 def draw_model(rng, model: Model) -> list[ArmScores]:
     """Two arms on the same problems: U-shaped difficulty, a method x problem effect per arm, seed,
     seed x problem and seed x topic effects, lengths capped at ``BUDGET``, optional collapse."""
     p, s = model.problems, model.seeds
-    base_logit = np.log(rng.beta(0.3, 0.3, p).clip(1e-3, 1 - 1e-3))
-    base_logit -= np.log1p(-np.exp(base_logit))  # logit of a U-shaped solve rate
-    topic = rng.integers(0, 20, p)
-    minimal = rng.uniform(20, 90, p)
+    base_logit, topic, minimal = problems_drawn(rng, p)
     arms = []
     for arm in range(2):
         method = rng.normal(0.0, 0.4, p)  # this arm's own per-problem effect (zero on average over problems)
@@ -74,7 +81,7 @@ def draw_model(rng, model: Model) -> list[ArmScores]:
         seed_problem = rng.normal(0.0, 0.3, (s, p))
         seed_topic = rng.normal(0.0, 0.3, (s, 20))[:, topic]
         logit = base_logit + method + seed + seed_problem + seed_topic
-        collapsed = rng.random((s, 1)) < model.collapse
+        collapsed = rng.random((s, 1)) < model.collapse[arm]
         solve = np.where(collapsed, 0.05, 1 / (1 + np.exp(-logit)))
         accuracy = rng.binomial(model.samples, solve) / model.samples
         verbose = np.exp(rng.normal(0.4 - 0.3 * seed, 0.35, (s, p)))  # > 1: overthinking, shorter on better seeds
@@ -82,6 +89,38 @@ def draw_model(rng, model: Model) -> list[ArmScores]:
         seeds = tuple(range(s)) if model.shared_seeds or arm == 0 else tuple(range(100, 100 + s))
         arms.append(ArmScores(seeds, np.arange(p), accuracy, length))
     return arms
+
+
+def true_difference(model: Model, problems: int = 400_000) -> dict[str, float]:
+    """A minus B in expectation over the problems' and the seeds' laws (what an interval over seeds
+    and problems is for): 0 when the arms are alike; not 0 when they differ in seed spread or in how
+    often a run collapses. Problems by Monte Carlo (fixed seed), seeds by ``expected``."""
+    base_logit, _, minimal = problems_drawn(np.random.default_rng(99), problems)
+    method = np.random.default_rng(98).normal(0.0, 0.4, problems)
+    truth = [expected(base_logit + method, minimal, model.seed_sd[arm], model.collapse[arm]) for arm in range(2)]
+    difference = {m: truth[0][m] - truth[1][m] for m in ("accuracy", "length")}
+    difference["aes"] = (aes(truth[0]["accuracy"], truth[0]["length"], *AES_BASE)
+                         - aes(truth[1]["accuracy"], truth[1]["length"], *AES_BASE))
+    return difference
+
+
+HERMITE = np.polynomial.hermite_e.hermegauss(60)  # nodes and weights for E[f(Z)], Z standard normal
+
+
+def expected(logit: np.ndarray, minimal: np.ndarray, seed_sd: float, collapse: float) -> dict[str, float]:
+    """An arm's mean accuracy and length over the given problems, in expectation over seeds: the solve
+    rate E[sigmoid(logit + R)] with R ~ N(0, seed_sd^2 + 0.3^2 + 0.3^2) (Gauss-Hermite), the length
+    E[min(minimal e^Z, BUDGET)] with Z ~ N(0.4, 0.35^2 + (0.3 seed_sd)^2) (the capped lognormal's
+    mean), each mixed with a collapsed run's (0.05, BUDGET) at rate ``collapse``."""
+    nodes, weights = HERMITE
+    sd = np.sqrt(seed_sd**2 + 0.18)
+    solve = (weights[None, :] / (1 + np.exp(-(logit[:, None] + sd * nodes[None, :])))).sum(axis=1) / weights.sum()
+    mu, sigma = 0.4, np.sqrt(0.35**2 + (0.3 * seed_sd) ** 2)
+    cut = np.log(BUDGET / minimal)
+    below = minimal * np.exp(mu + sigma**2 / 2) * norm.cdf((cut - mu - sigma**2) / sigma)
+    length = below + BUDGET * norm.sf((cut - mu) / sigma)
+    return {"accuracy": float((1 - collapse) * solve.mean() + collapse * 0.05),
+            "length": float((1 - collapse) * length.mean() + collapse * BUDGET)}
 
 
 MODELS = [
@@ -94,18 +133,26 @@ MODELS = [
     Model("3 seeds not shared, little spread", 3, seed_sd=(0.05, 0.05), shared_seeds=False),
     Model("5 seeds not shared, little spread", 5, seed_sd=(0.05, 0.05), shared_seeds=False),
     Model("4 samples a problem, 3 seeds", 3, samples=4),
-    Model("5 seeds, collapse on 10%", 5, collapse=0.1),
-    Model("3 seeds, collapse on 10%", 3, collapse=0.1),
+    Model("5 seeds, collapse on 10%", 5, collapse=(0.1, 0.1)),
+    Model("3 seeds, collapse on 10%", 3, collapse=(0.1, 0.1)),
+    Model("5 seeds, collapse on 10% / 2%", 5, collapse=(0.1, 0.02)),
+    Model("3 seeds, collapse on 10% / 2%", 3, collapse=(0.1, 0.02)),
+    Model("8 seeds, collapse on 10% / 2%", 8, collapse=(0.1, 0.02)),
 ]
 
 
-def kept_rates(draws, repetitions: int) -> list[float]:
-    """The share of ``repetitions`` comparisons (accuracy, length, AES) that keep 0 in their interval."""
+AES_BASE = (0.5, 100.0)  # the base model's accuracy and length the comparisons are scored against
+
+
+def kept_rates(draws, repetitions: int, truth: dict[str, float] | None = None) -> list[float]:
+    """The share of ``repetitions`` comparisons (accuracy, length, AES) whose interval holds the true
+    difference (``truth``; 0 when none is given)."""
     kept = {"accuracy": 0, "length": 0, "aes": 0}
+    truth = truth or {m: 0.0 for m in kept}
     for _ in range(repetitions):
-        result = compare(*draws(), 0.5, 100.0)
+        result = compare(*draws(), *AES_BASE)
         for metric in kept:
-            kept[metric] += result[metric].verdict == "not distinguishable"
+            kept[metric] += result[metric].low <= truth[metric] <= result[metric].high
     return [kept[m] / repetitions for m in ("accuracy", "length", "aes")]
 
 
@@ -124,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite in ("models", "all"):
         print(f"\n{'generating model':<36} {'accuracy':>8} {'length':>7} {'AES':>6}")
         for model in MODELS:
-            rates = kept_rates(lambda: draw_model(rng, model), args.repetitions)
+            rates = kept_rates(lambda: draw_model(rng, model), args.repetitions, true_difference(model))
             print(f"{model.name:<36} {rates[0]:>8.3f} {rates[1]:>7.3f} {rates[2]:>6.3f}")
 
 

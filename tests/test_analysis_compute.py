@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -194,3 +195,24 @@ def test_equal_rollout_tokens_take_each_trial_at_the_evaluation_nearest_the_chea
     chosen = final_problems(problems, steps)
     assert sorted(zip(chosen["trial"].to_pylist(), chosen["step"].to_pylist())) == [
         ("gfpo-s0", 2), ("grpo-s0", 6), ("grpo-s1", 6)]
+
+
+def _runs(differences_by_seed):
+    """A runs table: psi scores 1 on every seed, 'other' scores 1 minus the given difference."""
+    import trainers.contract as M
+
+    rows = [{"arm": "psi", "variant": "", "seed": s, M.final_column(M.EVAL_AES): 1.0} for s in differences_by_seed]
+    rows += [{"arm": "static", "variant": "wc0.5", "seed": s, M.final_column(M.EVAL_AES): 1.0 - d}
+             for s, d in differences_by_seed.items()]
+    return pa.Table.from_pylist(rows)
+
+
+def test_a_seed_far_from_the_others_is_named_and_gaussian_seeds_rarely_are():
+    from analysis.compute import OUTLYING, outlying_seeds
+
+    collapsed = {0: 0.10, 1: 0.12, 2: 0.08, 3: 0.11, 4: 0.09, 5: -2.0}  # seed 5 fell apart
+    assert outlying_seeds(_runs(collapsed), "psi") == {"static/wc0.5": [(5, -2.0)]}
+    assert outlying_seeds(_runs({0: 0.1, 1: 0.2, 2: 5.0}), "psi") == {}  # three seeds: too few to say
+    rng = np.random.default_rng(3)  # the rule's false alarms: about OUTLYING of Gaussian comparisons
+    flagged = np.mean([bool(outlying_seeds(_runs(dict(enumerate(rng.normal(size=6)))), "psi")) for _ in range(2000)])
+    assert flagged < OUTLYING + 3 * np.sqrt(OUTLYING / 2000) and flagged > 0.002
