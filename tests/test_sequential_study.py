@@ -24,11 +24,7 @@ ARMS = [{"name": "psi", "weighting": {"kind": "psi"}},
 def sequential_spec(tmp_path, cache_dir, design=None, **changes):
     changes = {"arms": ARMS, "seeds": [0, 1, 2, 3], "search": {"metric": M.EVAL_RESPONSE_LENGTH, "direction": "min"},
                "design": design or {"kind": "sequential", "min_seeds": 3, "max_seeds": 4}, **changes}
-    spec = small_spec(tmp_path, cache_dir, **changes)
-    data = yaml.safe_load(spec.read_text())
-    data["base"]["train"]["steps"] = 3
-    spec.write_text(yaml.safe_dump(data))
-    return spec
+    return small_spec(tmp_path, cache_dir, steps=3, **changes)
 
 
 @pytest.mark.parametrize("design, changes, message", [
@@ -127,11 +123,7 @@ def test_each_seed_can_draw_its_own_base_model_and_the_report_says_so(ray_cluste
     """``base_model_per_seed``: seed s trains from the tiny model built with seed s (built at once,
     in parallel, cached by content); the report states the wider population and each base model's own result."""
     spec = small_spec(tmp_path, cache_dir, arms=ARMS[:1] + [{"name": "static", "weighting": {"kind": "static", "w_corr": [0.5]}}],
-                      seeds=[0, 1], base_model_per_seed=True)
-    data = yaml.safe_load(spec.read_text())
-    data["base"]["train"]["steps"] = 2
-    data["base"]["eval"]["every"] = 2
-    spec.write_text(yaml.safe_dump(data))
+                      seeds=[0, 1], base_model_per_seed=True, steps=2, eval_every=2)
     assert main(study_args(spec, tmp_path, "--address", ray_cluster)) == 0
     client, _, children = child_runs(tmp_path, "fault")
     models = {r.data.params["model.tiny.seed"]: r.data.params["model.path"] for r in children}

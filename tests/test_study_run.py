@@ -208,15 +208,15 @@ def test_the_paper_scale_comparison_runs_in_smoke_mode_on_a_tiny_chat_model(ray_
     assert params["thinkprune"]["rollout.max_new_tokens"] == "24"  # the smoke budget wins over the schedule
 
 
-def small_spec(tmp_path, cache_dir, **changes):
+def small_spec(tmp_path, cache_dir, steps: int = 6, eval_every: int = 3, **changes):
     spec = {
         "name": "fault",
         "base": {
             "model": {"cache_dir": str(cache_dir), "tiny": TINY},
             "task": {"max_terms": 5, "eval_size": 24},
             "rollout": {"n": 4, "max_new_tokens": 48},
-            "train": {"steps": 6, "prompts_per_step": 4, "mini_batch_size": 16, "micro_batch_size": 8},
-            "eval": {"every": 3, "num_problems": 12},
+            "train": {"steps": steps, "prompts_per_step": 4, "mini_batch_size": 16, "micro_batch_size": 8},
+            "eval": {"every": eval_every, "num_problems": 12},
             "checkpoint": {"every": 1},
         },
         "arms": [{"name": "psi", "weighting": {"kind": "psi"}}],
@@ -380,11 +380,8 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
         search={"mode": "pbt", "metric": "eval/response_length", "direction": "min",  # (the tiny model's AES is NaN)
                 "population": {"arm": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
                                               "mutations": {"lead.weighting.w_corr": {"uniform": [0.1, 1.0]}}}},
+        steps=3, eval_every=2,
     )
-    spec_data = yaml.safe_load(spec.read_text())
-    spec_data["base"]["train"]["steps"] = 3
-    spec_data["base"]["eval"]["every"] = 2
-    spec.write_text(yaml.safe_dump(spec_data))
     assert main(quiet_args(spec, tmp_path, "--address", ray_cluster)) == 0
     client, parents, children = child_runs(tmp_path, "fault")
     runs = {r.info.run_name: r for r in children}
