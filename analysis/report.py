@@ -368,8 +368,13 @@ def sequential_sections(data: StudyData, folder: Path) -> list[Section]:
         + f"; the others got the next seed. Stopped: {data.design_stopped or 'not yet (the study is unfinished)'}. "
         f"{len(data.runs)} trials ran (of {len(data.planned)} the seeds list allows).\n"
         f"What each interval covers: the difference in {d.get('metric', M.EVAL_AES)} ({focus} minus the other; each trial's final "
-        f"evaluation on all its evaluation problems, against its own base model) over {population}, on these "
-        "evaluation problems (problems beyond them would add a margin more seeds cannot shrink). It is per comparison: "
+        f"evaluation on all its evaluation problems, against its own base model) over {population}, "
+        + ("on problems like these evaluation problems: each interval is widened by the problem set's own margin "
+           "(a fifth of alpha; more seeds never shrink it, so a comparison that margin alone keeps undecided stops as "
+           "'more seeds cannot decide'). " if d.get("problems") == "like these" else
+           "on these evaluation problems (problems beyond them would add a margin more seeds cannot shrink: "
+           "design.problems 'like these' adds it). ")
+        + "It is per comparison: "
         f"95% each, not simultaneous over the {len(last)} comparisons (that would need alpha / {len(last) or 1} each). "
         "It keeps its coverage wherever the study stopped (a decision, the maximum, a budget); the fixed-design "
         "intervals of the next section do not, after the data chose the seeds: read the verdicts here."

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from trainers.evaluation import aes
+from trainers.evaluation import aes, aes_gradient
 
 CONFIDENCE = 0.95
 POWER = 0.8  # the power at which a design's detectable difference is stated
@@ -185,10 +185,8 @@ def t_interval(terms: list[tuple[float, float]]) -> tuple[float, float]:
 def _aes_cells(scores: ArmScores, base_accuracy: float, base_length: float) -> np.ndarray:
     """Each cell's share of the arm's AES: AES is piecewise linear in the mean accuracy and length,
     so at the arm's means it is ``g_acc * accuracy + g_len * length`` plus a constant."""
-    accuracy, length, step = float(scores.accuracy.mean()), float(scores.length.mean()), 1e-3
-    at = aes(accuracy, length, base_accuracy, base_length)
-    g_accuracy = (aes(accuracy + step * base_accuracy, length, base_accuracy, base_length) - at) / (step * base_accuracy)
-    g_length = (aes(accuracy, length + step * base_length, base_accuracy, base_length) - at) / (step * base_length)
+    g_accuracy, g_length = aes_gradient(float(scores.accuracy.mean()), float(scores.length.mean()),
+                                        base_accuracy, base_length)
     return g_accuracy * scores.accuracy + g_length * scores.length
 
 

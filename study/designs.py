@@ -21,16 +21,16 @@ into the design's. Ray is imported only in ``setup``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from study.search_modes import TuneSetup
-from study.sequential import DEFAULT_RHO, SequentialDesign
+from study.sequential import DEFAULT_RHO, THESE, SequentialDesign
 from trainers.registry import Registry
 from trainers.strict import Strict
 
-SEQUENTIAL_FIELDS = ("min_seeds", "max_seeds", "alpha", "rho", "equivalence", "max_trials", "max_hours")
+SEQUENTIAL_FIELDS = ("min_seeds", "max_seeds", "alpha", "rho", "equivalence", "problems", "max_trials", "max_hours")
 MIN_SEEDS = 3  # a look's t has n - 1 degrees of freedom: at 2 seeds its boundary lies beyond any data
 
 
@@ -57,11 +57,15 @@ class DesignSettings(Strict):
                        "(smaller: more spent early, narrower early intervals, wider late ones)")
     equivalence: float | None = Field(None, gt=0, description="sequential: an interval inside +-this margin "
                                       "(in the metric's units) decides 'equivalent'")
+    problems: Literal["these", "like these"] = Field(
+        THESE, description="sequential: what the intervals speak of: these evaluation problems, or problems like them "
+        "(each interval widened by the problem set's own margin, a fifth of alpha; a comparison that margin alone "
+        "keeps undecided stops: more seeds cannot decide it)")
     max_trials: int | None = Field(None, ge=1, description="sequential: start no trial beyond this many")
     max_hours: float | None = Field(None, gt=0, description="sequential: start no trial after this wall time")
 
     def sequential(self) -> SequentialDesign:
-        return SequentialDesign(self.min_seeds, self.max_seeds, self.alpha, self.rho, self.equivalence)
+        return SequentialDesign(self.min_seeds, self.max_seeds, self.alpha, self.rho, self.equivalence, self.problems)
 
 
 @register_design("fixed")

@@ -382,6 +382,7 @@ def print_sequential_design(spec: StudySpec, plans: list, max_concurrent: int | 
           f"in that order; looks at {d.min_seeds}..{d.max_seeds} seeds, repeated {1 - d.alpha:.0%} intervals per "
           f"comparison, boundaries {', '.join(f'{design.boundary(n):.2f}' for n in design.looks)}"
           + (f"; equivalent inside +-{d.equivalence:g}" if d.equivalence else "")
+          + ("; on problems like these (the problem set's margin added, a fifth of alpha)" if d.problems != "these" else "")
           + (f"; at most {d.max_trials} trials" if d.max_trials else "")
           + (f"; no trial starts after {d.max_hours:g} h" if d.max_hours else ""))
     print(f"fewest trials {len(first)} (every comparison decided at the first look): "

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 TABLE = Path(__file__).with_name("sequential_boundaries.json")
 DRAWS = 1_000_000  # simulated null studies per design (Monte Carlo error of a boundary: about 0.5%)
 CALIBRATION_SEED = 20261206
-TABLE_ALPHAS = (0.05,)
+TABLE_ALPHAS = (0.05, 0.04)  # 0.04: a design on problems like these (0.05 less the problem share)
 TABLE_RHOS = (0.5, 2.0)
 DEFAULT_RHO = 0.5  # of the power family: decided the most per trial at a fixed-5 budget (see the README)
 TABLE_MIN_SEEDS = (3, 4, 5, 6)
@@ -142,25 +143,47 @@ def boundaries(looks: tuple[int, ...], alpha: float, rho: float = DEFAULT_RHO) -
 
 AHEAD, BEHIND, EQUIVALENT, CONTINUE, AT_MAXIMUM = "ahead", "behind", "equivalent", "continue", "at max_seeds"
 FAILED = "no outcome"  # a trial of the comparison failed, or its metric is not a number
+FUTILE = "more seeds cannot decide"  # on problems like these: the problem set's margin is wider than the difference
+THESE, LIKE_THESE = "these", "like these"  # what the intervals speak of: these evaluation problems, or problems like them
+PROBLEM_SHARE = 0.2  # of alpha, spent on the problem set's margin when the intervals speak of problems like these
 
 
 @dataclass(frozen=True)
 class SequentialDesign:
     """Looks at every seed count from ``min_seeds`` to ``max_seeds`` of a pre-registered seed list;
-    ``equivalence``: a margin within which an interval decides "equivalent" (None: never)."""
+    ``equivalence``: a margin within which an interval decides "equivalent" (None: never);
+    ``problems``: THESE (the intervals speak of the study's evaluation problems) or LIKE_THESE
+    (of problems like them: each interval widened by the problem set's own margin, alpha split)."""
 
     min_seeds: int = 4
     max_seeds: int = 12
     alpha: float = 0.05
     rho: float = DEFAULT_RHO
     equivalence: float | None = None
+    problems: str = THESE
 
     @property
     def looks(self) -> tuple[int, ...]:
         return tuple(range(self.min_seeds, self.max_seeds + 1))
 
+    @property
+    def seed_alpha(self) -> float:
+        """The alpha the seeds' repeated intervals spend: all of it, or all but the problem share."""
+        return self.alpha if self.problems == THESE else round(self.alpha * (1 - PROBLEM_SHARE), 10)
+
     def boundary(self, seeds: int) -> float:
-        return boundaries(self.looks, self.alpha, self.rho)[self.looks.index(seeds)]
+        return boundaries(self.looks, self.seed_alpha, self.rho)[self.looks.index(seeds)]
+
+    def problem_margin(self, per_problem: np.ndarray) -> float:
+        """The margin for the problem set's own effect: ``z sd_p(dbar_p) / sqrt(P)`` over the
+        per-problem differences averaged over the seeds so far (rows: seeds, columns: problems;
+        the seeds' noise in it makes it conservative), z spending ``PROBLEM_SHARE`` of alpha; 0 on
+        these problems."""
+        if self.problems == THESE or per_problem.size == 0:
+            return 0.0
+        means = per_problem.mean(axis=0)
+        z = stats.norm.ppf(1 - self.alpha * PROBLEM_SHARE / 2)
+        return float(z * means.std(ddof=1) / np.sqrt(len(means)))
 
 
 @dataclass(frozen=True)
@@ -172,18 +195,20 @@ class Look:
     low: float
     high: float
     boundary: float
-    decision: str  # AHEAD, BEHIND (the focus arm against the other), EQUIVALENT, CONTINUE, AT_MAXIMUM or FAILED
+    decision: str  # AHEAD, BEHIND (the focus arm against the other), EQUIVALENT, CONTINUE, AT_MAXIMUM, FUTILE or FAILED
+    problem_margin: float = 0.0  # in low and high: the problem set's margin (problems like these)
 
 
-def look(differences: Sequence[float], design: SequentialDesign) -> Look:
-    """The repeated interval ``dbar +- c_n s / sqrt(n)`` over the paired seed differences so far
-    (the focus arm minus the other, oriented so that positive is better for the focus) and its
-    decision: ahead or behind when it excludes 0, equivalent when it lies inside the margin, at the
-    maximum when the design allows no more seeds, else continue."""
+def look(differences: Sequence[float], design: SequentialDesign, problem_margin: float = 0.0) -> Look:
+    """The repeated interval ``dbar +- (c_n s / sqrt(n) + problem_margin)`` over the paired seed
+    differences so far (the focus arm minus the other, oriented so that positive is better for the
+    focus) and its decision: ahead or behind when it excludes 0, equivalent when it lies inside the
+    margin, futile when the problem margin alone is wider than the difference (more seeds shrink only
+    the seed part), at the maximum when the design allows no more seeds, else continue."""
     d = np.asarray(differences, dtype=float)
     n = len(d)
     boundary = design.boundary(n)
-    half = boundary * float(d.std(ddof=1)) / np.sqrt(n)
+    half = boundary * float(d.std(ddof=1)) / np.sqrt(n) + problem_margin
     estimate = float(d.mean())
     low, high = estimate - half, estimate + half
     margin = design.equivalence
@@ -191,9 +216,11 @@ def look(differences: Sequence[float], design: SequentialDesign) -> Look:
         decision = AHEAD if low > 0 else BEHIND
     elif margin is not None and -margin < low and high < margin:
         decision = EQUIVALENT
+    elif problem_margin > 0 and abs(estimate) <= problem_margin:
+        decision = FUTILE
     else:
         decision = AT_MAXIMUM if n >= design.max_seeds else CONTINUE
-    return Look(n, estimate, low, high, boundary, decision)
+    return Look(n, estimate, low, high, boundary, decision, problem_margin)
 
 
 def run_sequence(differences: Sequence[float], design: SequentialDesign) -> list[Look]:
@@ -208,6 +235,7 @@ def run_sequence(differences: Sequence[float], design: SequentialDesign) -> list
 
 
 Scores = Mapping[str, Mapping[int, float | None]]  # arm -> seed index -> its outcome (None: the trial failed)
+Problems = Mapping[str, Mapping[int, np.ndarray]]  # arm -> seed index -> its outcome per problem (problems like these)
 
 
 @dataclass(frozen=True)
@@ -223,7 +251,8 @@ class Allocation:
         return [arm for arm, path in self.paths.items() if not path or path[-1].decision == CONTINUE]
 
 
-def _path(focus: Mapping[int, float | None], other: Mapping[int, float | None], design: SequentialDesign) -> list[Look]:
+def _path(focus: Mapping[int, float | None], other: Mapping[int, float | None], design: SequentialDesign,
+          problems: tuple[Mapping[int, np.ndarray], Mapping[int, np.ndarray]] = ({}, {})) -> list[Look]:
     """A comparison's looks, as far as both arms' finished seeds (a prefix of the seed list) reach."""
     looks: list[Look] = []
     for n in design.looks:
@@ -233,18 +262,24 @@ def _path(focus: Mapping[int, float | None], other: Mapping[int, float | None], 
         if any(a is None or b is None for a, b in pairs):
             looks.append(Look(n, float("nan"), float("nan"), float("nan"), design.boundary(n), FAILED))
             break
-        looks.append(look([a - b for a, b in pairs], design))
+        per_problem = np.asarray([problems[0][i] - problems[1][i] for i in range(n)
+                                  if i in problems[0] and i in problems[1]])
+        looks.append(look([a - b for a, b in pairs], design, design.problem_margin(per_problem)))
         if looks[-1].decision != CONTINUE:
             break
     return looks
 
 
-def allocate(scores: Scores, focus: str, others: Sequence[str], design: SequentialDesign) -> Allocation:
+def allocate(scores: Scores, focus: str, others: Sequence[str], design: SequentialDesign,
+             problems: Problems | None = None) -> Allocation:
     """Each comparison's looks from the finished trials' outcomes (oriented: higher is better), and
     the trials the open ones need next: every seed up to the next look, for both arms; the focus
     arm's run on a seed serves every comparison that reaches it. A pure function of the scores, so
-    a resumed study re-derives the same decisions and never records one twice."""
-    paths = {arm: _path(scores.get(focus, {}), scores.get(arm, {}), design) for arm in others}
+    a resumed study re-derives the same decisions and never records one twice. ``problems``: each
+    trial's outcome per problem (the same problems, in the same order), for problems like these."""
+    problems = problems or {}
+    paths = {arm: _path(scores.get(focus, {}), scores.get(arm, {}), design,
+                        (problems.get(focus, {}), problems.get(arm, {}))) for arm in others}
     needed: set[tuple[str, int]] = set()
     for arm, path in paths.items():
         if path and path[-1].decision != CONTINUE:

@@ -25,6 +25,26 @@ STOP_TRIALS = "the trial budget (design.max_trials) ran out"
 STOP_HOURS = "the wall-time budget (design.max_hours) ran out"
 
 
+def per_problem(result: dict, metric: str) -> np.ndarray | None:
+    """A trial's final outcome per problem (in problem-id order) on the design's metric, from its
+    last result: accuracy, length, or AES's share (linearized at the trial's means, against its own
+    base model); None when the result has no per-problem scores or the metric is none of those."""
+    if PROBLEM_SCORES not in result:
+        return None
+    scores = json.loads(result[PROBLEM_SCORES])
+    order = np.argsort(scores["problem_id"])
+    accuracy, length = np.asarray(scores["accuracy"])[order], np.asarray(scores["length"])[order]
+    if metric == M.EVAL_ACCURACY:
+        return accuracy
+    if metric == M.EVAL_RESPONSE_LENGTH:
+        return length
+    base = result.get(M.BASE_ACCURACY), result.get(M.BASE_RESPONSE_LENGTH)
+    if metric != M.EVAL_AES or not all(b and math.isfinite(b) and b > 0 for b in base):
+        return None
+    g_accuracy, g_length = aes_gradient(float(accuracy.mean()), float(length.mean()), *base)
+    return g_accuracy * accuracy + g_length * length
+
+
 class SequentialSearcher(Searcher):
     def __init__(self, groups: dict[str, list[str]], focus: str, settings, metric: str, direction: str,
                  recorder=None):
@@ -34,6 +54,7 @@ class SequentialSearcher(Searcher):
         self.sign = 1.0 if direction == "max" else -1.0
         self.recorder = recorder  # study.tracking.LookRecorder: each look and the stop, into MLflow
         self.scores: dict[str, dict[int, float | None]] = {label: {} for label in groups}
+        self.problems: dict[str, dict[int, np.ndarray]] = {label: {} for label in groups}  # problems like these
         self.started: dict[str, tuple[str, int]] = {}  # trial id -> (group, seed index)
         self.recorded: set[tuple[str, int]] = set()  # (comparison, seeds) looks already recorded
         self.hours_before, self.clock = 0.0, time.monotonic()
@@ -43,7 +64,7 @@ class SequentialSearcher(Searcher):
     # ------------------------------------------------------------------ what runs next
 
     def allocation(self) -> Allocation:
-        return allocate(self.scores, self.focus, [g for g in self.groups if g != self.focus], self.design)
+        return allocate(self.scores, self.focus, [g for g in self.groups if g != self.focus], self.design, self.problems)
 
     def hours(self) -> float:
         return self.hours_before + (time.monotonic() - self.clock) / 3600
@@ -98,6 +119,9 @@ class SequentialSearcher(Searcher):
         group, index = self.started[trial_id]
         value = None if error or not result else result.get(self.metric)
         self.scores[group][index] = None if value is None or not math.isfinite(value) else self.sign * value
+        outcome = None if error or not result else per_problem(result, self.metric)
+        if outcome is not None:
+            self.problems[group][index] = self.sign * outcome
         self.record_looks()
 
     def record_looks(self) -> None:
@@ -114,7 +138,7 @@ class SequentialSearcher(Searcher):
     # ------------------------------------------------------------------ --resume
 
     def save(self, checkpoint_path: str) -> None:
-        state = {"scores": self.scores, "started": self.started, "recorded": self.recorded,
+        state = {"scores": self.scores, "problems": self.problems, "started": self.started, "recorded": self.recorded,
                  "hours": self.hours(), "stopped": self.stopped, "stop_recorded": self.stop_recorded}
         with open(checkpoint_path, "wb") as out:
             pickle.dump(state, out)
@@ -123,5 +147,6 @@ class SequentialSearcher(Searcher):
         with open(checkpoint_path, "rb") as saved:
             state = pickle.load(saved)
         self.scores, self.started, self.recorded = state["scores"], state["started"], state["recorded"]
+        self.problems = state["problems"]
         self.hours_before, self.clock, self.stopped = state["hours"], time.monotonic(), state["stopped"]
         self.stop_recorded = state["stop_recorded"]

@@ -29,6 +29,13 @@ REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step", "last_eval", "t
 EVALUATED = "evaluated"
 EXPLOIT = "exploit"  # in the first result after a PBT exploit: a JSON record (``exploit_record``)
 MADE_WITH = "made_with"  # in every result: the trial process's own versions() as JSON, its CPU kernel level included
+PROBLEM_SCORES = "problem_scores"  # in a trial's last result: its final evaluation per problem, as JSON (problem_scores())
+
+
+def problem_scores(table) -> str:
+    """A final evaluation's per-problem accuracy and mean length, as the sequential design reads them."""
+    return json.dumps({"problem_id": table["problem_id"].to_pylist(), "accuracy": table["accuracy"].to_pylist(),
+                       "length": table["mean_length"].to_pylist()})
 
 
 def apply_search(config: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +89,8 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
         result[MADE_WITH] = made_with
         if exploit is not None:
             result[EXPLOIT], exploit = json.dumps(exploit), None
+        if step.done and "eval_problems" in step.tables:
+            result[PROBLEM_SCORES] = problem_scores(step.tables["eval_problems"])
         if step.checkpoint_dir is None:
             tune.report(result)
             return

@@ -118,3 +118,22 @@ def test_the_allocator_asks_for_the_first_look_then_only_the_open_comparisons_ne
     scores["b"][3], scores["psi"][3] = None, 1.0  # b's fourth trial failed
     failed = sequential.allocate(scores, "psi", ["a", "b"], design)
     assert failed.paths["b"][-1].decision == sequential.FAILED and failed.done
+
+
+def test_on_problems_like_these_the_interval_adds_the_problem_margin_and_a_margin_bound_comparison_stops():
+    design = sequential.SequentialDesign(min_seeds=3, max_seeds=6, problems=sequential.LIKE_THESE)
+    assert design.seed_alpha == 0.04 and design.boundary(3) > sequential.SequentialDesign(3, 6).boundary(3)
+    rng = np.random.default_rng(0)
+    per_problem = rng.normal(0.0, 1.0, (3, 400))  # 3 seeds x 400 problems, the problem effect alone
+    margin = design.problem_margin(per_problem)
+    z = stats.norm.ppf(1 - 0.05 * sequential.PROBLEM_SHARE / 2)
+    assert margin == pytest.approx(z * per_problem.mean(axis=0).std(ddof=1) / 20)
+    tight = sequential.look([0.01, 0.012, 0.011], design, margin)  # seeds agree, the difference is inside the margin
+    assert tight.decision == sequential.FUTILE and tight.problem_margin == margin
+    assert tight.high - tight.low == pytest.approx(2 * (design.boundary(3) * np.std([0.01, 0.012, 0.011], ddof=1) / np.sqrt(3) + margin))
+    assert sequential.look([1.0, 1.02, 1.01], design, margin).decision == sequential.AHEAD
+    assert sequential.SequentialDesign(3, 6).problem_margin(per_problem) == 0.0  # these problems: no margin
+    scores = {"psi": {0: 0.011, 1: 0.013, 2: 0.012}, "a": {0: 0.001, 1: 0.001, 2: 0.001}}
+    problems = {"psi": {i: per_problem[i] for i in range(3)}, "a": {i: np.zeros(400) for i in range(3)}}
+    stopped = sequential.allocate(scores, "psi", ["a"], design, problems)
+    assert stopped.paths["a"][-1].decision == sequential.FUTILE and stopped.done

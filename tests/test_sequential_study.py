@@ -77,9 +77,11 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     for folder in (whole, broken):
         folder.mkdir()
-    spec = sequential_spec(whole, cache_dir)
+    design = {"kind": "sequential", "min_seeds": 3, "max_seeds": 4, "problems": "like these"}
+    spec = sequential_spec(whole, cache_dir, design)
     assert main(quiet_args(spec, whole, "--address", ray_cluster)) == 0
     expected, parent, children = decision_path(whole)
+    assert all(look["problem_margin"] > 0 for look in expected)  # each trial's per-problem scores reached the searcher
     assert expected and {look["comparison"] for look in expected} == {"static-wc0.5", "static-wc1"}
     assert len({(look["comparison"], look["seeds"]) for look in expected}) == len(expected)  # no look twice
     assert parent.data.tags[M.TAG_DESIGN_STOPPED] == "every comparison decided or at max_seeds"
@@ -92,7 +94,7 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     assert "## Verdicts of the sequential design (psi against each other arm)" in report and "## Decision path" in report
     assert "over RL seeds on base model" in report and (whole / "report/figures/repeated_intervals.png").is_file()
 
-    spec = sequential_spec(broken, cache_dir)
+    spec = sequential_spec(broken, cache_dir, design)
     args = quiet_args(spec, broken, "--address", ray_cluster)
     with (broken / "driver.log").open("w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -107,7 +109,7 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     if driver.returncode == 130:
         assert main([*args, "--resume"]) == 0
     resumed, parent, again = decision_path(broken)
-    keys = ("comparison", "seeds", "estimate", "low", "high", "decision", "next")
+    keys = ("comparison", "seeds", "estimate", "low", "high", "problem_margin", "decision", "next")
 
     def looks(path):  # two trials at a time: the order in which looks come may differ, not the looks
         return sorted(tuple(look[k] for k in keys) for look in path)

@@ -48,6 +48,17 @@ def aes(
     return alpha * d_length + np.where(d_accuracy >= 0, beta * d_accuracy, -gamma * np.abs(d_accuracy))
 
 
+def aes_gradient(accuracy: float, length: float, base_accuracy: float, base_length: float) -> tuple[float, float]:
+    """AES's slopes in the mean accuracy and in the mean length at (accuracy, length): AES is
+    piecewise linear in them, so near there ``AES = g_acc accuracy + g_len length + constant``
+    (one-sided differences of 1e-3 of the base's numbers)."""
+    step = 1e-3
+    at = aes(accuracy, length, base_accuracy, base_length)
+    g_accuracy = (aes(accuracy + step * base_accuracy, length, base_accuracy, base_length) - at) / (step * base_accuracy)
+    g_length = (aes(accuracy, length + step * base_length, base_accuracy, base_length) - at) / (step * base_length)
+    return g_accuracy, g_length
+
+
 # --------------------------------------------------------------------------- pass@1 on an eval set
 
 
