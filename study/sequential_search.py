@@ -13,12 +13,18 @@ recorded (``recorder``) only once.
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import time
+
+import numpy as np
 from ray.tune.search import Searcher
 
 from study.sequential import CONTINUE, Allocation, allocate
+from study.trial import PROBLEM_SCORES
+from trainers import contract as M
+from trainers.evaluation import aes_gradient
 
 STOP_DECIDED = "every comparison decided or at max_seeds"
 STOP_TRIALS = "the trial budget (design.max_trials) ran out"

@@ -19,12 +19,13 @@ from trainers import contract as M
 
 ARMS = [{"name": "psi", "weighting": {"kind": "psi"}},
         {"name": "static", "weighting": {"kind": "static", "w_corr": [0.5, 1.0]}}]
+TWO_ARMS = [ARMS[0], {"name": "static", "weighting": {"kind": "static", "w_corr": [1.0]}}]  # one comparison
 
 
-def sequential_spec(tmp_path, cache_dir, design=None, **changes):
+def sequential_spec(tmp_path, cache_dir, design=None, steps=3, **changes):
     changes = {"arms": ARMS, "seeds": [0, 1, 2, 3], "search": {"metric": M.EVAL_RESPONSE_LENGTH, "direction": "min"},
                "design": design or {"kind": "sequential", "min_seeds": 3, "max_seeds": 4}, **changes}
-    return small_spec(tmp_path, cache_dir, steps=3, **changes)
+    return small_spec(tmp_path, cache_dir, steps=steps, eval_every=steps, **changes)
 
 
 @pytest.mark.parametrize("design, changes, message", [
@@ -78,15 +79,15 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     for folder in (whole, broken):
         folder.mkdir()
     design = {"kind": "sequential", "min_seeds": 3, "max_seeds": 4, "problems": "like these"}
-    spec = sequential_spec(whole, cache_dir, design)
+    spec = sequential_spec(whole, cache_dir, design, steps=2, arms=TWO_ARMS)
     assert main(quiet_args(spec, whole, "--address", ray_cluster)) == 0
     expected, parent, children = decision_path(whole)
     assert all(look["problem_margin"] > 0 for look in expected)  # each trial's per-problem scores reached the searcher
-    assert expected and {look["comparison"] for look in expected} == {"static-wc0.5", "static-wc1"}
+    assert expected and {look["comparison"] for look in expected} == {"static"}
     assert len({(look["comparison"], look["seeds"]) for look in expected}) == len(expected)  # no look twice
     assert parent.data.tags[M.TAG_DESIGN_STOPPED] == "every comparison decided or at max_seeds"
     client = MlflowClient(f"sqlite:///{whole}/mlflow.db")
-    for comparison in ("static-wc0.5", "static-wc1"):  # the UI charts each comparison's interval against the seeds
+    for comparison in ("static",):  # the UI charts each comparison's interval against the seeds
         history = client.get_metric_history(parent.info.run_id, f"{M.SEQUENTIAL_PREFIX}{comparison}/high")
         assert sorted(m.step for m in history) == [look["seeds"] for look in expected if look["comparison"] == comparison]
     page = write_report(f"sqlite:///{whole}/mlflow.db", "fault", whole / "report", log_artifacts=False)
@@ -94,7 +95,7 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
     assert "## Verdicts of the sequential design (psi against each other arm)" in report and "## Decision path" in report
     assert "over RL seeds on base model" in report and (whole / "report/figures/repeated_intervals.png").is_file()
 
-    spec = sequential_spec(broken, cache_dir, design)
+    spec = sequential_spec(broken, cache_dir, design, steps=2, arms=TWO_ARMS)
     args = quiet_args(spec, broken, "--address", ray_cluster)
     with (broken / "driver.log").open("w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -124,8 +125,7 @@ def test_a_sequential_study_interrupted_after_its_first_look_resumes_to_the_same
 def test_each_seed_can_draw_its_own_base_model_and_the_report_says_so(ray_cluster, tiny_model_dir, cache_dir, tmp_path):
     """``base_model_per_seed``: seed s trains from the tiny model built with seed s (built at once,
     in parallel, cached by content); the report states the wider population and each base model's own result."""
-    spec = small_spec(tmp_path, cache_dir, arms=ARMS[:1] + [{"name": "static", "weighting": {"kind": "static", "w_corr": [0.5]}}],
-                      seeds=[0, 1], base_model_per_seed=True, steps=2, eval_every=2)
+    spec = small_spec(tmp_path, cache_dir, arms=TWO_ARMS, seeds=[0, 1], base_model_per_seed=True, steps=2, eval_every=2)
     assert main(study_args(spec, tmp_path, "--address", ray_cluster)) == 0
     client, _, children = child_runs(tmp_path, "fault")
     models = {r.data.params["model.tiny.seed"]: r.data.params["model.path"] for r in children}
