@@ -1,5 +1,5 @@
-"""How often the paired comparison's 95% interval says "not distinguishable" when two arms are
-truly alike: ``python -m benchmarks.stats_coverage [--repetitions 1000] [--suite designs|models|all]``
+"""How often the paired comparison's 95% interval holds the true difference (0 when the arms are
+alike): ``python -m benchmarks.stats_coverage [--repetitions 1000] [--suite designs|models|all]``
 (a binomial standard error of 0.007 at 0.95 with 1,000 repetitions, 0.005 with 2,000; the target
 band is 0.93-0.97).
 
@@ -11,10 +11,12 @@ Two suites of generating models, both scored by the project's real ``analysis.st
   of U-shaped difficulty (solve rates from Beta(0.3, 0.3)), a method x problem effect per arm,
   seed x problem and seed x topic effects (20 topics), unequal seed spread between the arms, seeds
   not shared between the arms, lengths capped at the budget, and training that collapses on some
-  seeds. Rows with collapse are expected to fall short (a rare mode 3-5 seeds did not see cannot be
-  estimated); the one-seed rows have no interval over seeds (``Comparison.covers``).
+  seeds, in both arms alike or more often in one (``true_difference``: the truth over the problems'
+  and the seeds' laws). Rows where the arms differ in how often a run collapses are expected to fall
+  short (a rare mode 3-8 seeds mostly did not see cannot be estimated); the one-seed rows have no
+  interval over seeds (``Comparison.covers``).
 
-A well-calibrated interval keeps zero about 95% of the time; fewer kept means too narrow (too many
+A well-calibrated interval holds the truth about 95% of the time; less means too narrow (too many
 false "ahead"/"behind"), more means conservative.
 """
 
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", choices=("designs", "models", "all"), default="all")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    print(f"share of {args.repetitions} repetitions (true difference 0) judged 'not distinguishable' (target 0.95)")
+    print(f"share of {args.repetitions} repetitions whose interval holds the true difference (target 0.95)")
     if args.suite in ("designs", "all"):
         print(f"\n{'seeds':>5} {'problems':>8} {'samples':>7} {'seed sd':>7} {'accuracy':>8} {'length':>7} {'AES':>6}")
         for seeds, problems, samples, seed_sd in DESIGNS:
