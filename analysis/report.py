@@ -346,7 +346,9 @@ def base_model_section(data: StudyData) -> Section | None:
             "mean over the seeds run on that base model (each trial's AES against its own base model). "
             + (f"The base models disagree in sign on: {', '.join(disagree)}; a verdict that flips with the base model "
                "is a statement about base models as well as RL seeds." if disagree else
-               "Every comparison has the same sign on every base model."))
+               "Every comparison has the same sign on every base model.")
+            + " The sections below score AES against the mean of the base models' accuracy and length (the "
+            "trials' own AES, against each one's base model, is in the table above and in the runs).")
     return Section("Per base model", text, table=table)
 
 
