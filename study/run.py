@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from stores.tracking import StoreError, check_store, default_tracking_uri
+from study.designs import DESIGNS
 from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials
-from study.designs import DESIGNS
 from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
@@ -131,14 +131,14 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
     each trial fetches from there instead of the driver's disk (``study.shipping``; the model
     itself only with ``ship_model``)."""
     from study.shipping import ship
-    from trainers.base_model import base_identity, prepare
+    from trainers.base_model import prepare
     from trainers.remote import is_uri
     from trainers.threads import torch_threads
 
     fixed, base_metrics, seen, shipped = {}, {}, {}, {}
     for plan in plans:
         config = TrainConfig.model_validate(plan.config)
-        key = json.dumps(base_identity(config), sort_keys=True, default=str)  # what the evaluation cache keys on too
+        key = base_key(config)
         if key not in seen:
             remote = is_uri(config.model.path)  # trials download it from there themselves
             with torch_threads(threads):
@@ -151,6 +151,13 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
         if seen[key][1] is not None:
             shipped[plan.name] = seen[key][1]
     return fixed, base_metrics, shipped
+
+
+def base_key(config: TrainConfig) -> str:
+    """Which base model a config trains from, as one string (what the evaluation cache keys on too)."""
+    from trainers.base_model import base_identity
+
+    return json.dumps(base_identity(config), sort_keys=True, default=str)
 
 
 def _prepare_one(config: dict[str, Any], threads: int) -> str:
@@ -168,12 +175,9 @@ def build_in_parallel(plans: list[TrialPlan], threads: int, log) -> None:
     in the cache. Only on a one-node Ray: on a cluster a task could build on another node's disk."""
     import ray
 
-    from trainers.base_model import base_identity
-
     distinct = {}
     for plan in plans:
-        config = TrainConfig.model_validate(plan.config)
-        distinct.setdefault(json.dumps(base_identity(config), sort_keys=True, default=str), plan.config)
+        distinct.setdefault(base_key(TrainConfig.model_validate(plan.config)), plan.config)
     if len(distinct) < 2 or sum(node["Alive"] for node in ray.nodes()) > 1:
         return
     log(f"building and evaluating {len(distinct)} base models, {threads} CPU(s) each, in parallel")
