@@ -223,17 +223,6 @@ def look(differences: Sequence[float], design: SequentialDesign, problem_margin:
     return Look(n, estimate, low, high, boundary, decision, problem_margin)
 
 
-def run_sequence(differences: Sequence[float], design: SequentialDesign) -> list[Look]:
-    """One comparison's looks over a pre-registered sequence of seed differences (at least
-    ``max_seeds`` of them), up to the first that decides or the maximum."""
-    looks = []
-    for n in design.looks:
-        looks.append(look(differences[:n], design))
-        if looks[-1].decision != CONTINUE:
-            break
-    return looks
-
-
 Scores = Mapping[str, Mapping[int, float | None]]  # arm -> seed index -> its outcome (None: the trial failed)
 Problems = Mapping[str, Mapping[int, np.ndarray]]  # arm -> seed index -> its outcome per problem (problems like these)
 

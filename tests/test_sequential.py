@@ -93,7 +93,8 @@ def test_a_look_is_the_repeated_interval_and_decides_by_it():
     assert sequential.look([0.01, -0.01, 0.02, -0.02], design).decision == sequential.EQUIVALENT
     assert sequential.look([1.0, -1.0, 2.0, -2.0], design).decision == sequential.CONTINUE
     noisy = [1.0, -1.0, 2.0, -2.0] * 3
-    path = sequential.run_sequence(noisy, design)
+    scores = {"psi": {i: x for i, x in enumerate(noisy)}, "other": {i: 0.0 for i in range(12)}}
+    path = sequential.allocate(scores, "psi", ["other"], design).paths["other"]
     assert [l.seeds for l in path] == list(range(4, 13)) and path[-1].decision == sequential.AT_MAXIMUM
 
 
