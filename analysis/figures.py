@@ -218,7 +218,8 @@ def repeated_intervals(decision_path: list[dict], focus: str, metric: str) -> Fi
         ax.errorbar(seeds, estimate, yerr=errors, fmt="o", capsize=3, color="C0")
         ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
         last = [look for look in decision_path if look["comparison"] == comparison][-1]
-        ax.set_title(f"{focus} - {comparison}: {last['decision']} at {last['seeds']}", fontsize=8)
+        state = "still open" if last["decision"] == "continue" else last["decision"]
+        ax.set_title(f"{focus} - {comparison}: {state} at {last['seeds']}", fontsize=8)
         ax.set_xlabel("seeds")
         ax.set_ylabel(f"{metric} difference")
         ax.set_xticks(seeds or [last["seeds"]])

@@ -383,7 +383,9 @@ def sequential_sections(data: StudyData, folder: Path) -> list[Section]:
     )
     rows = [{"other": name, "seeds": look["seeds"], "estimate": look["estimate"], "low": look["low"],
              "high": look["high"], "boundary c_n": look["boundary"],
-             "verdict": verdict_words(look["decision"], focus) if look["decision"] in ("ahead", "behind") else look["decision"]}
+             "verdict": verdict_words(look["decision"], focus) if look["decision"] in ("ahead", "behind") else
+             f"not decided ({data.design_stopped or 'the study is unfinished'})" if look["decision"] == "continue"
+             else look["decision"]}
             for name, look in sorted(last.items())]
     metric = d.get("metric", M.EVAL_AES)
     figure = _save(figures.repeated_intervals(path, focus, metric), folder, "repeated_intervals.png") if path else None
