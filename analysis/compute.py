@@ -245,6 +245,22 @@ def differing_versions(runs: pa.Table) -> dict[str, dict[str, int]]:
     return {name: dict(values) for name, values in counts.items() if len(values) > 1}
 
 
+def paired_differences(runs: pa.Table, focus: str | None, metric: str = M.EVAL_AES) -> dict[str, dict[int, float]]:
+    """Per other (arm, variant), by its label: the focus arm minus it on the final ``metric``, seed by
+    seed over the seeds both ran (in seed order; a trial without that metric is left out)."""
+    column = M.final_column(metric)
+    if focus is None or column not in runs.column_names:
+        return {}
+    scores: dict[str, dict[int, float]] = {}
+    for row in runs.select(["arm", "variant", "seed", column]).to_pylist():
+        if row[column] is not None:
+            label = focus if row["arm"] == focus else arm_label(row["arm"], row["variant"])
+            scores.setdefault(label, {})[row["seed"]] = row[column]
+    mine = scores.get(focus, {})
+    return {label: {seed: mine[seed] - values[seed] for seed in sorted(set(values) & set(mine))}
+            for label, values in scores.items() if label != focus and mine}
+
+
 OUTLYING = 0.01  # the chance, per comparison, that a Gaussian study shows a seed "far from the others"
 
 
@@ -254,18 +270,8 @@ def outlying_seeds(runs: pa.Table, focus: str | None, metric: str = M.EVAL_AES) 
     m))`` over the other m >= 3 seeds is Student's t on m - 1 df for Gaussian seeds, and a seed is
     far when it passes the quantile that flags a Gaussian comparison with chance ``OUTLYING``
     (Bonferroni over its seeds): a run that fell apart, the mode a few seeds cannot estimate."""
-    column = M.final_column(metric)
-    if focus is None or column not in runs.column_names:
-        return {}
-    scores: dict[str, dict[int, float]] = {}
-    for row in runs.select(["arm", "variant", "seed", column]).to_pylist():
-        if row[column] is not None:
-            scores.setdefault(arm_label(row["arm"], row["variant"]) if row["arm"] != focus else focus, {})[row["seed"]] = row[column]
     out = {}
-    for label, values in scores.items():
-        if label == focus or focus not in scores:
-            continue
-        d = {seed: scores[focus][seed] - v for seed, v in values.items() if seed in scores[focus]}
+    for label, d in paired_differences(runs, focus, metric).items():
         far = []
         for seed, x in d.items():
             rest = [y for s, y in d.items() if s != seed]

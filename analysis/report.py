@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    OUTLYING, arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials, outlying_seeds,
+    OUTLYING, arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials, outlying_seeds, paired_differences,
     pareto_front, series, weight_shape,
 )
 from analysis.load import StudyData, load_study
@@ -320,26 +321,19 @@ def base_models(data: StudyData) -> list[str]:
 def base_model_section(data: StudyData) -> Section | None:
     """Where trials started from several base models: each base model's own result, the arm under
     test minus every other arm (and variant) on final AES, over the seeds run on that base model."""
-    column = M.final_column(M.EVAL_AES)
-    if BASE_MODEL_PATH not in data.runs.column_names or column not in data.runs.column_names:
+    if BASE_MODEL_PATH not in data.runs.column_names:
         return None
-    rows = data.runs.select(["arm", "variant", "seed", BASE_MODEL_PATH, column]).to_pylist()
-    models = sorted({r[BASE_MODEL_PATH] for r in rows})
+    models = sorted(set(data.runs[BASE_MODEL_PATH].to_pylist()))
     if len(models) < 2:
         return None
-    score = {(r[BASE_MODEL_PATH], r["arm"], r["variant"], r["seed"]): r[column] for r in rows}
-    others = sorted({(r["arm"], r["variant"]) for r in rows if r["arm"] != data.focus})
     table, signs = [], {}
     for model in models:
-        focus = {seed: v for (m, arm, _, seed), v in score.items() if m == model and arm == data.focus}
-        row = {"base model": Path(model).name, "seeds": sorted(focus)}
-        for arm, variant in others:
-            d = [focus[seed] - v for (m, a, var, seed), v in score.items()
-                 if m == model and (a, var) == (arm, variant) and seed in focus and v is not None and focus[seed] is not None]
-            mean = sum(d) / len(d) if d else None
-            row[arm_label(arm, variant)] = mean
-            if mean:
-                signs.setdefault(arm_label(arm, variant), set()).add(mean > 0)
+        runs = data.runs.filter(pc.equal(data.runs[BASE_MODEL_PATH], model))
+        row = {"base model": Path(model).name, "seeds": sorted(set(runs.filter(pc.equal(runs["arm"], data.focus))["seed"].to_pylist()))}
+        for label, d in paired_differences(runs, data.focus).items():
+            row[label] = sum(d.values()) / len(d) if d else None
+            if row[label]:
+                signs.setdefault(label, set()).add(row[label] > 0)
         table.append(row)
     disagree = sorted(label for label, seen in signs.items() if len(seen) > 1)
     text = (f"The trials started from {len(models)} base models. Each cell: {data.focus} minus that arm, final AES, "

@@ -66,21 +66,11 @@ def resampled(residuals: np.ndarray):
 def study_differences(tracking_uri: str, study: str) -> dict[str, np.ndarray]:
     """Each comparison's per-seed AES differences: the focus arm minus each other (arm, variant),
     on the seeds both ran."""
+    from analysis.compute import paired_differences
     from analysis.load import load_study
-    from trainers import contract as M
 
     data = load_study(tracking_uri, study)
-    rows = data.runs.select(["arm", "variant", "seed", M.final_column(M.EVAL_AES)]).to_pylist()
-    scores: dict[tuple, dict[int, float]] = {}
-    for row in rows:
-        scores.setdefault((row["arm"], row["variant"]), {})[row["seed"]] = row[M.final_column(M.EVAL_AES)]
-    focus = next(group for group in scores if group[0] == data.focus)
-    out = {}
-    for group, values in scores.items():
-        if group[0] != data.focus:
-            seeds = sorted(set(values) & set(scores[focus]))
-            out["/".join(filter(None, group))] = np.asarray([scores[focus][s] - values[s] for s in seeds], dtype=float)
-    return out
+    return {label: np.asarray(list(d.values()), dtype=float) for label, d in paired_differences(data.runs, data.focus).items()}
 
 
 def study_residuals(differences: dict[str, np.ndarray]) -> np.ndarray:
