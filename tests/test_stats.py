@@ -132,3 +132,39 @@ def test_a_one_seed_interval_says_it_covers_problems_only():
 
     one, three = (compare(*draw(np.random.default_rng(3), s, 50, 1, 0.3), 0.5, 100.0)["aes"] for s in (1, 3))
     assert one.covers.startswith("problems only") and three.covers == "seeds and problems"
+
+
+def test_arms_on_either_side_of_the_aes_kink_by_a_hair_get_nearly_the_same_slope():
+    """AES's slope jumps from gamma / A_base to beta / A_base at the base accuracy. Two arms whose
+    mean accuracies straddle it by 0.001 share the problems' variation; with one slope each that
+    variation entered their difference at the gap between the slopes. The slope averaged over each
+    mean's sampling error keeps the interval near the one both arms get on the same side."""
+    rng = np.random.default_rng(5)
+    shared = rng.binomial(1, rng.beta(0.3, 0.3, 300), (3, 300)).astype(float)
+    lengths = np.full((3, 300), 50.0)
+    straddle_base = shared.mean() + 0.0005  # arm a just below the kink, arm b just above it
+    same_side_base = shared.mean() - 0.01
+
+    def width(base_accuracy, shift):
+        b = shared.copy()
+        b[:, :1] += shift  # nudges b's mean by shift / 300
+        result = compare(arm(shared, lengths, (0, 1, 2)), arm(b, lengths, (7, 8, 9)), base_accuracy, 50.0)["aes"]
+        return result.high - result.low
+
+    assert width(straddle_base, 0.3) == pytest.approx(width(same_side_base, 0.3), rel=0.25)
+
+
+def test_unshared_seed_components_are_floored_in_their_sum_only():
+    """One arm's seed component estimated below zero offsets the other's (their expectations add):
+    the seed terms add up to max(sum, 0), split in proportion to the floored components."""
+    from analysis.stats import _anova, variance_terms
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (3, 50)) + np.array([[-1.0], [0.0], [1.0]])  # a real seed spread
+    y = rng.normal(0, 1, (3, 50))
+    components = [(_anova(c)[0] - _anova(c)[2]) / c.size for c in (x, y)]
+    terms = variance_terms(x, y, paired=False)
+    assert len(terms) == 3 and terms[1][1] == terms[2][1] == 2
+    assert terms[1][0] + terms[2][0] == pytest.approx(max(sum(components), 0.0))
+    assert components[1] < 0 < components[0]  # this draw: y's estimate came out below zero
+    assert terms[2][0] == 0.0 and terms[1][0] == pytest.approx(components[0] + components[1])
