@@ -41,7 +41,7 @@ from trainers.contract import (
     final_column, param_column, problems_step,
 )
 from stores.tracking import StoreError, check_store, read_json_artifact
-from trainers.outputs import write_atomic
+from trainers.io.outputs import write_atomic
 
 
 class StudyError(StoreError):

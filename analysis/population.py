@@ -3,7 +3,7 @@
 A member's run holds the steps it trained itself, each once. After an exploit at step ``t`` its
 weights are the donor's at ``t``: the schedule that produced them is the donor's (itself possibly
 inherited) up to ``t``, then the member's own. ``effective_schedules`` follows those links back
-(``trainers.lineage``), so each member's series is the setting its final weights were trained
+(``trainers.io.lineage``), so each member's series is the setting its final weights were trained
 under, step by step.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from analysis.compute import series
-from trainers.lineage import lineage
+from trainers.io.lineage import lineage
 
 
 def exploit_links(exploits: pa.Table) -> dict[str, list[tuple[int, str]]]:
@@ -25,7 +25,7 @@ def exploit_links(exploits: pa.Table) -> dict[str, list[tuple[int, str]]]:
 
 def effective_schedules(history: pa.Table, exploits: pa.Table, key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Every trial that logged ``key`` (e.g. ``setting/lead.weighting.w_corr``): (steps, values) of
-    the lineage of its final weights (``trainers.lineage``)."""
+    the lineage of its final weights (``trainers.io.lineage``)."""
     own = series(history, key)
     links = exploit_links(exploits)
     out = {}

@@ -38,7 +38,7 @@ from stores.tracking import default_tracking_uri
 from trainers import contract as M
 from trainers.config import print_errors
 from trainers.contract import SETTING_PREFIX as SETTING
-from trainers.outputs import check_replaceable, check_writable_dir, replace_owned
+from trainers.io.outputs import check_replaceable, check_writable_dir, replace_owned
 
 REPORT_ARTIFACT = "report"
 

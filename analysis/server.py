@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-from trainers.ports import free_port
+from trainers.runtime.process import free_port
 
 
 @contextlib.contextmanager

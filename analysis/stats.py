@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from trainers.evaluation import aes, aes_gradient
+from trainers.loop.evaluation import aes, aes_gradient
 
 CONFIDENCE = 0.95
 POWER = 0.8  # the power at which a design's detectable difference is stated

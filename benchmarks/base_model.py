@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from trainers.config import load_train_config
-from trainers.base_model import base_model_path, load_model
-from trainers.evaluation import Evaluator
+from trainers.loop.base_model import base_model_path, load_model
+from trainers.loop.evaluation import Evaluator
 from trainers.rollout import build_engine
 from trainers.tasks.synthetic import SyntheticTask
 

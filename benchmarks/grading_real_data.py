@@ -1,4 +1,4 @@
-"""Every ground truth of every file in ../shared/data, graded by ``trainers.grading``:
+"""Every ground truth of every file in ../shared/data, graded by ``trainers.tasks.grading``:
 
     python benchmarks/grading_real_data.py [--data-dir ../shared/data] [--workers 2] [--load N]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from trainers.grading import Grader
+from trainers.tasks.grading import Grader
 
 
 def ground_truths(data_dir: Path) -> dict[str, list[str]]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from trainers import contract as M
 from trainers.config import deep_merge, load_train_config
-from trainers.base_model import base_model_path
-from trainers.grpo import train
+from trainers.loop.base_model import base_model_path
+from trainers.loop.grpo import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "trainers/configs/synthetic_psi.yaml"
 

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from trainers.lead import LeadConfig, LeadState, PsiWeighting, lead_step
-from trainers.rewards import LENGTH_REWARDS
+from trainers.method.lead import LeadConfig, LeadState, PsiWeighting, lead_step
+from trainers.method.rewards import LENGTH_REWARDS
 
 
 def _loop_lead(lengths, scores, members, p):

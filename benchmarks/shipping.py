@@ -28,8 +28,8 @@ from pathlib import Path
 from study.run import project_code
 from study.shipping import download_once, upload_once
 from study.storage import open_storage
-from trainers.fingerprint import weights_digest
-from trainers.ports import free_port
+from trainers.io.fingerprint import weights_digest
+from trainers.runtime.process import free_port
 
 
 def s3_server() -> tuple[subprocess.Popen, str]:

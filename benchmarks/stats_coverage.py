@@ -30,7 +30,7 @@ import numpy as np
 from scipy.stats import norm
 
 from analysis.stats import ArmScores, compare
-from trainers.evaluation import aes
+from trainers.loop.evaluation import aes
 
 DESIGNS = [  # seeds, problems, samples per problem, seed-effect sd
     (1, 200, 1, 0.0), (1, 200, 4, 0.0), (3, 200, 1, 0.0), (3, 200, 1, 0.1), (3, 200, 1, 0.5),

@@ -8,7 +8,7 @@ fresh process on ``--threads`` torch threads (the study gives each trial ``resou
 the same cached base model, once with this working tree and once with ``--against`` (a git
 revision, unpacked with ``git archive``; each revision runs its own default trial) or with
 ``--unpinned`` (this tree with ``LEAD_STUDY_CPU_LEVEL=native``: the machine's own CPU kernels, not
-the pinned AVX2 ones, ``trainers.kernels``; both from the same base model). The runs
+the pinned AVX2 ones, ``trainers.runtime.kernels``; both from the same base model). The runs
 alternate (A, B, A, B, ...) so both see the same machine load. Prints, per revision, the median
 seconds of each phase over the repeats and the speedup, and the trial's final eval numbers.
 
@@ -98,7 +98,7 @@ def instrument(clock: PhaseClock) -> None:
     """Wrap the trainer's parts (whichever of them this revision has) with the clock."""
     import torch
 
-    from trainers import checkpoint, evaluation, grpo
+    from trainers.loop import checkpoint, evaluation, grpo
     from trainers.actor import single
     from trainers.rollout import hf
 
@@ -124,8 +124,8 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
     import pyarrow.parquet as pq
     import torch
 
-    from trainers import grpo
-    from trainers.base_model import prepare
+    from trainers.loop import grpo
+    from trainers.loop.base_model import prepare
     from trainers.config import TrainConfig
 
     torch.set_num_threads(threads)
@@ -156,10 +156,10 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
 
 
 def cpu_kernels(root: Path) -> str:
-    """The CPU kernel level this worker computed at (a revision before ``trainers.kernels``: unknown)."""
-    if not (root / "trainers/kernels.py").exists():
+    """The CPU kernel level this worker computed at (a revision before ``trainers.runtime.kernels``: unknown)."""
+    if not (root / "trainers/runtime/kernels.py").exists():
         return "not recorded (a revision before the pin)"
-    from trainers import kernels as worker_kernels
+    from trainers.runtime import kernels as worker_kernels
 
     return worker_kernels.level()
 
@@ -176,7 +176,7 @@ def unpack(revision: str, into: Path) -> Path:
 
 
 def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str) -> dict:
-    from trainers import kernels
+    from trainers.runtime import kernels
 
     inherited = {k: v for k, v in os.environ.items() if k not in kernels.PINNED_ENVIRONMENT}  # this process's pin
     env = {**inherited, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root), kernels.SETTING: cpu_level}
@@ -190,7 +190,7 @@ def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str
 
 def base_model(arm: str) -> str:
     """The default trial's cached base model (built now if absent), shared by both revisions."""
-    from trainers.base_model import base_model_path
+    from trainers.loop.base_model import base_model_path
     from trainers.config import TrainConfig
 
     config = trial_config(ROOT, arm, None)
@@ -238,7 +238,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(Path(args.worker), args.arm, args.model, args.threads, started)))
         return
-    from trainers import kernels
+    from trainers.runtime import kernels
 
     model_path = base_model(args.arm)
     with tempfile.TemporaryDirectory() as scratch:

@@ -28,7 +28,7 @@ from pydantic import Field
 from study.search_modes import TuneSetup
 from study.sequential import DEFAULT_RHO, THESE, SequentialDesign
 from trainers.registry import Registry
-from trainers.strict import Strict
+from trainers.settings import Strict
 
 SEQUENTIAL_FIELDS = ("min_seeds", "max_seeds", "alpha", "rho", "equivalence", "problems", "max_trials", "max_hours")
 MIN_SEEDS = 3  # a look's t has n - 1 degrees of freedom: at 2 seeds its boundary lies beyond any data

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import TrainConfig, deep_merge
-from trainers.lead import weight_motion
+from trainers.io.remote import is_uri
+from trainers.method.lead import weight_motion
 from trainers.models.tiny import default_cache_dir
-from trainers.remote import is_uri
 
 from study.spec import StudySpec
 

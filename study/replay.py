@@ -3,7 +3,7 @@ were trained under.
 
 PBT and PB2 move a member's settings as it trains, and an exploit hands it another member's
 weights, so the settings a member's run started with say little about its result. Its replay
-config folds the lineage of its final weights (``trainers.lineage``) into one plain trainer config:
+config folds the lineage of its final weights (``trainers.io.lineage``) into one plain trainer config:
 
 - ``lead.weighting.w_corr``, when searched, becomes a schedule of points (``kind: schedule``,
   each value held from the step it took effect), so the w_corr curriculum PBT found can be run
@@ -22,7 +22,7 @@ from typing import Any
 
 from trainers import contract as M
 from trainers.config import TrainConfig, deep_merge, dotted
-from trainers.lineage import schedule_points
+from trainers.io.lineage import schedule_points
 
 W_CORR = M.W_CORR_SETTING
 HEADER = ("# The replay of {trial}, a member of the {arm} population: its final weights' lineage as one config.\n"

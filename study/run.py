@@ -30,9 +30,9 @@ from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
 from trainers import contract as M
-from trainers import kernels
-from trainers.checks import files_unchecked
 from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
+from trainers.runtime import kernels
+from trainers.settings import files_unchecked
 
 
 class UsageError(ValueError):
@@ -89,7 +89,7 @@ def project_code() -> dict[str, Any]:
     """The runtime environment that ships this project's packages to every node of a cluster: a
     node needs the dependencies (``pip install`` of them), not a checkout; the packages a trial
     imports come from the driver's copy (Ray uploads them once per content hash). Its workers
-    start at the driver's CPU kernel level (``trainers.kernels``)."""
+    start at the driver's CPU kernel level (``trainers.runtime.kernels``)."""
     import importlib.util
 
     return {"py_modules": [str(Path(importlib.util.find_spec(name).origin).parent)
@@ -98,7 +98,7 @@ def project_code() -> dict[str, Any]:
 
 def kernel_level_env() -> dict[str, Any]:
     """The runtime environment that starts every Ray worker at the driver's CPU kernel level."""
-    from trainers import kernels
+    from trainers.runtime import kernels
 
     return {"env_vars": kernels.child_environment()}
 
@@ -131,9 +131,9 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
     each trial fetches from there instead of the driver's disk (``study.shipping``; the model
     itself only with ``ship_model``)."""
     from study.shipping import ship
-    from trainers.base_model import prepare
-    from trainers.remote import is_uri
-    from trainers.threads import torch_threads
+    from trainers.loop.base_model import prepare
+    from trainers.io.remote import is_uri
+    from trainers.runtime.process import torch_threads
 
     fixed, base_metrics, seen, shipped = {}, {}, {}, {}
     for plan in plans:
@@ -155,15 +155,15 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
 
 def base_key(config: TrainConfig) -> str:
     """Which base model a config trains from, as one string (what the evaluation cache keys on too)."""
-    from trainers.base_model import base_identity
+    from trainers.loop.base_model import base_identity
 
     return json.dumps(base_identity(config), sort_keys=True, default=str)
 
 
 def _prepare_one(config: dict[str, Any], threads: int) -> str:
     """Build and evaluate one base model into the cache (a Ray task of ``build_in_parallel``)."""
-    from trainers.base_model import prepare
-    from trainers.threads import torch_threads
+    from trainers.loop.base_model import prepare
+    from trainers.runtime.process import torch_threads
 
     with torch_threads(threads):
         return str(prepare(TrainConfig.model_validate(config), log=lambda _: None)[0])

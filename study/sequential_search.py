@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 from study.sequential import CONTINUE, Allocation, allocate
 from study.trial import PROBLEM_SCORES
 from trainers import contract as M
-from trainers.evaluation import aes_gradient
+from trainers.loop.evaluation import aes_gradient
 
 STOP_DECIDED = "every comparison decided or at max_seeds"
 STOP_TRIALS = "the trial budget (design.max_trials) ran out"

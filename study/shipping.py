@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from study.storage import Storage
-from trainers.base_model import base_evaluation_key
 from trainers.config import TrainConfig
-from trainers.evaluation import evaluation_folder
+from trainers.io.outputs import write_atomic
+from trainers.io.remote import COMPLETE, download_once
+from trainers.loop.base_model import base_evaluation_key
+from trainers.loop.evaluation import evaluation_folder
 from trainers.models.tiny import default_cache_dir
-from trainers.outputs import write_atomic
-from trainers.remote import COMPLETE, download_once
 
 MODELS, EVALUATIONS, PLUGINS = "models", "evaluations", "plugins"  # folders under the study's storage
 SHIPPED = "shipped"  # the downloaded models' folder in a node's cache

@@ -34,11 +34,11 @@ from trainers import contract as M
 from trainers.config import (
     SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, fit_group_filter, format_errors, load_validated,
 )
-from trainers.lead import LeadConfig
+from trainers.method.lead import LeadConfig
+from trainers.method.rewards import LENGTH_REWARDS
+from trainers.method.weightings import Weighting, weighting_settings
 from trainers.plugins import load_plugins
-from trainers.rewards import LENGTH_REWARDS
-from trainers.strict import Strict
-from trainers.weightings import Weighting, weighting_settings
+from trainers.settings import Strict
 
 from study.designs import DESIGNS, SEQUENTIAL_FIELDS, DesignSettings
 from study.search_modes import SEARCH_FIELDS, SEARCH_MODES, users_of
@@ -89,7 +89,7 @@ def compile_shorthands(arm: dict[str, Any]) -> dict[str, Any]:
 
 
 class ArmReward(BaseModel):
-    """A length reward from ``trainers.rewards.LENGTH_REWARDS`` and its settings:
+    """A length reward from ``trainers.method.rewards.LENGTH_REWARDS`` and its settings:
     ``{kind: kimi}``, ``{kind: overlong, max_len: 160, cache_len: 40}``, ``{kind: lead, aggregator: min_correct}``.
     Settings named like a ``lead`` field (``bmax``, ``aggregator``, ...) set that field."""
 
@@ -119,14 +119,14 @@ class ArmReward(BaseModel):
 
 
 class Arm(Strict):
-    """One arm: the trainer's own weighting and length reward (``trainers.weightings``,
-    ``trainers.rewards``), a grid over any dotted trainer settings, seeds and overrides."""
+    """One arm: the trainer's own weighting and length reward (``trainers.method.weightings``,
+    ``trainers.method.rewards``), a grid over any dotted trainer settings, seeds and overrides."""
 
     name: str = Field(pattern=NAME_PATTERN)
     seeds: list[int] | None = Field(None, min_length=1, description="this arm's seeds (default: the study's)")
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
     weighting: SerializeAsAny[Weighting] = Field(description="the trainer's weighting settings (kind: a name in "
-                                                 "trainers.weightings.WEIGHTINGS), or a shorthand (compile_shorthands)")
+                                                 "trainers.method.weightings.WEIGHTINGS), or a shorthand (compile_shorthands)")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted trainer settings and their values: "
                                        "one trial per combination")
     labels: list[str] | None = Field(None, description="the grid's variant names (default: each setting's name and value)")

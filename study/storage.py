@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainers.outputs import check_writable_dir, write_atomic
-from trainers.remote import CHUNK
+from trainers.io.outputs import check_writable_dir, write_atomic
+from trainers.io.remote import CHUNK
 
 
 class StorageError(ValueError):

@@ -36,8 +36,8 @@ from trainers.contract import (
     EXPLOIT_METRIC, EXPLOITS_ARTIFACT, HISTORY_ARTIFACT, HISTORY_SCHEMA, PLANNED_ARTIFACT, STEP_KEY,
     TAG_HISTORY_STEP, TAG_LOGGED_STEP, TAG_ROLE, TAG_STUDY_DIR, TAG_STUDY_RUN, TAG_TRIAL_ID, ROLE_STUDY,
 )
-from trainers.fingerprint import versions
-from trainers.lineage import lineage
+from trainers.io.fingerprint import versions
+from trainers.io.lineage import lineage
 
 
 _PLAIN_VALUE = re.compile(r"[\w.:/-]*")
@@ -90,7 +90,7 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def version_tags() -> dict[str, str]:
-    """``version.torch`` etc.: what the run was made with (``trainers.fingerprint.versions``), as the
+    """``version.torch`` etc.: what the run was made with (``trainers.io.fingerprint.versions``), as the
     driver sees it; a trial's run then takes its own process's (``MADE_WITH``, with every step)."""
     return {M.version_tag(name): version for name, version in versions().items()}
 

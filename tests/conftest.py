@@ -59,7 +59,7 @@ def tiny_config(cache_dir: Path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(cache_dir) -> Path:
-    from trainers.base_model import base_model_path
+    from trainers.loop.base_model import base_model_path
 
     return base_model_path(tiny_config(cache_dir), log=lambda _: None)
 
@@ -88,7 +88,7 @@ def s3_server():
     import sys
     import time
 
-    from trainers.ports import free_port
+    from trainers.runtime.process import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -148,12 +148,12 @@ def registries_restored():
     from trainers import plugins
     from trainers.actor import BACKENDS
     from trainers.actor.aggregation import LOSS_AGGREGATIONS
-    from trainers.group_filters import GROUP_FILTERS
-    from trainers.normalization import NORMALIZATIONS
-    from trainers.rewards import LENGTH_REWARDS
+    from trainers.loop.group_filters import GROUP_FILTERS
+    from trainers.method.normalization import NORMALIZATIONS
+    from trainers.method.rewards import LENGTH_REWARDS
     from trainers.rollout import ENGINES
     from trainers.tasks import TASKS
-    from trainers.weightings import WEIGHTINGS
+    from trainers.method.weightings import WEIGHTINGS
 
     registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES, GROUP_FILTERS,
                   LOSS_AGGREGATIONS)

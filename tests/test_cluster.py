@@ -130,7 +130,7 @@ def test_trials_on_a_node_that_shares_no_disk_survive_the_loss_of_that_node(
 
 def check_two_nodes(ray_cluster, spec, tmp_path, tiny_model_dir, first, second, driver_folders):
     from study.run import main
-    from trainers.fingerprint import weights_digest
+    from trainers.io.fingerprint import weights_digest
 
     args = [str(spec), "--output-dir", "s3://far/studies", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--address", ray_cluster]

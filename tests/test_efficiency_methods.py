@@ -11,9 +11,9 @@ import torch
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
 from trainers.actor.update import clipped_objective
 from trainers.config import TrainConfig, format_errors
-from trainers.group_filters import GROUP_FILTERS, Drawn, concat
-from trainers.normalization import NORMALIZATIONS, WeightedRewards, group_normalize
-from trainers.segments import Groups
+from trainers.loop.group_filters import GROUP_FILTERS, Drawn, concat
+from trainers.method.normalization import NORMALIZATIONS, WeightedRewards, group_normalize
+from trainers.method.segments import Groups
 
 
 def ragged_batch(seed: int, groups: int = 12):

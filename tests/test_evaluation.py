@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainers.evaluation import aes
+from trainers.loop.evaluation import aes
 
 
 def test_aes_rewards_shorter_and_more_accurate():

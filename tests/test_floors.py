@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainers.floors import FLOORS, VersionTooOld, installed_version, require_floor
+from trainers.runtime.floors import FLOORS, VersionTooOld, installed_version, require_floor
 
 
 @pytest.mark.parametrize("name, old", [("vllm", "0.17.1"), ("deepspeed", "0.19.3")])

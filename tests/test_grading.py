@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from trainers.grading import Grader, GraderError, answers_match, extract_answer, grade_answers, last_boxed, normalize_answer
+from trainers.tasks.grading import Grader, GraderError, answers_match, extract_answer, grade_answers, last_boxed, normalize_answer
 
 DATA = Path(os.environ.get("LEAD_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real math data not found at {DATA} (set LEAD_DATA_DIR)")
@@ -128,7 +128,7 @@ def test_a_broken_pool_raises_instead_of_scoring_zero(tmp_path):
     """A script without the ``__main__`` guard: its spawned workers die while importing it. That
     used to print scores of 0.0 and exit 0."""
     script = tmp_path / "no_guard.py"
-    script.write_text("from trainers.grading import Grader\nprint(Grader(workers=1).grade(['\\\\boxed{1}'], ['1']))\n")
+    script.write_text("from trainers.tasks.grading import Grader\nprint(Grader(workers=1).grade(['\\\\boxed{1}'], ['1']))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode != 0

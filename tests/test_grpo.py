@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from trainers import checkpoint
 from trainers import contract as M
 from trainers.actor.update import clipped_objective, kl_penalty
-from trainers.base_model import ModelLoadError
-from trainers.checkpoint import latest_checkpoint
-from trainers.group_filters import Drawn
-from trainers.grpo import build_run, build_sequences, train
+from trainers.loop import checkpoint
+from trainers.loop.base_model import ModelLoadError
+from trainers.loop.checkpoint import latest_checkpoint
+from trainers.loop.group_filters import Drawn
+from trainers.loop.grpo import build_run, build_sequences, train
 from trainers.rollout.base import Rollouts
 
 
@@ -155,7 +155,7 @@ def test_kl_penalties():
 
 
 def test_token_advantages_are_whitened_over_tokens_or_left_as_they_are():
-    from trainers.grpo import token_advantages
+    from trainers.loop.grpo import token_advantages
 
     mask = torch.tensor([[True, True, False], [True, False, False]])
     raw = token_advantages(torch.tensor([2.0, -1.0]), mask, whiten=False)

@@ -15,10 +15,10 @@ import yaml
 
 from analysis.compute import differing_versions
 from tests.conftest import run_main
-from trainers import kernels
-from trainers.fingerprint import versions
+from trainers.io.fingerprint import versions
 from trainers.models import tiny
 from trainers.models.tiny import TinyModelConfig, ensure_base_model, settings_hash
+from trainers.runtime import kernels
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +29,9 @@ BUILD = """
 import hashlib, json, sys
 from pathlib import Path
 import trainers
-from trainers import kernels
-from trainers.base_model import base_model_path
 from trainers.config import deep_merge, load_train_config
+from trainers.loop.base_model import base_model_path
+from trainers.runtime import kernels
 config = load_train_config(Path("trainers/configs/synthetic_psi.yaml")).smoke()
 config = config.model_validate(deep_merge(config.model_dump(), {"model": {"cache_dir": sys.argv[1]}}))
 folder = base_model_path(config, log=lambda _: None)
@@ -89,7 +89,7 @@ def test_the_level_is_in_the_base_model_key(monkeypatch):
 
 
 def test_the_pin_turned_off_is_recorded_as_such():
-    code = "import trainers, torch, os; from trainers import kernels; print(kernels.level(), os.environ.get('MKL_CBWR'))"
+    code = "import trainers, torch, os; from trainers.runtime import kernels; print(kernels.level(), os.environ.get('MKL_CBWR'))"
     env = {k: v for k, v in os.environ.items() if k not in kernels.PINNED_ENVIRONMENT}
     out = subprocess.run([sys.executable, "-c", code], env={**env, kernels.SETTING: "native"}, cwd=ROOT,
                          capture_output=True, text=True, check=True)

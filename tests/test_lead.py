@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainers.lead import LeadConfig, LeadState, lead_step, masked_whiten
+from trainers.method.lead import LeadConfig, LeadState, lead_step, masked_whiten
 
 T = torch.tensor
 

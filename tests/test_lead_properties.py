@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.lead import LeadConfig, LeadState, PsiWeighting, ScheduleWeighting, StaticWeighting, lead_step
+from trainers.method.lead import LeadConfig, LeadState, PsiWeighting, ScheduleWeighting, StaticWeighting, lead_step
 
 WEIGHTINGS = st.one_of(
     st.builds(PsiWeighting, beta=st.floats(0, 1), lambda_min=st.floats(0, 1), normalization=st.sampled_from(["decoupled", "combined"])),

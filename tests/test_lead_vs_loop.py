@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks.lead_step import loop_lead_step, make_batch
-from trainers.lead import LeadConfig, LeadState, lead_step
+from trainers.method.lead import LeadConfig, LeadState, lead_step
 
 
 @pytest.mark.parametrize("aggregator", ["mean_correct", "min_correct", "median_correct", "mean_all"])

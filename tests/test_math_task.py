@@ -212,7 +212,7 @@ def test_evaluate_reports_every_bad_flag_at_once_before_loading_anything(chat_mo
 
 def test_grpo_trains_on_the_math_task(chat_model, tmp_path):
     """Two GRPO steps and an evaluation on the fixture, through the same loop as the synthetic task."""
-    from trainers.grpo import train
+    from trainers.loop.grpo import train
 
     config = TrainConfig.model_validate({
         "model": {"path": str(chat_model), "cache_dir": str(tmp_path / "cache")},

@@ -11,7 +11,7 @@ from study.plan import plan_trials
 from study.spec import load_spec
 from tests.conftest import run_main
 from trainers.config import ConfigError, TrainConfig, load_train_config
-from trainers.lead import lead_step
+from trainers.method.lead import lead_step
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples/plugins/my_method.py"
@@ -66,7 +66,7 @@ def test_a_plugin_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, plugin, m
     from study.run import main
 
     (tmp_path / "broken.py").write_text("1 / 0\n")
-    (tmp_path / "taken.py").write_text("from trainers.rewards import register_length_reward\n\n"
+    (tmp_path / "taken.py").write_text("from trainers.method.rewards import register_length_reward\n\n"
                                        "register_length_reward('kimi', low=0, high=1)(lambda batch: batch.lengths)\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: s\nplugins: [{plugin}]\narms: [{{name: a, weighting: {{kind: psi}}}}]\n")
@@ -88,7 +88,7 @@ def test_a_weighting_that_does_not_fit_is_refused_at_registration():
     from typing import Literal
 
     from trainers.registry import RegistryError
-    from trainers.weightings import Weighting, register_weighting
+    from trainers.method.weightings import Weighting, register_weighting
 
     with pytest.raises(RegistryError, match="declare kind"):
         register_weighting("nameless")(type("Nameless", (Weighting,), {}))
@@ -99,10 +99,10 @@ def test_a_weighting_that_does_not_fit_is_refused_at_registration():
 def test_a_registered_engine_with_its_own_settings_is_selectable_and_trains(cache_dir, tiny_model_dir, tmp_path):
     """An engine registered outside the package (here: the transformers engine, counting its calls)
     is chosen by name from a config, gets its validated options, and runs a real training step."""
-    from trainers.grpo import train
+    from trainers.loop.grpo import train
     from trainers.rollout import register_engine
     from trainers.rollout.hf import HFRolloutEngine
-    from trainers.strict import Strict
+    from trainers.settings import Strict
 
     from tests.conftest import tiny_config
 
@@ -142,7 +142,7 @@ def test_a_users_group_filter_and_loss_aggregation_are_one_class_and_one_functio
     """A group filter (here: keep each prompt's longest response) and a loss aggregation (a sum over
     the sequences) from a plugin file, named in a trainer config, train a real step and report."""
     from trainers import contract as M
-    from trainers.grpo import train
+    from trainers.loop.grpo import train
 
     from tests.conftest import tiny_config
 
@@ -150,7 +150,7 @@ def test_a_users_group_filter_and_loss_aggregation_are_one_class_and_one_functio
         "from typing import Literal\n"
         "import torch\n"
         "from trainers.actor.aggregation import register_loss_aggregation\n"
-        "from trainers.group_filters import GroupFilter, register_group_filter\n\n"
+        "from trainers.loop.group_filters import GroupFilter, register_group_filter\n\n"
         "@register_group_filter('longest')\n"
         "class Longest(GroupFilter):\n"
         "    kind: Literal['longest'] = 'longest'\n\n"

@@ -12,8 +12,8 @@ from pydantic import Field
 
 from benchmarks.lead_step import BENCH_PARAMS, LOOP_REWARDS, loop_lead_step, make_batch
 from tests.test_lead_properties import batches
-from trainers.lead import LeadConfig, LeadState, PsiWeighting, StaticWeighting, lead_step
-from trainers.rewards import LENGTH_REWARDS, RewardBatch, register_length_reward
+from trainers.method.lead import LeadConfig, LeadState, PsiWeighting, StaticWeighting, lead_step
+from trainers.method.rewards import LENGTH_REWARDS, RewardBatch, register_length_reward
 
 T = torch.tensor
 PARAMS = {  # settings for the properties below (lengths 0..400)
@@ -31,7 +31,7 @@ def reward(name, lengths, scores, groups, **params):
 
 
 def test_the_contract_imports_and_calls_exactly_as_documented():
-    from trainers.rewards import LENGTH_REWARDS
+    from trainers.method.rewards import LENGTH_REWARDS
 
     assert set(LENGTH_REWARDS) == {"lead", "shorter_better", "kimi", "arora_zanette", "overlong", "threshold"}
     fn = LENGTH_REWARDS["kimi"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from trainers.checkpoint import CHECKPOINT_FILE, config_hash, latest_checkpoint
-from trainers.checkpoint import publish as publish_checkpoint, stage as stage_checkpoint
-from trainers.grpo import train
+from trainers.loop.checkpoint import CHECKPOINT_FILE, config_hash, latest_checkpoint
+from trainers.loop.checkpoint import publish as publish_checkpoint, stage as stage_checkpoint
+from trainers.loop.grpo import train
 from trainers.train import RunFiles
 
 
@@ -68,7 +68,7 @@ def test_the_config_hash_ignores_only_what_a_resume_may_change(cache_dir):
 def test_a_resume_with_a_changed_learning_rate_steps_with_the_new_one(cache_dir, tmp_path):
     """The optimizer state comes from the checkpoint, its learning rate from this run's settings."""
     from trainers.actor import build_actor
-    from trainers.base_model import base_model_path, load_model
+    from trainers.loop.base_model import base_model_path, load_model
 
     config = tiny_config(cache_dir, train={"lr": 1e-3})
     model, _ = load_model(base_model_path(config, log=lambda _: None), config)
@@ -81,7 +81,7 @@ def test_a_resume_with_a_changed_learning_rate_steps_with_the_new_one(cache_dir,
 
 @pytest.mark.parametrize("marker", [None, "report"])
 def test_clearing_a_folder_needs_its_own_marker(tmp_path, marker):
-    from trainers.outputs import MARKER, clear_owned
+    from trainers.io.outputs import MARKER, clear_owned
 
     (tmp_path / "keep.txt").write_text("x")
     if marker:

@@ -7,10 +7,10 @@ from study.shipping import SHIPPED, fetch, ship
 from study.storage import open_storage
 from tests.conftest import tiny_config
 from trainers.config import deep_merge
-from trainers.base_model import base_evaluation_key, prepare
-from trainers.evaluation import evaluation_folder
-from trainers.fingerprint import weights_digest
-from trainers.threads import torch_threads
+from trainers.io.fingerprint import weights_digest
+from trainers.loop.base_model import base_evaluation_key, prepare
+from trainers.loop.evaluation import evaluation_folder
+from trainers.runtime.process import torch_threads
 
 
 def prepared(cache_dir: Path, tmp_path: Path):
@@ -71,7 +71,7 @@ def test_a_model_path_in_object_storage_is_downloaded_once_into_the_cache(s3_env
     import boto3
     import pytest
 
-    from trainers.base_model import base_model_path
+    from trainers.loop.base_model import base_model_path
 
     boto3.client("s3").create_bucket(Bucket="models")
     open_storage("s3://models").child("tiny").upload(tiny_model_dir)

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from study.run import main
 from tests.conftest import TINY
-from trainers import kernels
 from trainers.config import TrainConfig, deep_merge
+from trainers.runtime import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -371,8 +371,8 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
     checkpoint with the new w_corr; MLflow holds each step once, the exploit record and its mark."""
     from analysis.load import load_study
     from analysis.population import effective_schedules
-    from trainers.checkpoint import CHECKPOINT_FILE
-    from trainers.grpo import train
+    from trainers.loop.checkpoint import CHECKPOINT_FILE
+    from trainers.loop.grpo import train
 
     spec = small_spec(
         tmp_path, cache_dir,

@@ -38,7 +38,7 @@ def pbt(mode="pbt", population=None, arms=None, steps=10):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_every_shipped_spec_is_valid_and_plans(spec, monkeypatch, tmp_path):
-    from trainers.checks import files_unchecked
+    from trainers.settings import files_unchecked
 
     monkeypatch.setenv("LEAD_MODEL_PATH", str(tmp_path / "model"))  # GPU specs name machine paths
     monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
@@ -407,7 +407,7 @@ def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch
     population member's is searched), the normalization, the whitening, the group filter and the
     loss aggregation."""
     from trainers import contract as M
-    from trainers.checks import files_unchecked
+    from trainers.settings import files_unchecked
 
     monkeypatch.setenv("LEAD_MODEL_PATH", str(tmp_path / "model"))
     monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from trainers.outputs import owner
+from trainers.io.outputs import owner
 
 from tests.conftest import TINY, run_main
 

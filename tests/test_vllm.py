@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.conftest import TINY, tiny_config
 from trainers import contract as M
 from trainers.actor import build_actor
-from trainers.group_filters import Drawn
-from trainers.grpo import build_sequences
+from trainers.loop.group_filters import Drawn
+from trainers.loop.grpo import build_sequences
 from trainers.rollout import build_engine
 from trainers.rollout.base import SamplingParams
 
@@ -31,7 +31,7 @@ VLLM_TINY = {**TINY, "hidden_size": 64}
 @pytest.fixture(scope="module")
 def engines(cache_dir):
     """The trainer's model, its tokenizer, an hf engine over it and a vLLM engine following it."""
-    from trainers.base_model import base_model_path
+    from trainers.loop.base_model import base_model_path
 
     config = tiny_config(cache_dir, model={"tiny": VLLM_TINY}, rollout={"engine": "vllm"})
     path = base_model_path(config, log=lambda _: None)

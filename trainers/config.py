@@ -17,16 +17,15 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 
 from trainers.actor import BACKENDS
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
-from trainers.checks import must_exist
-from trainers.group_filters import GroupFilter, KeepAll, group_filter_settings
-from trainers.lead import LeadConfig
-from trainers.plugins import load_plugins, resolve
-from trainers.weightings import WEIGHTINGS
+from trainers.io.remote import is_uri
+from trainers.loop.group_filters import GroupFilter, KeepAll, group_filter_settings
+from trainers.method.lead import LeadConfig
+from trainers.method.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
+from trainers.plugins import load_plugins, resolve
 from trainers.rollout import ENGINES
-from trainers.remote import is_uri
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.strict import Strict, omit_empty
+from trainers.settings import Strict, must_exist, omit_empty
 from trainers.tasks import TaskSettings, task_settings
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
@@ -43,7 +42,7 @@ class ModelConfig(Strict):
     @field_validator("path")
     @classmethod
     def _is_model_directory(cls, path: Path | str | None) -> Path | str | None:
-        """A URI stays as it is (checked when the run starts, ``trainers.remote``); a local path
+        """A URI stays as it is (checked when the run starts, ``trainers.io.remote``); a local path
         must be a model directory."""
         if path is not None and not is_uri(path):
             path = Path(path).expanduser().resolve()
@@ -67,7 +66,7 @@ class RolloutConfig(Strict):
     )
     max_prompt_tokens: int = Field(64, ge=1)
     group_filter: SerializeAsAny[GroupFilter] = Field(
-        KeepAll(), description="which graded rollouts train, kind: a name in trainers.group_filters.GROUP_FILTERS: "
+        KeepAll(), description="which graded rollouts train, kind: a name in trainers.loop.group_filters.GROUP_FILTERS: "
         "none | dynamic_sampling (DAPO) | gfpo"
     )
     gpu_memory_utilization: float = Field(

@@ -101,12 +101,12 @@ def version_tag(name: str) -> str:
 
 
 # The method tags: how the trial's advantage is made.
-TAG_REWARD = "reward"  # the length reward's name in trainers.rewards.LENGTH_REWARDS
-TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.weightings.WEIGHTINGS (psi, static, schedule, ...)
+TAG_REWARD = "reward"  # the length reward's name in trainers.method.rewards.LENGTH_REWARDS
+TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.method.weightings.WEIGHTINGS (psi, static, schedule, ...)
 TAG_MOTION = "weight_motion"  # how w_corr moves over training: one of MOTIONS
 TAG_NORMALIZATION = "normalization"  # the advantage normalization's name (decoupled, combined, ...)
 TAG_WHITEN = "whiten"  # true | false: token advantages whitened over the batch
-TAG_GROUP_FILTER = "group_filter"  # the group filter's name in trainers.group_filters.GROUP_FILTERS (none, gfpo, ...)
+TAG_GROUP_FILTER = "group_filter"  # the group filter's name in trainers.loop.group_filters.GROUP_FILTERS (none, gfpo, ...)
 TAG_LOSS_AGGREGATION = "loss_aggregation"  # the loss aggregation's name (token_mean, budget)
 METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_MOTION, TAG_NORMALIZATION, TAG_WHITEN, TAG_GROUP_FILTER, TAG_LOSS_AGGREGATION)
 FIXED, SCHEDULED, ADAPTIVE, SEARCHED = "fixed", "scheduled", "adaptive", "searched"

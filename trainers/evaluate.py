@@ -7,7 +7,7 @@ Sober Reasoning protocol (LEAD, section 6): temperature 0.8, top-p 0.9, pass@1 a
 samples per problem, n = 3 for MATH-500, OlympiadBench and Minerva, n = 10 for AIME24, AIME25 and
 AMC23, one max-tokens budget. Rollouts come from the trainer's rollout interface (transformers
 here), prompts from the model's chat template with the paper's suffix, grades from
-``trainers.grading``. The response length is every generated token, thinking included.
+``trainers.tasks.grading``. The response length is every generated token, thinking included.
 
 Writes to ``--out`` (default ``evaluations/<model dir name>``): ``samples.parquet`` (benchmark,
 problem id, sample, response length, truncated, extracted answer, correct), and ``results.json``
@@ -33,14 +33,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from trainers import kernels
-from trainers.evaluation import aes
-from trainers.fingerprint import versions
-from trainers.grading import Grader, extract_answer
-from trainers.outputs import check_writable_dir, write_atomic
+from trainers.io.fingerprint import versions
+from trainers.io.outputs import check_writable_dir, write_atomic
+from trainers.loop.evaluation import aes
 from trainers.rollout import ENGINES, build_engine
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.seeding import mix_seed
+from trainers.runtime import kernels
+from trainers.runtime.process import mix_seed
+from trainers.tasks.grading import Grader, extract_answer
 from trainers.tasks.math import DatasetError, chat_prompt_ids, load_problems
 
 
@@ -224,7 +224,7 @@ def sample_chunks(args: argparse.Namespace, benchmarks: dict, problems: dict, ou
     """Every benchmark's samples, chunk by chunk; a chunk already saved (an interrupted run) is read back."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.base_model import resolve_device
+    from trainers.loop.base_model import resolve_device
 
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" and device.type == "cuda" else torch.float32

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError, create_model
 
-from trainers.strict import Strict
+from trainers.settings import Strict
 
 T = TypeVar("T")
 

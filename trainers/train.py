@@ -25,13 +25,13 @@ import yaml
 from tqdm import tqdm
 
 from trainers import contract as M
-from trainers import kernels
 from trainers.config import ConfigError, load_train_config, print_errors
-from trainers.fingerprint import versions
-from trainers.base_model import ModelLoadError
-from trainers.checkpoint import CheckpointMismatch, check_checkpoint, checkpoint_step, latest_checkpoint
-from trainers.grpo import StepReport, train
-from trainers.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner, write_atomic
+from trainers.io.fingerprint import versions
+from trainers.io.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner, write_atomic
+from trainers.loop.base_model import ModelLoadError
+from trainers.loop.checkpoint import CheckpointMismatch, check_checkpoint, checkpoint_step, latest_checkpoint
+from trainers.loop.grpo import StepReport, train
+from trainers.runtime import kernels
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"

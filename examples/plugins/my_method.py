@@ -12,8 +12,8 @@ import torch
 from pydantic import Field
 
 from trainers.contract import ADAPTIVE
-from trainers.rewards import RewardBatch, register_length_reward
-from trainers.weightings import RewardSignals, Weighting, Weights, register_weighting
+from trainers.method.rewards import RewardBatch, register_length_reward
+from trainers.method.weightings import RewardSignals, Weighting, Weights, register_weighting
 
 
 @register_length_reward("budget_linear", low=-1.0, high=0.0)

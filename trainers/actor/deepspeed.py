@@ -14,7 +14,7 @@ float32 master weights in the optimizer, float32 gradient accumulation and reduc
 and 2); checkpoints hold the float32 master weights, and a (re)start sets the masters from them
 (not from DeepSpeed's bf16 copy). Workers die with the trial's process (``die_with_parent``), and
 worker 0 hands its cached GPU blocks back after gathering full tensors. Needs DeepSpeed 0.19.4
-(``trainers.floors``).
+(``trainers.runtime.floors``).
 State in and out is full (unsharded): the weights and a torch ``AdamW`` state dict, gathered with
 DeepSpeed's ``safe_get_full_*`` helpers, so checkpoints move between backends and worker counts.
 Workers start at the first update; loading a state (re)starts them with it.
@@ -32,11 +32,11 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
-from trainers import kernels
 from trainers.actor import register_backend
-from trainers.floors import require_floor
-from trainers.ports import free_port
 from trainers.actor.update import PolicyBatch, combine_sums, policy_update, token_logprobs
+from trainers.runtime import kernels
+from trainers.runtime.floors import require_floor
+from trainers.runtime.process import free_port
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 

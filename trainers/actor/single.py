@@ -8,8 +8,8 @@ import functools
 import torch
 
 from trainers.actor import register_backend
-from trainers.precision import autocast
 from trainers.actor.update import PolicyBatch, combine_sums, policy_update, token_logprobs
+from trainers.runtime.process import autocast
 
 
 @register_backend("single")

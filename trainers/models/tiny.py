@@ -26,10 +26,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from trainers import contract as M
-from trainers import kernels
-from trainers.fingerprint import BASE_MODEL_CODE, fingerprint, versions
-from trainers.strict import Strict
-from trainers.threads import BUILD_THREADS, torch_threads
+from trainers.io.fingerprint import BASE_MODEL_CODE, fingerprint, versions
+from trainers.runtime import kernels
+from trainers.runtime.process import BUILD_THREADS, torch_threads
+from trainers.settings import Strict
 from trainers.tasks import task_identity
 from trainers.tasks.synthetic import VOCAB, SyntheticTaskConfig, sample_problem, verbose_response
 

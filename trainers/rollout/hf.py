@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from trainers.rollout import register_engine
-from trainers.precision import autocast
 from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
 from trainers.rollout.kv_cache import preallocated_cache
+from trainers.runtime.process import autocast
 
 
 def sample_tokens(

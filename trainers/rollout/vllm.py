@@ -11,7 +11,7 @@ freed) so the policy update has the memory, and wakes for the next ``generate`` 
 ``sync_weights`` (after ``torch.cuda.empty_cache()``, so the update's cached blocks are free);
 it takes ``gpu_memory_utilization`` of the GPU while awake, and is woken before it shuts down
 (vLLM issue #36651: a shutdown while asleep releases unmapped memory). Needs vLLM 0.18
-(``trainers.floors``).
+(``trainers.runtime.floors``).
 
 Log-probabilities come from the sampler as processed (``logprobs_mode="processed_logprobs"``:
 temperature and top-p applied), the same quantity the ``hf`` engine reports.
@@ -37,10 +37,10 @@ import torch
 import vllm
 from vllm.inputs import TokensPrompt
 
-from trainers.floors import require_floor
 from trainers.rollout import register_engine
 from trainers.rollout.base import EngineSpec, Rollouts, SamplingParams
-from trainers.seeding import mix_seed
+from trainers.runtime.floors import require_floor
+from trainers.runtime.process import mix_seed
 
 
 def prompt_seed(seed: int, row: int, n: int) -> int:

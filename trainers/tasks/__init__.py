@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from trainers import contract as M
 from trainers.registry import Registry, kind_model
-from trainers.strict import Strict
+from trainers.settings import Strict
 
 
 class TaskSettings(Strict):

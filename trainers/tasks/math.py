@@ -31,10 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from trainers.checks import must_exist
-from trainers.grading import FALLBACKS, Grader, last_boxed
-from trainers.strict import Strict
+from trainers.settings import Strict, must_exist
 from trainers.tasks import TaskSettings, register_task
+from trainers.tasks.grading import FALLBACKS, Grader, last_boxed
 
 SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 # jsonl quirk (benchmarks/SOURCES.md): "\f" and "\t" of "\frac" / "\triangle" read as JSON escapes

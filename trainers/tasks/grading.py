@@ -1,6 +1,6 @@
 """Grading math answers, safely.
 
-    from trainers.grading import grade_answers
+    from trainers.tasks.grading import grade_answers
     grade_answers(responses, ground_truths, timeout_s=5.0) -> list[float]   # 1.0 correct, 0.0 not
 
 The final answer is the last ``\\boxed{...}`` (or ``\\fbox{...}``) of a response, nested braces

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from trainers.method.segments import Groups
 from trainers.registry import Registry, kind_model
-from trainers.segments import Groups
-from trainers.strict import Strict
+from trainers.settings import Strict
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Drawn:
 
     @property
     def segments(self) -> Groups:
-        """The group structure for ``trainers.segments``' per-group reductions (every group has a rollout)."""
+        """The group structure for ``trainers.method.segments``' per-group reductions (every group has a rollout)."""
         return Groups(torch.arange(self.num_groups, device=self.group.device), self.group)
 
     @property

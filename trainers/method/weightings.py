@@ -13,7 +13,7 @@ A weighting is registered as its settings model, which computes the step's weigh
             return fixed_weights(self.w_corr, signals)
 
 Every weighting also carries how the weighted rewards become one advantage (``normalization``, a
-name in ``trainers.normalization.NORMALIZATIONS``) and whether token advantages are whitened. A
+name in ``trainers.method.normalization.NORMALIZATIONS``) and whether token advantages are whitened. A
 weighting owns its own statistics: PSI computes its spread-and-headroom targets from the step's
 ``RewardSignals``; the others need none.
 """
@@ -28,13 +28,13 @@ import torch
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from trainers.contract import ADAPTIVE, FIXED, SCHEDULED
-from trainers.normalization import NORMALIZATIONS
+from trainers.method.normalization import NORMALIZATIONS
+from trainers.method.segments import Groups
 from trainers.registry import Registry, RegistryError, kind_model
-from trainers.segments import Groups
-from trainers.strict import Strict
+from trainers.settings import Strict
 
 if TYPE_CHECKING:
-    from trainers.lead import LeadState
+    from trainers.method.lead import LeadState
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Weighting(Strict):
     motion: ClassVar[str]  # trainers.contract: FIXED, SCHEDULED or ADAPTIVE
 
     normalization: NORMALIZATIONS.Name = Field(
-        "decoupled", description="a name in trainers.normalization.NORMALIZATIONS: decoupled (normalize-then-combine, "
+        "decoupled", description="a name in trainers.method.normalization.NORMALIZATIONS: decoupled (normalize-then-combine, "
         "LEAD) | combined (combine-then-normalize, GRPO) | centered (combine, subtract the group mean: Dr. GRPO, DLER)")
     whiten: bool = Field(True, description="whiten token advantages over the batch (the release's GRPO does not)")
 

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from trainers.lead import LeadConfig
-from trainers.rewards import target_lengths
+from trainers.method.lead import LeadConfig
+from trainers.method.rewards import target_lengths
+from trainers.method.segments import Groups
 from trainers.rollout.base import RolloutEngine, SamplingParams
-from trainers.seeding import step_seed
-from trainers.segments import Groups
+from trainers.runtime.process import step_seed
 
 
 def aes(
@@ -94,7 +94,7 @@ def evaluate(
     """Pass@1 over ``n_samples`` per problem, mean length, and a per-problem table.
 
     The table's ``lstar`` is the target LEAD would set for the problem from these samples
-    (``trainers.rewards.target_lengths``), to set against its ``minimal_length``.
+    (``trainers.method.rewards.target_lengths``), to set against its ``minimal_length``.
     """
     lengths, scores, truncated, features = [], [], [], {}
     for start in range(0, len(problems), batch_size):

@@ -1,8 +1,9 @@
-"""Whether validating a config checks that the files it names exist.
+"""What every settings model shares: the strict base model (unknown keys are errors, settings never
+change once validated), and whether validation checks that the files a config names exist.
 
-They are checked by default. ``with files_unchecked():`` validates everything else only, for a
+Files are checked by default. ``with files_unchecked():`` validates everything else only, for a
 config meant for another machine (``python -m study.run SPEC --dry-run`` on a laptop for a GPU
-node's model and data); ``unchecked_paths()`` then lists what was not looked at.
+node's model and data); the block yields the list of paths that were not looked at.
 """
 
 from __future__ import annotations
@@ -11,6 +12,23 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def omit_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """A dump without the optional ``keys`` that are empty, so a config written before they
+    existed keeps its hash (for a ``model_serializer(mode="wrap")``)."""
+    for key in keys:
+        if key in data and not data[key]:
+            del data[key]
+    return data
+
 
 _checking: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("unchecked_paths", default=None)
 

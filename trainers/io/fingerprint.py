@@ -14,16 +14,16 @@ from importlib import metadata
 from pathlib import Path
 
 from trainers import contract as M
-from trainers import kernels
-from trainers.outputs import write_atomic
+from trainers.io.outputs import write_atomic
+from trainers.runtime import kernels
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding trainers/
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding trainers/
 LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "ray", "mlflow", "math-verify")
 
 # The code each cache depends on (paths under PACKAGE_ROOT; folders mean every .py file in them).
-BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py", "trainers/threads.py")  # the tiny model, its SFT data
-EVALUATION_CODE = ("trainers/models", "trainers/rollout", "trainers/tasks", "trainers/evaluation.py",
-                   "trainers/grading.py", "trainers/seeding.py")  # sampling, grading, and what an evaluation computes
+BASE_MODEL_CODE = ("trainers/models", "trainers/tasks/synthetic.py", "trainers/runtime/process.py")  # the tiny model, its SFT data
+EVALUATION_CODE = ("trainers/models", "trainers/rollout", "trainers/tasks", "trainers/loop/evaluation.py",
+                   "trainers/runtime/process.py")  # sampling, grading, and what an evaluation computes
 
 
 def library_version(name: str) -> str:
@@ -49,7 +49,7 @@ def project_version() -> str:
 
 def versions() -> dict[str, str]:
     """``{"lead-study": "0.1.0+abc123", "torch": "2.13.0", ..., "cpu-kernels": "AVX2 (pinned)"}``:
-    the project, ``LIBRARIES`` and the CPU kernel level this process computes at (``trainers.kernels``)."""
+    the project, ``LIBRARIES`` and the CPU kernel level this process computes at (``trainers.runtime.kernels``)."""
     return {"lead-study": project_version(), **{name: library_version(name) for name in LIBRARIES},
             M.CPU_KERNELS: kernels.level()}
 

@@ -1,13 +1,13 @@
 """Length rewards, as a registry of plain callables with a range.
 
-    from trainers.rewards import LENGTH_REWARDS
+    from trainers.method.rewards import LENGTH_REWARDS
     fn = LENGTH_REWARDS["kimi"]
     r_len = fn(lengths, correctness, group_ids, **params)   # float64 tensor, shape N, same device
     fn.low, fn.high                                           # the reward's range
 
 Inputs as for ``lead_step``: 1-D tensors of equal length N; a rollout is correct when its
 correctness score is above 0.5; group ids are arbitrary integer labels in any order. Every reward
-is vectorized over rollouts and groups (segment reductions in ``trainers.segments``).
+is vectorized over rollouts and groups (segment reductions in ``trainers.method.segments``).
 
 Adding a reward is one function here (or in your own module) and one decorator line::
 
@@ -31,9 +31,9 @@ from typing import Annotated, Callable, Literal
 import torch
 from pydantic import BaseModel, Field
 
+from trainers.method.segments import Groups
+from trainers.method.target_memory import Recall, TargetMemory
 from trainers.registry import Registry, settings_model
-from trainers.segments import Groups
-from trainers.target_memory import Recall, TargetMemory
 
 Aggregator = Literal["mean_correct", "min_correct", "median_correct", "mean_all"]
 LstarMode = Literal["sym", "asym", "upper_only"]
@@ -65,7 +65,7 @@ class RewardBatch:
 
     With ``recall`` (the trainer's L* memory), a per-group target is blended with earlier visits
     before use. Once the reward called ``target``: ``targets`` holds the per-group target it aimed
-    at, and ``memory`` the updated memory (``trainers.target_memory``)."""
+    at, and ``memory`` the updated memory (``trainers.method.target_memory``)."""
 
     lengths: torch.Tensor
     correct: torch.Tensor

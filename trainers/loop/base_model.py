@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.config import TrainConfig
-from trainers.evaluation import EvalResult, Evaluator, cached_evaluation
-from trainers.fingerprint import EVALUATION_CODE, fingerprint, weights_digest
+from trainers.io.fingerprint import EVALUATION_CODE, fingerprint, weights_digest
+from trainers.io.remote import cached_model, is_uri
+from trainers.loop.evaluation import EvalResult, Evaluator, cached_evaluation
 from trainers.models.tiny import default_cache_dir, ensure_base_model
-from trainers.remote import cached_model, is_uri
 from trainers.rollout import build_engine
 from trainers.tasks import build_task, task_identity
 
@@ -45,7 +45,7 @@ def base_model_path(config: TrainConfig, log: Callable[[str], None] = print) -> 
 def load_model(path: Path, config: TrainConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        # float32 weights whatever model.dtype says: bfloat16 computes under autocast (trainers.precision)
+        # float32 weights whatever model.dtype says: bfloat16 computes under autocast (trainers.runtime.process)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.path: cannot load {path}: {str(exc).splitlines()[0]}") from None

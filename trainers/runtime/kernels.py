@@ -21,7 +21,7 @@ imported (``trainers/__init__.py``), before any module of ours imports torch; ch
 workers, DeepSpeed workers) inherit it, and Ray workers on other nodes get it from the runtime
 environment (``child_environment()``). ``level()`` checks, in the process itself, that torch runs
 at the pinned level, and is what runs record (``version.cpu-kernels``) and what every cache key
-holds (``trainers.fingerprint``), so a run made without the pin never shares a cache entry with one
+holds (``trainers.io.fingerprint``), so a run made without the pin never shares a cache entry with one
 made with it.
 
 ``LEAD_STUDY_CPU_LEVEL=native`` turns the pin off: each library picks the fastest kernels the
@@ -111,7 +111,7 @@ def level() -> str:
     wrong = {key: os.environ.get(key) for key, value in PINNED_ENVIRONMENT.items() if os.environ.get(key) != value}
     if found != TORCH_NAME or wrong:
         raise KernelLevelError(f"{SETTING}: torch computes at {found}, not the pinned {TORCH_NAME} ({wrong or 'set too late'}): "
-                               "import trainers before torch, or start the process with trainers.kernels.child_environment()")
+                               "import trainers before torch, or start the process with trainers.runtime.kernels.child_environment()")
     return f"{TORCH_NAME} (pinned)"
 
 

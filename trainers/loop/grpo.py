@@ -1,7 +1,7 @@
 """GRPO with LEAD rewards, top to bottom.
 
 One step: sample prompts -> roll out ``n`` responses each (within the step's budget) -> grade ->
-the group filter (which rollouts train; it may draw more rounds: ``trainers.group_filters``) ->
+the group filter (which rollouts train; it may draw more rounds: ``trainers.loop.group_filters``) ->
 ``lead_step`` (length reward, advantages, weights) -> token advantages (whitened over all response
 tokens unless the weighting says not)
 -> the actor's policy update (``trainers.actor``: clipped policy-gradient loss + KL to the frozen
@@ -15,7 +15,7 @@ step. Randomness is a pure function of (seed, step), so with the ``hf`` engine a
 repeats an uninterrupted one bit for bit (with ``vllm`` it continues from the checkpoint, not bit
 for bit). The run's parts (task, model, engine, evaluator, actor, the base model's numbers) come
 from one factory, ``build_run``, which tests and benchmarks can replace; checkpoints are
-``trainers.checkpoint``, evaluation ``trainers.evaluation``, the base model ``trainers.base_model``.
+``trainers.loop.checkpoint``, evaluation ``trainers.loop.evaluation``, the base model ``trainers.loop.base_model``.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from typing import Callable
 import pyarrow as pa
 import torch
 
-from trainers import checkpoint
 from trainers import contract as M
 from trainers.actor import build_actor
 from trainers.actor.update import PolicyBatch
-from trainers.base_model import base_evaluation, base_model_path, load_model
 from trainers.config import TrainConfig
-from trainers.evaluation import EvalResult, Evaluator, aes
-from trainers.group_filters import Drawn, concat
-from trainers.lead import LeadState, lead_step, masked_whiten
+from trainers.loop import checkpoint
+from trainers.loop.base_model import base_evaluation, base_model_path, load_model
+from trainers.loop.evaluation import EvalResult, Evaluator, aes
+from trainers.loop.group_filters import Drawn, concat
+from trainers.method.lead import LeadState, lead_step, masked_whiten
 from trainers.rollout import build_engine
-from trainers.seeding import mix_seed, step_seed
+from trainers.runtime.process import mix_seed, step_seed
 from trainers.tasks import build_task, grade_rollouts
 
 

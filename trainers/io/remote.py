@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainers.outputs import file_lock
+from trainers.io.outputs import file_lock
 
 CHUNK = 64 * 2**20  # bytes per read in a copy: one ranged request each (pyarrow's default 1 MiB made ~1,000 per GiB)
 COMPLETE = ".complete"  # the last object an upload writes: a folder without it is not used, nor copied along

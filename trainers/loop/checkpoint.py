@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from trainers.config import TrainConfig, deep_merge, dotted
-from trainers.lead import LeadState
+from trainers.method.lead import LeadState
 
 CHECKPOINT_FILE = "trainer_state.pt"
 CHECKPOINT_INFO = "checkpoint.json"  # {"step": N, "config_hash": ...}: read without loading the weights

@@ -9,10 +9,10 @@ Notation: rollout ``i`` has length ``l_i``, correctness score ``c_i`` in [0, 1] 
 the function that computes it (LEAD: arXiv 2605.09806).
 
 ``lead_step`` runs five stages, each a function here: the length reward (any entry of
-``trainers.rewards.LENGTH_REWARDS``, LEAD's own by default, with the L* memory going in and out),
-the rewards' statistics (``trainers.weightings.reward_spread``), the weights (the configured
-entry of ``trainers.weightings.WEIGHTINGS``, which owns its own statistics), the combination into
-advantages (``trainers.normalization.NORMALIZATIONS``) and the metrics.
+``trainers.method.rewards.LENGTH_REWARDS``, LEAD's own by default, with the L* memory going in and out),
+the rewards' statistics (``trainers.method.weightings.reward_spread``), the weights (the configured
+entry of ``trainers.method.weightings.WEIGHTINGS``, which owns its own statistics), the combination into
+advantages (``trainers.method.normalization.NORMALIZATIONS``) and the metrics.
 
 Everything is vectorized over rollouts and groups (``torch.unique(return_inverse=True)`` plus
 segment reductions), runs on the device of its inputs, and synchronizes with the host once, at
@@ -29,13 +29,13 @@ import torch
 from pydantic import Field, PrivateAttr, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from trainers.contract import SEARCHED
-from trainers.normalization import NORMALIZATIONS, WeightedRewards, group_normalize, masked_whiten
+from trainers.method.normalization import NORMALIZATIONS, WeightedRewards, group_normalize, masked_whiten
+from trainers.method.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
+from trainers.method.segments import Groups
+from trainers.method.target_memory import Recall, TargetMemory
 from trainers.registry import first_error
-from trainers.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
-from trainers.segments import Groups
-from trainers.strict import Strict
-from trainers.target_memory import Recall, TargetMemory
-from trainers.weightings import (
+from trainers.settings import Strict
+from trainers.method.weightings import (
     PsiWeighting, RewardSignals, ScheduleWeighting, StaticWeighting, Weighting, Weights, reward_spread,
     weighting_settings,
 )
@@ -57,11 +57,11 @@ __all__ = [
 class LeadConfig(Strict):
     """Settings of the length reward, the target length and the weighting (defaults: the paper's)."""
 
-    length_reward: str = Field("lead", description="a name in trainers.rewards.LENGTH_REWARDS")
+    length_reward: str = Field("lead", description="a name in trainers.method.rewards.LENGTH_REWARDS")
     length_params: dict[str, Any] = Field(
         default_factory=dict, description="the reward's own settings (those named like a lead field come from it)"
     )
-    weighting: SerializeAsAny[Weighting] = Field(PsiWeighting(), description="kind: a name in trainers.weightings.WEIGHTINGS")
+    weighting: SerializeAsAny[Weighting] = Field(PsiWeighting(), description="kind: a name in trainers.method.weightings.WEIGHTINGS")
     # target length and LEAD's efficiency reward
     aggregator: Aggregator = "mean_correct"
     lstar_mode: LstarMode = "sym"

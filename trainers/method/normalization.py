@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trainers.method.segments import Groups
 from trainers.registry import Registry
-from trainers.segments import Groups
 
 GROUP_STD_EPS = 1e-6  # GRPO outcome-advantage epsilon: (r - mean) / (std + 1e-6)
 WHITEN_EPS = 1e-8  # inside sqrt of the token whitening variance
