@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
-from trainers.actor.update import clipped_objective
+from trainers.actor.losses import clipped_objective
 from trainers.config import TrainConfig, format_errors
 from trainers.loop.group_filters import GROUP_FILTERS, Drawn, concat
 from trainers.method.normalization import NORMALIZATIONS, WeightedRewards, group_normalize
@@ -101,7 +101,7 @@ def test_dual_clip_bounds_the_loss_of_negative_advantages(clip_c):
     rng = random.Random(7)
     ratios = [math.exp(rng.uniform(-3, 3)) for _ in range(400)]
     advs = [rng.uniform(-2, 2) for _ in ratios]
-    fast, _ = clipped_objective(torch.tensor(ratios, dtype=torch.float64), torch.tensor(advs, dtype=torch.float64),
+    fast, _, _ = clipped_objective(torch.tensor(ratios, dtype=torch.float64), torch.tensor(advs, dtype=torch.float64),
                                 0.2, 0.28, clip_c)
     slow = [loop_dual_clip(r, a, 0.2, 0.28, clip_c) for r, a in zip(ratios, advs)]
     assert fast.tolist() == pytest.approx(slow, abs=1e-10, rel=0)

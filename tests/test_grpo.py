@@ -8,7 +8,8 @@ import torch
 
 from tests.conftest import tiny_config
 from trainers import contract as M
-from trainers.actor.update import clipped_objective, kl_penalty
+from trainers.actor.losses import clipped_objective
+from trainers.actor.update import kl_penalty
 from trainers.loop import checkpoint
 from trainers.loop.base_model import ModelLoadError
 from trainers.loop.checkpoint import latest_checkpoint
@@ -169,11 +170,11 @@ def test_token_advantages_are_whitened_over_tokens_or_left_as_they_are():
 def test_an_upper_clip_of_its_own():
     ratio, adv = torch.tensor([1.25, 0.7]), torch.tensor([1.0, -1.0])
     # symmetric 0.2: 1.25 -> 1.2 (positive advantage: min(1.25, 1.2) wins); 0.7 -> 0.8 for a negative advantage
-    pg, clipped = clipped_objective(ratio, adv, 0.2, None)
-    assert pg.tolist() == pytest.approx([-1.2, 0.8]) and clipped.tolist() == [True, True]
+    pg, outside, _ = clipped_objective(ratio, adv, 0.2, None)
+    assert pg.tolist() == pytest.approx([-1.2, 0.8]) and outside.tolist() == [True, True]
     # clip-higher 0.28: 1.25 stays inside 1.28
-    pg, clipped = clipped_objective(ratio, adv, 0.2, 0.28)
-    assert pg.tolist() == pytest.approx([-1.25, 0.8]) and clipped.tolist() == [False, True]
+    pg, outside, _ = clipped_objective(ratio, adv, 0.2, 0.28)
+    assert pg.tolist() == pytest.approx([-1.25, 0.8]) and outside.tolist() == [False, True]
 
 
 def test_a_shrinking_budget_where_a_cut_off_response_counts_as_wrong(tiny_model_dir, cache_dir, tmp_path):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 
 from trainers.actor import BACKENDS
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
+from trainers.actor.losses import POLICY_LOSSES
 from trainers.io.remote import is_uri
 from trainers.loop.group_filters import GroupFilter, KeepAll, group_filter_settings
 from trainers.method.lead import LeadConfig
@@ -132,6 +133,9 @@ class OptimConfig(Strict):
         None, gt=1.0, description="dual clip: for negative advantages the loss is at most -A clip_ratio_c (verl 3, "
         "DLER 10); None: off"
     )
+    policy_loss: POLICY_LOSSES.Name = Field(
+        "ppo_clip", description="a name in trainers.actor.losses.POLICY_LOSSES: ppo_clip (PPO's clipped token ratio) "
+        "| gspo (GSPO's sequence ratio)")
     loss_aggregation: LOSS_AGGREGATIONS.Name = Field(
         "token_mean", description="a name in trainers.actor.aggregation.LOSS_AGGREGATIONS: token_mean (over the "
         "mini-batch's response tokens) | budget (Dr. GRPO: each sequence's sum over the generation budget, mean over sequences)"
@@ -143,11 +147,16 @@ class OptimConfig(Strict):
 
     @model_serializer(mode="wrap")
     def _without_empty_options(self, handler) -> dict[str, Any]:
-        return omit_empty(handler(self), "backend_options")
+        data = omit_empty(handler(self), "backend_options")
+        if data.get("policy_loss") == "ppo_clip":  # the default: a config written before it existed keeps its hash
+            del data["policy_loss"]
+        return data
 
     @model_validator(mode="after")
     def _one_single_worker(self) -> "OptimConfig":
         BACKENDS.check_options(self.backend, self.backend_options, "backend_options")
+        if self.clip_ratio_c is not None and not getattr(POLICY_LOSSES.lookup(self.policy_loss), "dual_clip", False):
+            raise ValueError(f"clip_ratio_c: the {self.policy_loss} policy loss has no dual clip; remove clip_ratio_c")
         if self.backend == "single" and self.workers != 1:
             raise ValueError(f"workers: the single backend trains in one process (got {self.workers}); use backend: deepspeed")
         return self

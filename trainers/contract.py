@@ -21,7 +21,8 @@ TRAIN_REWARD_EFFICIENCY = "train/reward_efficiency"
 LOSS_POLICY = "loss/policy"
 LOSS_KL = "loss/kl"
 LOSS_ENTROPY = "loss/entropy"
-LOSS_CLIP_FRACTION = "loss/clip_fraction"
+LOSS_RATIO_OUTSIDE_CLIP = "loss/ratio_outside_clip"  # tokens whose ratio lies outside the clip band
+LOSS_PG_CLIPFRAC = "loss/pg_clipfrac"  # tokens where the clipped term is the larger loss: verl's pg_clipfrac
 LOSS_GRAD_NORM = "loss/grad_norm"
 PERF_STEP_SECONDS = "perf/step_seconds"
 PERF_ROLLOUT_SECONDS = "perf/rollout_seconds"
@@ -73,7 +74,7 @@ EVAL_METRICS = (EVAL_ACCURACY, EVAL_RESPONSE_LENGTH, EVAL_AES)
 # evaluation's, the losses and the LEAD internals.
 REPORTED = tuple(dict.fromkeys((
     *STEP_METRICS, *EVAL_METRICS, "eval/truncated_fraction", PERF_ROLLOUT_SECONDS, LOSS_ENTROPY,
-    LOSS_CLIP_FRACTION, LOSS_GRAD_NORM,
+    LOSS_RATIO_OUTSIDE_CLIP, LOSS_PG_CLIPFRAC, LOSS_GRAD_NORM,
 )))
 
 

@@ -30,6 +30,9 @@ def token_mean(tokens: int, rows: int, budget: int) -> float:
 
 @register_loss_aggregation("budget")
 def budget(tokens: int, rows: int, budget: int) -> float:
-    """Dr. GRPO (arXiv 2503.20783), verl's ``seq-mean-token-sum-norm``: each sequence's summed token
-    loss over the generation budget, then the mean over sequences: ``(1 / G) sum_i sum_t l_it / budget``."""
+    """Dr. GRPO (arXiv 2503.20783): each sequence's summed token loss over the generation budget,
+    then the mean over the mini-batch's G sequences: ``(1 / G) sum_i sum_t l_it / budget``. verl's
+    ``seq-mean-token-sum-norm`` (``loss_scale_factor = budget``) is exactly G times this: despite
+    its name it takes no mean over sequences, ``sum_i sum_t l_it / budget``, so a learning rate
+    tuned under it corresponds to G times that rate here (``tests/test_policy_losses.py``)."""
     return float(max(rows, 1) * budget)

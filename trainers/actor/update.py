@@ -1,7 +1,7 @@
 """One PPO pass over a batch: the policy loss and its plan, shared by every training backend.
 
-    loss per token  = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) + kl_coef * KL - entropy_coef * H
-                      (with dual clip, for A < 0 at most -A clip_c)
+    loss per token  = policy loss + kl_coef * KL - entropy_coef * H
+                      (``train.policy_loss``, ``trainers.actor.losses``: PPO's clip by default)
     mini-batch loss = sum over the mini-batch's response tokens / denominator
                       (``train.loss_aggregation``: the mini-batch's response tokens by default)
 
@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from trainers import contract as M
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
+from trainers.actor.losses import POLICY_LOSSES
 
 LOGPROB_CHUNK_TOKENS = 1024  # tokens per full-vocabulary float32 log_softmax
 GAPS = "gap_values"  # in a worker's sums: its sampled tokens' gaps (a tensor, not a sum)
@@ -77,20 +78,6 @@ def token_logprobs(model, input_ids: torch.Tensor, temperature: float) -> tuple[
         entropies.append(entropy)
     shape = input_ids[:, 1:].shape
     return torch.cat(logps).view(shape), torch.cat(entropies).view(shape)
-
-
-def clipped_objective(
-    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float | None, clip_c: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped loss per token, ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` (``clip_high``
-    None: ``clip_low``, a symmetric clip), and where the clip bound the ratio. Dual clip (``clip_c``,
-    arXiv 1912.09729; verl, DLER arXiv 2510.15110): where ``A < 0`` the loss is also bounded by
-    ``-A clip_c``, so a very large ratio on a bad token cannot blow the step up."""
-    clipped = ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
-    loss = torch.maximum(-adv * ratio, -adv * clipped)
-    if clip_c is not None:
-        loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_c), loss)
-    return loss, ratio != clipped
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
@@ -192,8 +179,8 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
     ref_logp = forward_no_grad(trainee.reference_forward, shares) if trainee.has_reference else None
     old_logp = forward_no_grad(trainee.forward, late) if len(plan) > 1 else None
 
-    sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "grad_norm": 0.0, "updates": 0.0,
-            "gap": 0.0, "gap_tokens": 0.0}
+    sums = {"policy": 0.0, "kl": 0.0, "entropy": 0.0, "outside": 0.0, "clipped": 0.0, "grad_norm": 0.0,
+            "updates": 0.0, "gap": 0.0, "gap_tokens": 0.0}
     gaps = []  # every sampled token's gap, first epoch: its percentiles (combine_sums)
     trainee.module.train()
     for number, (mini, parts) in enumerate(plan):
@@ -214,9 +201,8 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
                     old_logp[idx, : w - 1] = old
             else:
                 old = old_logp[idx, : w - 1]
-            ratio = torch.exp(logp - old)
             adv = batch.token_adv[idx, : w - 1]
-            pg, clipped = clipped_objective(ratio, adv, opt.clip_ratio, opt.clip_ratio_high, opt.clip_ratio_c)
+            pg, outside, clipped = POLICY_LOSSES[opt.policy_loss](logp, old, adv, m, opt)
             kl = kl_penalty(logp, ref_logp[idx, : w - 1], opt.kl_type) if ref_logp is not None else torch.zeros_like(pg)
             loss_tokens = pg + opt.kl_coef * kl - opt.entropy_coef * entropy
             trainee.backward((loss_tokens * m).sum() / denominator * world)
@@ -224,7 +210,8 @@ def policy_update(trainee: Trainee, batch: PolicyBatch, config, step_seed: int, 
                 sums["policy"] += float((pg * m).sum() / mb_tokens)
                 sums["kl"] += float((kl * m).sum() / mb_tokens)
                 sums["entropy"] += float((entropy * m).sum() / mb_tokens)
-                sums["clip"] += float((clipped.float() * m).sum() / mb_tokens)
+                sums["outside"] += float((outside.float() * m).sum() / mb_tokens)
+                sums["clipped"] += float((clipped.float() * m).sum() / mb_tokens)
                 if first_epoch:
                     token_gaps = (old - batch.sampler_logp[idx, : w - 1]).abs()[m.bool()].float()
                     sums["gap"] += float(token_gaps.sum())
@@ -245,7 +232,8 @@ def combine_sums(sums: list[dict]) -> dict[str, float]:
         M.LOSS_POLICY: total["policy"] / updates,
         M.LOSS_KL: total["kl"] / updates,
         M.LOSS_ENTROPY: total["entropy"] / updates,
-        M.LOSS_CLIP_FRACTION: total["clip"] / updates,
+        M.LOSS_RATIO_OUTSIDE_CLIP: total["outside"] / updates,
+        M.LOSS_PG_CLIPFRAC: total["clipped"] / updates,
         M.LOSS_GRAD_NORM: sums[0]["grad_norm"] / updates,  # the global norm: the same on every worker
         M.PERF_SAMPLER_LOGP_GAP: total["gap"] / max(total["gap_tokens"], 1.0),
         M.PERF_SAMPLER_LOGP_GAP_P99: float(gaps[int(0.99 * (len(gaps) - 1))]) if len(gaps) else 0.0,

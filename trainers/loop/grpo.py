@@ -135,7 +135,7 @@ def draw_round(config: TrainConfig, run: Run, step: int, round_: int) -> tuple[D
 def skipped_step_metrics() -> dict[str, float]:
     """What a step that kept no group reports for the LEAD and loss metrics it did not compute."""
     names = [M.lead(name) for name in M.LEAD_REPORTED] + [M.TRAIN_REWARD_CORRECTNESS, M.TRAIN_REWARD_EFFICIENCY]
-    return dict.fromkeys(names + [M.LOSS_POLICY, M.LOSS_KL, M.LOSS_ENTROPY, M.LOSS_CLIP_FRACTION,
+    return dict.fromkeys(names + [M.LOSS_POLICY, M.LOSS_KL, M.LOSS_ENTROPY, M.LOSS_RATIO_OUTSIDE_CLIP, M.LOSS_PG_CLIPFRAC,
                                   M.LOSS_GRAD_NORM, M.PERF_SAMPLER_LOGP_GAP, M.PERF_SAMPLER_LOGP_GAP_P99,
                                   M.PERF_SAMPLER_LOGP_GAP_MAX], math.nan)
 
