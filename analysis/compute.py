@@ -1,6 +1,6 @@
 """What a study shows, computed from the runs table of ``analysis.load``.
 
-- ``arm_summary``: per (arm, variant), with its length reward, weighting and normalization (the
+- ``arm_summary``: per (arm, variant), with its length reward, weighting and advantage estimator (the
   trial runs' tags), over seeds, the mean, sample std (ddof 1) and 95% bootstrap interval of the
   final eval accuracy, length and AES;
 - ``compute_spent``: per trial and per arm, the rollout, training and evaluation tokens and the
@@ -35,11 +35,11 @@ def arm_label(arm: str, variant: str, separator: str = "/") -> str:
 
 
 def arm_summary(runs: pa.Table) -> pa.Table:
-    """One row per (arm, variant): its reward, weighting, weight motion and normalization, ``seeds`` and
+    """One row per (arm, variant): its reward, weighting, weight motion and advantage estimator, ``seeds`` and
     ``<metric>_mean`` / ``<metric>_std`` / ``<metric>_low`` / ``<metric>_high`` (the 95% bootstrap
     interval over seeds, ``analysis.stats.mean_interval``; none with one seed), grouped by (reward,
     weighting), then sorted by arm."""
-    keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_MOTION, M.TAG_NORMALIZATION]
+    keys = ["arm", "variant", M.TAG_REWARD, M.TAG_WEIGHTING, M.TAG_MOTION, M.TAG_ADVANTAGE]
     table = runs.select([c for c in [*keys, *FINAL.values()] if c in runs.column_names])
     aggregations = [("arm", "count")]
     for column in FINAL.values():

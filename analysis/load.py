@@ -1,7 +1,7 @@
 """Load a study from MLflow into two pyarrow tables.
 
 - ``runs``: one row per trial (run id, trial, arm, variant, seed, the method tags reward, weighting,
-  normalization and whiten, status, every param as
+  advantage estimator and whiten, status, every param as
   ``param.<name>``, and for each ``eval/*`` metric its final and best value);
 - ``history``: the long metric history (run_id, trial, key, step, value);
 - ``problems``: every per-problem evaluation table the trials logged (run_id, trial, step,
@@ -236,6 +236,7 @@ def load_study(tracking_uri: str, study: str, workers: int = 16) -> StudyData:
         "variant": [r.data.tags.get(TAG_VARIANT) for r in trials],
         "seed": [int(r.data.tags.get(TAG_SEED, -1)) for r in trials],
         **{tag: [r.data.tags.get(tag) for r in trials] for tag in (*M.METHOD_TAGS, *version_tags)},
+        M.TAG_ADVANTAGE: [r.data.tags.get(M.TAG_ADVANTAGE, r.data.tags.get(M.LEGACY_TAG_ADVANTAGE)) for r in trials],
         "status": [r.info.status for r in trials],
         "steps": [int(last_step.get(r.info.run_id, 0)) for r in trials],
     }

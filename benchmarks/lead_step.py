@@ -158,7 +158,8 @@ def loop_lead_step(
     d_c = cv_c / (cv_c + cv_e + eps) * (1 - min(max(mu_c, 0.0), 1.0)) ** psi.alpha
     d_e = cv_e / (cv_c + cv_e + eps) * (1 - (min(max(mu_e, low), high) - low) / (high - low)) ** psi.alpha
     if weighting.kind == "psi":
-        ema_c = psi.beta * state.w_corr_ema + (1 - psi.beta) * d_c / (d_c + d_e + eps)
+        carried = state.weighting if state.weighting is not None else psi.initial_state()
+        ema_c = psi.beta * carried["w_corr_ema"] + (1 - psi.beta) * d_c / (d_c + d_e + eps)
         w_c = max(ema_c, psi.lambda_min)
     elif weighting.kind == "static":
         w_c = weighting.w_corr
@@ -179,7 +180,7 @@ def loop_lead_step(
                 out[i] = (values[i] - mean) / (std + 1e-6)
         return out
 
-    if weighting.normalization == "decoupled":
+    if config.advantage.kind == "decoupled":
         adv_c, adv_e = normalize(scores), normalize(r_eff)
         advantages = [w_c * a + w_e * b for a, b in zip(adv_c, adv_e)]
     else:

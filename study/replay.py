@@ -40,8 +40,6 @@ def replay_config(start: dict[str, Any], final_search: dict[str, Any], w_corr_li
         if key != W_CORR or not w_corr_lineage:
             config = deep_merge(config, dotted(key, value))
     if w_corr_lineage:
-        weighting = config["lead"]["weighting"]
         config["lead"] = {**config["lead"], "weighting": {
-            "normalization": weighting["normalization"], "whiten": weighting["whiten"], "kind": "schedule",
-            "points": schedule_points([(step, value) for step, value, _ in w_corr_lineage])}}
+            "kind": "schedule", "points": schedule_points([(step, value) for step, value, _ in w_corr_lineage])}}
     return TrainConfig.model_validate(config).model_dump(mode="json")

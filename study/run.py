@@ -405,7 +405,7 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
                  if plan.arm == population else "")
         method = M.method_tags(plan.config, plan.motion)
         print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
-              f"training {train['backend']} x{train['workers']}; advantage {method[M.TAG_NORMALIZATION]}, group filter "
+              f"training {train['backend']} x{train['workers']}; advantage {method[M.TAG_ADVANTAGE]}, group filter "
               f"{method[M.TAG_GROUP_FILTER]}, loss {method[M.TAG_LOSS_AGGREGATION]}{moves}]: {plan.config}")
     seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
     print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))

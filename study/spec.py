@@ -34,6 +34,7 @@ from trainers import contract as M
 from trainers.config import (
     SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, fit_group_filter, format_errors, load_validated,
 )
+from trainers.method.advantages import AdvantageSettings
 from trainers.method.lead import LeadConfig
 from trainers.method.rewards import LENGTH_REWARDS
 from trainers.method.weightings import Weighting, weighting_settings
@@ -63,7 +64,7 @@ def _grid_label(key: str, value: Any) -> str:
 
 def compile_shorthands(arm: dict[str, Any]) -> dict[str, Any]:
     """The spec's shorthands for weightings, compiled to the trainer's own settings and a grid:
-    ``kind: combined`` is ``kind: static`` with ``normalization: combined`` (the GRPO baseline);
+    ``kind: combined`` is ``kind: static`` with ``advantage: {kind: combined}`` (the GRPO baseline);
     a list of ``w_corr`` is a grid over ``lead.weighting.w_corr`` (labels ``wc<w>``); ``ratios``
     (the paper's ``w_eff / w_corr``, one or a list) is a grid of ``w_corr = 1 / (1 + r)`` (labels
     ``ratio<r>``)."""
@@ -71,10 +72,12 @@ def compile_shorthands(arm: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(weighting, dict):
         return arm
     weighting, grid, labels = dict(weighting), dict(arm.get("grid") or {}), arm.get("labels")
+    advantage = arm.get("advantage")
     if weighting.get("kind") == "combined":
-        if weighting.get("normalization", "combined") != "combined":
-            raise ValueError("weighting.normalization: kind combined is combine-then-normalize; use kind static")
-        weighting.update(kind="static", normalization="combined")
+        if isinstance(advantage, dict) and advantage.get("kind", "combined") != "combined":
+            raise ValueError("advantage.kind: weighting kind combined is combine-then-normalize; use weighting kind static")
+        weighting["kind"] = "static"
+        advantage = {**(advantage if isinstance(advantage, dict) else {}), "kind": "combined"}
     if "ratios" in weighting:
         if "w_corr" in weighting:
             raise ValueError("weighting: give exactly one of w_corr (weights) or ratios (w_eff / w_corr)")
@@ -85,7 +88,8 @@ def compile_shorthands(arm: dict[str, Any]) -> dict[str, Any]:
         labels = labels or [f"ratio{r:g}" for r in ratios]
     elif isinstance(weighting.get("w_corr"), list):
         grid[W_CORR] = weighting.pop("w_corr")
-    return {**arm, "weighting": weighting, "grid": grid, **({"labels": labels} if labels else {})}
+    return {**arm, "weighting": weighting, "grid": grid, **({"labels": labels} if labels else {}),
+            **({"advantage": advantage} if advantage is not None else {})}
 
 
 class ArmReward(BaseModel):
@@ -127,6 +131,8 @@ class Arm(Strict):
     reward: ArmReward = Field(default_factory=lambda: ArmReward(kind="lead"), description="default: LEAD's")
     weighting: SerializeAsAny[Weighting] = Field(description="the trainer's weighting settings (kind: a name in "
                                                  "trainers.method.weightings.WEIGHTINGS), or a shorthand (compile_shorthands)")
+    advantage: AdvantageSettings | None = Field(None, description="the trainer's lead.advantage (kind: a name in "
+                                                "trainers.method.advantages.ADVANTAGES; whiten); default: the study's")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted trainer settings and their values: "
                                        "one trial per combination")
     labels: list[str] | None = Field(None, description="the grid's variant names (default: each setting's name and value)")
@@ -164,11 +170,13 @@ class Arm(Strict):
 
     def settings(self, shared: dict[str, Any], last: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """(variant, trainer settings) for each grid variant: the shared settings, then the arm's
-        length reward, then its weighting (replacing any other), then the variant's grid values,
+        length reward, then its weighting (replacing any other) and advantage estimator, then the variant's grid values,
         then its overrides, then ``last`` (a smoke test's settings, which win over the arm's, with the
         group filter fitted to them: ``fit_group_filter``)."""
         settings = deep_merge(shared, {"lead": self.reward.lead_settings()})
         settings = {**settings, "lead": {**settings["lead"], "weighting": self.weighting.model_dump()}}
+        if self.advantage is not None:
+            settings["lead"]["advantage"] = self.advantage.model_dump()
         out = []
         for variant, values in self.variants():
             merged = functools.reduce(deep_merge, (dotted(key, value) for key, value in values.items()), settings)

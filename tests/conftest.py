@@ -148,15 +148,16 @@ def registries_restored():
     from trainers import plugins
     from trainers.actor import BACKENDS
     from trainers.actor.aggregation import LOSS_AGGREGATIONS
+    from trainers.actor.losses import POLICY_LOSSES
     from trainers.loop.group_filters import GROUP_FILTERS
-    from trainers.method.normalization import NORMALIZATIONS
+    from trainers.method.advantages import ADVANTAGES
     from trainers.method.rewards import LENGTH_REWARDS
     from trainers.rollout import ENGINES
     from trainers.tasks import TASKS
     from trainers.method.weightings import WEIGHTINGS
 
-    registries = (LENGTH_REWARDS, WEIGHTINGS, NORMALIZATIONS, TASKS, ENGINES, BACKENDS, SEARCH_MODES, GROUP_FILTERS,
-                  LOSS_AGGREGATIONS)
+    registries = (LENGTH_REWARDS, WEIGHTINGS, ADVANTAGES, TASKS, ENGINES, BACKENDS, SEARCH_MODES, GROUP_FILTERS,
+                  LOSS_AGGREGATIONS, POLICY_LOSSES)
     saved = [set(r.registered()) for r in registries], dict(plugins._LOADED)
     try:
         yield

@@ -11,7 +11,7 @@ from analysis.compute import arm_summary, pareto_front
 
 def runs_table():
     rows = [
-        # arm, variant, reward, weighting, normalization, accuracy, length, aes
+        # arm, variant, reward, weighting, advantage, accuracy, length, aes
         ("psi", "psi", "lead", "psi", "decoupled", 0.80, 50.0, 1.2),
         ("psi", "psi", "lead", "psi", "decoupled", 0.90, 40.0, 1.6),
         ("static", "ratio0", "lead", "static", "decoupled", 0.85, 60.0, 1.0),
@@ -20,7 +20,7 @@ def runs_table():
         ("grpo", "wc0.5", "threshold", "static", "combined", 0.50, 80.0, -1.0),
         ("psi-kimi", "psi", "kimi", "psi", "decoupled", 0.70, 40.0, 1.9),
     ]
-    arm, variant, reward, weighting, normalization, acc, length, aes = zip(*rows)
+    arm, variant, reward, weighting, advantage, acc, length, aes = zip(*rows)
     return pa.table(
         {
             "arm": list(arm),
@@ -28,7 +28,7 @@ def runs_table():
             "reward": list(reward),
             "weighting": list(weighting),
             "weight_motion": ["adaptive" if w == "psi" else "fixed" for w in weighting],
-            "normalization": list(normalization),
+            "advantage": list(advantage),
             "final/eval/accuracy": list(acc),
             "final/eval/response_length": list(length),
             "final/eval/aes": list(aes),
@@ -50,9 +50,9 @@ def test_arm_summary_means_and_sample_std_over_seeds():
     assert list(rows) == [("psi-kimi", "psi"), ("psi", "psi"), ("static", "ratio0"), ("static", "ratio1"), ("grpo", "wc0.5")]
 
 
-def test_the_summary_keeps_each_arms_reward_and_normalization():
+def test_the_summary_keeps_each_arms_reward_and_advantage_estimator():
     rows = {r["arm"]: r for r in arm_summary(runs_table()).to_pylist()}
-    assert (rows["grpo"]["reward"], rows["grpo"]["weighting"], rows["grpo"]["normalization"]) == ("threshold", "static", "combined")
+    assert (rows["grpo"]["reward"], rows["grpo"]["weighting"], rows["grpo"]["advantage"]) == ("threshold", "static", "combined")
 
 
 def test_pareto_front_keeps_only_undominated_arms():

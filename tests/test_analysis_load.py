@@ -72,7 +72,8 @@ def test_runs_and_history_tables(store, tmp_path):
     assert psi["final/eval/aes"] == pytest.approx(0.7) and psi["best/eval/aes"] == pytest.approx(0.9)
     assert static["best/eval/aes"] == pytest.approx(0.3)  # NaN is not a best value
     assert psi["best/eval/response_length"] == 70  # shorter is better
-    assert (psi["reward"], psi["weighting"], psi["normalization"], psi["whiten"]) == ("lead", "psi", "decoupled", "true")
+    # the store predates issue 30: its advantage estimator is tagged "normalization"
+    assert (psi["reward"], psi["weighting"], psi["advantage"], psi["whiten"]) == ("lead", "psi", "decoupled", "true")
     assert static["weighting"] == "static" and psi["param.lead.weighting.kind"] == "psi"
     assert (psi["weight_motion"], static["weight_motion"]) == ("adaptive", "fixed")
     assert data.history.num_rows == 2 * (30 + 3 + 3)

@@ -12,7 +12,7 @@ from trainers.actor.aggregation import LOSS_AGGREGATIONS
 from trainers.actor.losses import clipped_objective
 from trainers.config import TrainConfig, format_errors
 from trainers.loop.group_filters import GROUP_FILTERS, Drawn, concat
-from trainers.method.normalization import NORMALIZATIONS, WeightedRewards, group_normalize
+from trainers.method.advantages import ADVANTAGES, WeightedRewards, group_normalize
 from trainers.method.segments import Groups
 
 
@@ -37,7 +37,7 @@ def members(group: list[int]) -> dict[int, list[int]]:
     return out
 
 
-# --------------------------------------------------------------------------- centered normalization
+# --------------------------------------------------------------------------- centered advantage
 
 
 def loop_centered(r_corr, r_eff, group, w_corr):
@@ -51,7 +51,7 @@ def loop_centered(r_corr, r_eff, group, w_corr):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_centered_normalization_is_the_reward_minus_its_group_mean(seed):
+def test_centered_advantage_is_the_reward_minus_its_group_mean(seed):
     lengths, scores, group = ragged_batch(seed)
     rng = random.Random(seed + 100)
     r_eff = [rng.uniform(-1, 1) for _ in lengths]
@@ -60,8 +60,38 @@ def test_centered_normalization_is_the_reward_minus_its_group_mean(seed):
     groups = Groups.of(torch.tensor(group))
     batch = WeightedRewards(t(scores), t(r_eff), group_normalize(t(scores), groups), group_normalize(t(r_eff), groups),
                             t(w_corr), 1 - t(w_corr), groups)
-    fast = NORMALIZATIONS["centered"](batch).tolist()
+    fast = ADVANTAGES["centered"](batch).tolist()
     assert fast == pytest.approx(loop_centered(scores, r_eff, group, w_corr), abs=1e-10, rel=0)
+
+
+def loop_rloo(r_corr, r_eff, group, w_corr):
+    """Each rollout's reward minus the mean of the other rollouts of its group; alone: its reward."""
+    combined = [w_corr * c + (1 - w_corr) * e for c, e in zip(r_corr, r_eff)]
+    out = list(combined)
+    for rows in members(group).values():
+        if len(rows) > 1:
+            for i in rows:
+                out[i] = combined[i] - sum(combined[j] for j in rows if j != i) / (len(rows) - 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rloo_is_the_leave_one_out_loop_and_verls_rloo(seed):
+    from tests.fixtures import verl_core_algos as verl
+
+    lengths, scores, group = ragged_batch(seed)
+    rng = random.Random(seed + 200)
+    r_eff = [rng.uniform(-1, 1) for _ in lengths]
+    w_corr = rng.uniform(0, 1)
+    t = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+    groups = Groups.of(torch.tensor(group))
+    batch = WeightedRewards(t(scores), t(r_eff), group_normalize(t(scores), groups), group_normalize(t(r_eff), groups),
+                            t(w_corr), 1 - t(w_corr), groups)
+    fast = ADVANTAGES["rloo"](batch)
+    assert fast.tolist() == pytest.approx(loop_rloo(scores, r_eff, group, w_corr), abs=1e-10, rel=0)
+    rewards = t([w_corr * c + (1 - w_corr) * e for c, e in zip(scores, r_eff)])
+    theirs, _ = verl.rloo(rewards[:, None].clone(), torch.ones(len(rewards), 1, dtype=torch.float64), group)
+    assert fast.tolist() == pytest.approx(theirs[:, 0].tolist(), abs=1e-10, rel=0)
 
 
 # --------------------------------------------------------------------------- loss aggregation and dual clip

@@ -124,6 +124,27 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tiny_model_dir, cac
             assert a.tables[name].equals(b.tables[name])
 
 
+def test_a_weighting_with_state_of_its_own_resumes_bit_for_bit(tiny_model_dir, cache_dir, tmp_path, fresh_registries):
+    """The example plugin's controller keeps its w_corr as state: a run stopped at step 2 and
+    resumed repeats the uninterrupted one exactly (the state came back from the checkpoint: every
+    step's w_corr differs from the one before, so a reset would show)."""
+    from pathlib import Path
+
+    plugin = str(Path(__file__).resolve().parents[1] / "examples/plugins/my_method.py")
+    settings = {"plugins": [plugin], "lead": {"weighting": {"kind": "accuracy_controller", "target": 0.6, "gain": 0.1}}}
+    straight, _ = run(tiny_config(cache_dir, **settings), tmp_path / "straight", build=parity_graded_run)
+    w_corr = [r.metrics[M.lead("w_corr")] for r in straight]
+    assert len(set(w_corr)) == 4 and "lead/accuracy_error" in straight[0].metrics, w_corr
+
+    run(tiny_config(cache_dir, train={"steps": 2}, **settings), tmp_path / "stopped", build=parity_graded_run)
+    checkpoint = latest_checkpoint(tmp_path / "stopped")
+    assert torch.load(checkpoint / "trainer_state.pt", weights_only=True)["lead_state"]["weighting"] == {"w_corr": w_corr[1]}
+    resumed, _ = run(tiny_config(cache_dir, **settings), tmp_path / "stopped", resume_from=checkpoint, build=parity_graded_run)
+    assert [r.step for r in resumed] == [3, 4]
+    for a, b in zip(straight[2:], resumed):
+        assert same(a.metrics, b.metrics), (a.step, comparable(a.metrics), comparable(b.metrics))
+
+
 def test_a_missing_or_broken_model_directory_is_one_clear_error(cache_dir, tmp_path):
     with pytest.raises(ValueError, match="nowhere is not a model directory"):
         tiny_config(cache_dir, model={"path": str(tmp_path / "nowhere")})
@@ -188,7 +209,7 @@ def test_a_shrinking_budget_where_a_cut_off_response_counts_as_wrong(tiny_model_
         train={"clip_ratio_high": 0.28},
         lead={
             "length_reward": "threshold", "length_params": {"threshold": 20},
-            "weighting": {"kind": "static", "w_corr": 0.5, "normalization": "combined", "whiten": False},
+            "weighting": {"kind": "static", "w_corr": 0.5}, "advantage": {"kind": "combined", "whiten": False},
         },
     )
     assert config.lead.bmax == 48 and config.eval_sampling.max_new_tokens == 48

@@ -159,13 +159,13 @@ def test_lambda_min_floor_is_applied_after_the_ema_and_not_stored():
     assert out.metrics["target_w_corr"] == pytest.approx(0.0, abs=1e-12)
     assert out.w_corr == pytest.approx(0.3)
     assert out.w_eff == pytest.approx(0.7)
-    assert out.state.w_corr_ema == pytest.approx(0.0, abs=1e-12)
+    assert out.state.weighting["w_corr_ema"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_static_weights_have_no_floor_and_keep_the_ema_untouched():
+def test_static_weights_have_no_floor_and_no_state():
     out = step(*_two_group_batch(), weighting={"kind": "static", "w_corr": 0.2}, floor=1, bmax=100)
     assert (out.w_corr, out.w_eff) == pytest.approx((0.2, 0.8))
-    assert out.state.w_corr_ema == 0.5
+    assert out.state.weighting == {}
     assert out.state.step == 1
 
 
@@ -192,7 +192,7 @@ def test_schedule(shape, step_index, expected):
 def test_combined_normalization_normalizes_the_weighted_sum():
     # static .5/.5; group 0 rewards: r_corr [1, 0], r_eff with L* = 10: [1, 1 - 10/10 = 0]
     # combined r = [1, 0] -> mean .5, unbiased std sqrt(.5) -> +-.5 / (sqrt(.5) + 1e-6)
-    out = step([10, 20], [1, 0], [0, 0], weighting={"kind": "static", "w_corr": 0.5, "normalization": "combined"},
+    out = step([10, 20], [1, 0], [0, 0], weighting={"kind": "static", "w_corr": 0.5}, advantage={"kind": "combined"},
                floor=1, bmax=100)
     a = 0.5 / (math.sqrt(0.5) + 1e-6)
     assert out.advantages.tolist() == pytest.approx([a, -a])
@@ -252,7 +252,9 @@ def test_bad_input_raises_value_error_naming_the_problem(lengths, scores, groups
         (dict(weighting={"kind": "psi", "lambda_min": 1.5}), "weighting.lambda_min"),
         (dict(weighting={"lambda_min": -0.1}), "weighting.lambda_min"),
         (dict(weighting={"kind": "fancy"}), "unknown weighting 'fancy'"),
-        (dict(weighting={"kind": "static", "normalization": "zscore"}), "unknown advantage normalization 'zscore'"),
+        (dict(advantage={"kind": "zscore"}), "unknown advantage estimator 'zscore'"),
+        (dict(weighting={"kind": "static", "normalization": "combined"}), "normalization: moved to lead.advantage.kind"),
+        (dict(weighting={"kind": "psi", "whiten": False}), "whiten: moved to lead.advantage.whiten"),
         (dict(aggregator="max_correct"), "aggregator"),
         (dict(floor=200, bmax=100), "floor"),
     ],
@@ -273,4 +275,4 @@ def test_a_schedule_of_points_holds_each_value_until_the_next_point():
            for s in (0, 6, 7, 13, 14, 99)]
     assert got == pytest.approx([0.2, 0.2, 0.64, 0.64, 0.7, 0.7])
     assert LeadConfig(weighting=weighting).model_dump()["weighting"] == {
-        "normalization": "decoupled", "whiten": True, "kind": "schedule", "points": [(0, 0.2), (7, 0.64), (14, 0.7)]}
+        "kind": "schedule", "points": [(0, 0.2), (7, 0.64), (14, 0.7)]}

@@ -6,16 +6,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trainers.method.advantages import AdvantageSettings
 from trainers.method.lead import LeadConfig, LeadState, PsiWeighting, ScheduleWeighting, StaticWeighting, lead_step
 
 WEIGHTINGS = st.one_of(
-    st.builds(PsiWeighting, beta=st.floats(0, 1), lambda_min=st.floats(0, 1), normalization=st.sampled_from(["decoupled", "combined"])),
-    st.builds(StaticWeighting, w_corr=st.floats(0, 1), normalization=st.sampled_from(["decoupled", "combined"])),
-    st.builds(ScheduleWeighting, schedule_steps=st.integers(1, 200), normalization=st.sampled_from(["decoupled", "combined"])),
+    st.builds(PsiWeighting, beta=st.floats(0, 1), lambda_min=st.floats(0, 1)),
+    st.builds(StaticWeighting, w_corr=st.floats(0, 1)),
+    st.builds(ScheduleWeighting, schedule_steps=st.integers(1, 200)),
 )
 CONFIGS = st.builds(
     LeadConfig,
     weighting=WEIGHTINGS,
+    advantage=st.builds(AdvantageSettings, kind=st.sampled_from(["decoupled", "combined", "centered", "rloo"])),
     aggregator=st.sampled_from(["mean_correct", "min_correct", "median_correct", "mean_all"]),
     lstar_mode=st.sampled_from(["sym", "asym", "upper_only"]),
     floor=st.just(5.0),

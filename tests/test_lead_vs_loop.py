@@ -15,13 +15,14 @@ def test_loop_and_vectorized_agree(aggregator, lstar_mode, weighting, normalizat
     config = LeadConfig(
         aggregator=aggregator,
         lstar_mode=lstar_mode,
-        weighting={"kind": weighting, "normalization": normalization, **{"static": {"w_corr": 0.3}, "schedule": {"schedule_steps": 100}}.get(weighting, {})},
+        weighting={"kind": weighting, **{"static": {"w_corr": 0.3}, "schedule": {"schedule_steps": 100}}.get(weighting, {})},
+        advantage={"kind": normalization},
         short_guard=900,
         floor=1000,
         bmax=8000,
     )
     lengths, correctness, group_ids = make_batch(16, 8, seed=3)
-    state = LeadState(step=7, w_corr_ema=0.62, w_eff_ema=0.38)
+    state = LeadState(step=7, weighting={"w_corr_ema": 0.62, "w_eff_ema": 0.38})
     fast = lead_step(lengths, correctness, group_ids, config=config, state=state)
     slow = loop_lead_step(lengths, correctness, group_ids, config=config, state=state, as_floats=True)
     assert fast.targets.tolist() == pytest.approx(slow["targets"], rel=1e-6)

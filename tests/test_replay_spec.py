@@ -28,7 +28,8 @@ def member_and_psi_store(tmp_path, cache_dir) -> str:
     }
     for name, (aes, settings, motion) in runs.items():
         config = deep_merge(base, settings)
-        config["lead"]["weighting"] = {"normalization": "decoupled", "whiten": True, **settings["lead"]["weighting"]}
+        config["lead"]["weighting"] = settings["lead"]["weighting"]
+        config["lead"]["advantage"] = {"kind": "decoupled", "whiten": True}
         tags = {M.TAG_STUDY_RUN: parent, M.TAG_ARM: name.split("-")[0], M.TAG_VARIANT: name, M.TAG_SEED: "0",
                 **M.method_tags(config, motion)}
         run = client.create_run(exp, run_name=name, tags=tags).info.run_id

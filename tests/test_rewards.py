@@ -114,8 +114,9 @@ def test_a_problem_drawn_twice_forms_two_groups_sharing_one_memory():
 def test_combine_then_normalize_with_the_release_s_threshold_reward():
     # w .5 / .5, threshold 25: r_corr [1, 0, 1], r_len [1, 1, 0] -> combined [1, .5, .5]; mean 2/3,
     # unbiased std sqrt(((1/3)^2 + 2 (1/6)^2) / 2) = sqrt(1/12)
-    weighting = StaticWeighting(w_corr=0.5, normalization="combined", whiten=False)
-    config = LeadConfig(length_reward="threshold", length_params={"threshold": 25}, weighting=weighting, floor=1, bmax=100)
+    weighting = StaticWeighting(w_corr=0.5)
+    config = LeadConfig(length_reward="threshold", length_params={"threshold": 25}, weighting=weighting,
+                        advantage={"kind": "combined", "whiten": False}, floor=1, bmax=100)
     out = lead_step(T([10.0, 20, 30]), T([1.0, 0, 1]), T([0, 0, 0]), config=config)
     std = math.sqrt(1 / 12)
     assert out.advantages.tolist() == pytest.approx([(1 / 3) / (std + 1e-6), (-1 / 6) / (std + 1e-6), (-1 / 6) / (std + 1e-6)])
@@ -167,12 +168,13 @@ def test_each_reward_agrees_with_its_per_group_loop(name):
 
 
 @pytest.mark.parametrize("name", sorted(LOOP_REWARDS))
-@pytest.mark.parametrize("weighting", [PsiWeighting(), StaticWeighting(w_corr=0.3, normalization="combined")])
-def test_lead_step_over_each_reward_agrees_with_the_loop(name, weighting):
+@pytest.mark.parametrize("weighting, advantage", [(PsiWeighting(), "decoupled"), (StaticWeighting(w_corr=0.3), "combined")])
+def test_lead_step_over_each_reward_agrees_with_the_loop(name, weighting, advantage):
     lengths, scores, groups = make_batch(16, 8, seed=3)
     params = {k: v for k, v in BENCH_PARAMS[name].items()}
-    config = LeadConfig(length_reward=name, length_params=params, weighting=weighting, floor=1000, bmax=8000)
-    state = LeadState(step=7, w_corr_ema=0.62, w_eff_ema=0.38)
+    config = LeadConfig(length_reward=name, length_params=params, weighting=weighting, advantage={"kind": advantage},
+                        floor=1000, bmax=8000)
+    state = LeadState(step=7, weighting={"w_corr_ema": 0.62, "w_eff_ema": 0.38})
     fast = lead_step(lengths, scores, groups, config=config, state=state)
     slow = loop_lead_step(lengths, scores, groups, config=config, state=state, as_floats=True)
     assert fast.r_eff.tolist() == pytest.approx(slow["r_eff"], rel=1e-9, abs=1e-12)

@@ -156,7 +156,7 @@ def check_efficiency_methods(client, children):
     what their filter kept and how many rounds it drew (GFPO: its kept share of 2 per prompt)."""
     runs = {r.data.tags["arm"].removeprefix("efficiency_methods."): r for r in children
             if r.data.tags["arm"].startswith("efficiency_methods.")}
-    tags = {arm: (r.data.tags["normalization"], r.data.tags["group_filter"], r.data.tags["loss_aggregation"])
+    tags = {arm: (r.data.tags["advantage"], r.data.tags["group_filter"], r.data.tags["loss_aggregation"])
             for arm, r in runs.items()}
     assert tags == {"psi": ("decoupled", "none", "token_mean"), "grpo": ("combined", "none", "token_mean"),
                     "dler": ("centered", "dynamic_sampling", "token_mean"), "dr_grpo": ("centered", "none", "budget"),

@@ -83,8 +83,8 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
         "grpo-wc0.5-s1", "grpo-wc0.5-s2", "grpo-wc0.8-s1", "grpo-wc0.8-s2", "sched-s1", "sched-s2",
     ]
     grpo = plans[0].config
-    weighting = grpo["lead"]["weighting"]
-    assert (weighting["normalization"], weighting["kind"], weighting["whiten"], grpo["seed"]) == ("combined", "static", True, 1)
+    weighting, advantage = grpo["lead"]["weighting"], grpo["lead"]["advantage"]
+    assert (advantage["kind"], weighting["kind"], advantage["whiten"], grpo["seed"]) == ("combined", "static", True, 1)
     sched = plans[-1].config
     assert sched["lead"]["aggregator"] == "min_correct"
     assert sched["lead"]["weighting"]["schedule_steps"] == 40  # a schedule spans the run unless told
@@ -92,7 +92,7 @@ def test_arms_expand_over_grids_and_seeds_with_overrides(tmp_path):
 
 def test_a_grid_over_any_dotted_settings_expands_to_every_combination(tmp_path):
     arms = [{"name": "psi", "weighting": {"kind": "psi"}, "grid": {"lead.weighting.beta": [0.9, 0.99], "train.lr": [1e-4, 3e-4]}},
-            {"name": "fixed", "weighting": {"kind": "static", "normalization": "combined"},
+            {"name": "fixed", "weighting": {"kind": "static"}, "advantage": {"kind": "combined"},
              "grid": {"lead.weighting.w_corr": [0.2, 0.8]}, "labels": ["low", "high"]},
             {"name": "steps", "weighting": {"kind": "schedule", "points": [[0, 0.2], [7, 0.64], [14, 0.7]]}}]
     plans = plan_trials(load_spec(write(tmp_path, minimal(arms=arms))))
@@ -107,8 +107,8 @@ def test_a_grid_over_any_dotted_settings_expands_to_every_combination(tmp_path):
 
 def test_shorthands_compile_to_the_trainers_own_settings(tmp_path):
     """``kind: combined``, a list of ``w_corr`` and ``ratios`` plan exactly as their long forms."""
-    short = [{"name": "a", "weighting": {"kind": "combined", "ratios": [0.25, 1], "whiten": False}}]
-    long = [{"name": "a", "weighting": {"kind": "static", "normalization": "combined", "whiten": False},
+    short = [{"name": "a", "weighting": {"kind": "combined", "ratios": [0.25, 1]}, "advantage": {"whiten": False}}]
+    long = [{"name": "a", "weighting": {"kind": "static"}, "advantage": {"kind": "combined", "whiten": False},
              "grid": {"lead.weighting.w_corr": [0.8, 0.5]}, "labels": ["ratio0.25", "ratio1"]}]
     plan = lambda arms, name: plan_trials(load_spec(write(tmp_path / name, minimal(arms=arms))))  # noqa: E731
     (tmp_path / "short").mkdir(), (tmp_path / "long").mkdir()
@@ -119,13 +119,14 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
     arms = [
         {"name": "kimi", "reward": {"kind": "kimi"}, "weighting": {"kind": "static", "w_corr": [0.5]}},
         {"name": "psi-dapo", "reward": {"kind": "overlong", "max_len": 150, "cache_len": 40}, "weighting": {"kind": "psi"}},
-        {"name": "sb", "reward": {"kind": "shorter_better", "bmax": 120}, "weighting": {"kind": "combined", "w_corr": 0.5, "whiten": False}},
+        {"name": "sb", "reward": {"kind": "shorter_better", "bmax": 120}, "weighting": {"kind": "combined", "w_corr": 0.5},
+         "advantage": {"whiten": False}},
         {"name": "min", "reward": {"kind": "lead", "aggregator": "min_correct"}, "weighting": {"kind": "psi"}},
     ]
     kimi, dapo, sb, minimum = (p.config["lead"] for p in plan_trials(load_spec(write(tmp_path, minimal(arms=arms, focus="min")))))
     assert (kimi["length_reward"], kimi["length_params"], kimi["weighting"]["kind"]) == ("kimi", {}, "static")
     assert (dapo["length_reward"], dapo["length_params"]) == ("overlong", {"max_len": 150, "cache_len": 40})
-    assert (sb["length_params"], sb["bmax"], sb["weighting"]["whiten"]) == ({}, 120, False)  # bmax is lead's field
+    assert (sb["length_params"], sb["bmax"], sb["advantage"]["whiten"]) == ({}, 120, False)  # bmax is lead's field
     assert (minimum["length_reward"], minimum["aggregator"]) == ("lead", "min_correct")
 
 
@@ -144,8 +145,10 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
          "arms[0]: labels: 1 names for 2 grid variants"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "psi"}, "grid": {"train.lr": []}}]),
          "arms[0].grid: train.lr: give at least one value"),
-        (minimal(arms=[{"name": "s", "weighting": {"kind": "combined", "normalization": "decoupled"}}]),
-         "arms[0]: weighting.normalization: kind combined is combine-then-normalize; use kind static"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "combined"}, "advantage": {"kind": "decoupled"}}]),
+         "arms[0]: advantage.kind: weighting kind combined is combine-then-normalize; use weighting kind static"),
+        (minimal(arms=[{"name": "s", "weighting": {"kind": "static", "whiten": False}}]),
+         "arms[0].weighting: whiten: moved to lead.advantage.whiten"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "schedule", "points": [[1, 0.5]]}}]),
          "arms[0].weighting.points: points start at step 0 and their steps increase, got steps [1]"),
         (minimal(arms=[{"name": "s", "weighting": {"kind": "schedule", "points": [[0, 0.5]], "w_corr_end": 0.2}}]),
@@ -404,8 +407,8 @@ EXPECTED_MOTION = {"psi": "adaptive", "static": "fixed", "combined": "fixed", "s
 def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch, tmp_path, fresh_registries):
     """What the tracker tags each trial with, against what the spec's YAML says of its arm: the
     length reward, the weighting (``combined`` is static weights), how the weight moves (a
-    population member's is searched), the normalization, the whitening, the group filter and the
-    loss aggregation."""
+    population member's is searched), the advantage estimator, the whitening, the group filter, the
+    loss aggregation and the policy loss."""
     from trainers import contract as M
     from trainers.settings import files_unchecked
 
@@ -423,10 +426,11 @@ def test_the_method_tags_label_every_arm_of_every_shipped_spec(spec, monkeypatch
             "reward": arm.get("reward", {}).get("kind", "lead"),
             "weighting": "static" if kind == "combined" else kind,
             "weight_motion": "searched" if plan.arm == population else EXPECTED_MOTION[kind],
-            "normalization": "combined" if kind == "combined" else arm["weighting"].get("normalization", "decoupled"),
-            "whiten": str(arm["weighting"].get("whiten", True)).lower(),
+            "advantage": "combined" if kind == "combined" else arm.get("advantage", {}).get("kind", "decoupled"),
+            "whiten": str(arm.get("advantage", {}).get("whiten", True)).lower(),
             "group_filter": arm.get("overrides", {}).get("rollout", {}).get("group_filter", {}).get("kind", "none"),
             "loss_aggregation": arm.get("overrides", {}).get("train", {}).get("loss_aggregation", "token_mean"),
+            "policy_loss": arm.get("overrides", {}).get("train", {}).get("policy_loss", "ppo_clip"),
         }
         assert M.method_tags(plan.config, plan.motion) == expected, plan.name
 

@@ -107,7 +107,7 @@ def test_the_shipped_example_config_is_valid():
 
     config = load_train_config(ROOT / "trainers/configs/synthetic_psi.yaml")
     assert config.lead.weighting.kind == "psi" and config.lead.bmax == config.rollout.max_new_tokens
-    assert config.lead.length_reward == "lead" and config.lead.weighting.whiten
+    assert config.lead.length_reward == "lead" and config.lead.advantage.whiten
 
 
 @pytest.mark.parametrize(

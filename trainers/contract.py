@@ -105,11 +105,14 @@ def version_tag(name: str) -> str:
 TAG_REWARD = "reward"  # the length reward's name in trainers.method.rewards.LENGTH_REWARDS
 TAG_WEIGHTING = "weighting"  # the weighting's name in trainers.method.weightings.WEIGHTINGS (psi, static, schedule, ...)
 TAG_MOTION = "weight_motion"  # how w_corr moves over training: one of MOTIONS
-TAG_NORMALIZATION = "normalization"  # the advantage normalization's name (decoupled, combined, ...)
+TAG_ADVANTAGE = "advantage"  # the advantage estimator's name in trainers.method.advantages.ADVANTAGES (decoupled, ...)
+LEGACY_TAG_ADVANTAGE = "normalization"  # what stores written before issue 30 call it
 TAG_WHITEN = "whiten"  # true | false: token advantages whitened over the batch
 TAG_GROUP_FILTER = "group_filter"  # the group filter's name in trainers.loop.group_filters.GROUP_FILTERS (none, gfpo, ...)
 TAG_LOSS_AGGREGATION = "loss_aggregation"  # the loss aggregation's name (token_mean, budget)
-METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_MOTION, TAG_NORMALIZATION, TAG_WHITEN, TAG_GROUP_FILTER, TAG_LOSS_AGGREGATION)
+TAG_POLICY_LOSS = "policy_loss"  # the policy loss's name in trainers.actor.losses.POLICY_LOSSES (ppo_clip, gspo)
+METHOD_TAGS = (TAG_REWARD, TAG_WEIGHTING, TAG_MOTION, TAG_ADVANTAGE, TAG_WHITEN, TAG_GROUP_FILTER, TAG_LOSS_AGGREGATION,
+               TAG_POLICY_LOSS)
 FIXED, SCHEDULED, ADAPTIVE, SEARCHED = "fixed", "scheduled", "adaptive", "searched"
 MOTIONS = (FIXED, SCHEDULED, ADAPTIVE, SEARCHED)  # searched: a population member (PBT / PB2)
 TAG_PARAMS_ARE = "lead_study.params_are"  # "starting values" on a population member (its settings moved)
@@ -133,21 +136,21 @@ TAG_HISTORY_STEP = "lead_study.history_step"  # the last step HISTORY_ARTIFACT h
 
 
 def method_tags(config: dict, motion: str) -> dict[str, str]:
-    """The method tags of a trial from its settings (``TrainConfig.model_dump()``; a group filter or
-    loss aggregation left out is the default one) and how its weight moves (the weighting's own
+    """The method tags of a trial from its settings (``TrainConfig.model_dump()``; a group filter,
+    loss aggregation or policy loss left out is the default one) and how its weight moves (the weighting's own
     motion, or ``SEARCHED`` for a population member)."""
     if motion not in MOTIONS:
         raise ValueError(f"weight motion {motion!r} is not one of {', '.join(MOTIONS)}")
     lead = config["lead"]
-    weighting = lead["weighting"]
     return {
         TAG_REWARD: lead["length_reward"],
-        TAG_WEIGHTING: weighting["kind"],
+        TAG_WEIGHTING: lead["weighting"]["kind"],
         TAG_MOTION: motion,
-        TAG_NORMALIZATION: weighting["normalization"],
-        TAG_WHITEN: str(weighting["whiten"]).lower(),
+        TAG_ADVANTAGE: lead["advantage"]["kind"],
+        TAG_WHITEN: str(lead["advantage"]["whiten"]).lower(),
         TAG_GROUP_FILTER: config.get("rollout", {}).get("group_filter", {}).get("kind", "none"),
         TAG_LOSS_AGGREGATION: config.get("train", {}).get("loss_aggregation", "token_mean"),
+        TAG_POLICY_LOSS: config.get("train", {}).get("policy_loss", "ppo_clip"),
     }
 
 

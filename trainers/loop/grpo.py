@@ -3,7 +3,7 @@
 One step: sample prompts -> roll out ``n`` responses each (within the step's budget) -> grade ->
 the group filter (which rollouts train; it may draw more rounds: ``trainers.loop.group_filters``) ->
 ``lead_step`` (length reward, advantages, weights) -> token advantages (whitened over all response
-tokens unless the weighting says not)
+tokens unless ``lead.advantage.whiten`` says not)
 -> the actor's policy update (``trainers.actor``: clipped policy-gradient loss + KL to the frozen
 reference - entropy bonus, over mini-batches of micro-batches, AdamW; in this process or over
 DeepSpeed workers) -> the rollout engine syncs to the new weights. Every ``eval.every`` steps and
@@ -179,7 +179,7 @@ def training_step(config: TrainConfig, run: Run, step: int, state: LeadState) ->
     out = lead_step(kept.lengths.to(run.device, torch.float64), kept.scores.to(run.device), kept.group.to(run.device),
                     config=config.lead, state=state, problem_ids=problem_ids)
     # 5. token advantages, whitened over every response token of the batch (unless told not to)
-    batch = build_sequences(kept, run.tokenizer.pad_token_id, out.advantages, config.lead.weighting.whiten,
+    batch = build_sequences(kept, run.tokenizer.pad_token_id, out.advantages, config.lead.advantage.whiten,
                             config.rollout.budget_at(step))
     # 6. policy update: clipped PG + KL - entropy over mini-batches (train.loss_aggregation)
     losses = run.actor.update(batch, step_seed(config.seed, step, 1))

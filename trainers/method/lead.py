@@ -11,8 +11,8 @@ the function that computes it (LEAD: arXiv 2605.09806).
 ``lead_step`` runs five stages, each a function here: the length reward (any entry of
 ``trainers.method.rewards.LENGTH_REWARDS``, LEAD's own by default, with the L* memory going in and out),
 the rewards' statistics (``trainers.method.weightings.reward_spread``), the weights (the configured
-entry of ``trainers.method.weightings.WEIGHTINGS``, which owns its own statistics), the combination into
-advantages (``trainers.method.normalization.NORMALIZATIONS``) and the metrics.
+entry of ``trainers.method.weightings.WEIGHTINGS``, which owns its own statistics and state), the
+advantages (the configured entry of ``trainers.method.advantages.ADVANTAGES``) and the metrics.
 
 Everything is vectorized over rollouts and groups (``torch.unique(return_inverse=True)`` plus
 segment reductions), runs on the device of its inputs, and synchronizes with the host once, at
@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, PrivateAttr, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from trainers.contract import SEARCHED
-from trainers.method.normalization import NORMALIZATIONS, WeightedRewards, group_normalize, masked_whiten
+from trainers.method.advantages import ADVANTAGES, AdvantageSettings, WeightedRewards, group_normalize, masked_whiten
 from trainers.method.rewards import LENGTH_REWARDS, Aggregator, LstarMode, RewardBatch, check_batch
 from trainers.method.segments import Groups
 from trainers.method.target_memory import Recall, TargetMemory
@@ -62,6 +62,7 @@ class LeadConfig(Strict):
         default_factory=dict, description="the reward's own settings (those named like a lead field come from it)"
     )
     weighting: SerializeAsAny[Weighting] = Field(PsiWeighting(), description="kind: a name in trainers.method.weightings.WEIGHTINGS")
+    advantage: AdvantageSettings = Field(AdvantageSettings(), description="kind: a name in trainers.method.advantages.ADVANTAGES")
     # target length and LEAD's efficiency reward
     aggregator: Aggregator = "mean_correct"
     lstar_mode: LstarMode = "sym"
@@ -105,24 +106,20 @@ class LeadConfig(Strict):
 
 @dataclass
 class LeadState:
-    """Controller state carried from one step to the next.
-
-    ``w_corr_ema`` / ``w_eff_ema`` are the unfloored EMA weights (the floor is applied on use
-    only). ``memory_ids`` (sorted int64 problem ids) / ``memory_lstar`` hold remembered targets
-    when ``lstar_memory > 0``.
+    """What a run carries from one step to the next: the step, the weighting's own state (None:
+    its ``initial_state()``; PSI: its unfloored EMA weights) and, when ``lstar_memory > 0``, the
+    remembered targets (``memory_ids``, sorted int64 problem ids, and ``memory_lstar``).
     """
 
     step: int = 0
-    w_corr_ema: float = 0.5
-    w_eff_ema: float = 0.5
+    weighting: dict[str, Any] | None = None
     memory_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     memory_lstar: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "w_corr_ema": self.w_corr_ema,
-            "w_eff_ema": self.w_eff_ema,
+            "weighting": {key: _detached(value) for key, value in (self.weighting or {}).items()},
             "memory_ids": self.memory_ids.detach().cpu().clone(),
             "memory_lstar": self.memory_lstar.detach().cpu().clone(),
         }
@@ -131,11 +128,15 @@ class LeadState:
     def from_state_dict(cls, state: dict[str, Any]) -> "LeadState":
         return cls(
             step=int(state["step"]),
-            w_corr_ema=float(state["w_corr_ema"]),
-            w_eff_ema=float(state["w_eff_ema"]),
+            weighting={key: _detached(value) for key, value in state["weighting"].items()},
             memory_ids=torch.as_tensor(state["memory_ids"], dtype=torch.int64).clone(),
             memory_lstar=torch.as_tensor(state["memory_lstar"], dtype=torch.float64).clone(),
         )
+
+
+def _detached(value: Any) -> Any:
+    """A state value as a checkpoint holds it: a tensor detached, on the CPU, copied; else as it is."""
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
 
 
 @dataclass
@@ -181,27 +182,30 @@ def length_reward(
     return r_eff, batch.targets, batch.memory if batch.memory is not None else memory
 
 
-def combine(weighting: Weighting, signals: RewardSignals, chosen: Weights) -> tuple[WeightedRewards, torch.Tensor]:
+def combine(config: LeadConfig, signals: RewardSignals, chosen: Weights) -> tuple[WeightedRewards, torch.Tensor]:
     """Stage 4: group-normalize both rewards, then make the advantages with the chosen weights
-    (``w_e = 1 - w_c``) and ``NORMALIZATIONS[weighting.normalization]``."""
+    (``w_e = 1 - w_c``) and ``ADVANTAGES[config.advantage.kind]``."""
     weighted = WeightedRewards(
         signals.r_corr, signals.r_eff, group_normalize(signals.r_corr, signals.groups),
         group_normalize(signals.r_eff, signals.groups), chosen.w_corr, 1 - chosen.w_corr, signals.groups,
     )
-    return weighted, NORMALIZATIONS[weighting.normalization](weighted)
+    return weighted, ADVANTAGES[config.advantage.kind](weighted)
+
+
+STATE_PREFIX = "_state/"  # a weighting's 0-d state tensors ride the metrics' host round trip under this prefix
 
 
 def step_metrics(
-    signals: RewardSignals, chosen: Weights, state: LeadState, lengths: torch.Tensor, solved: torch.Tensor,
-    lstar: torch.Tensor | None,
-) -> dict[str, float]:
-    """Stage 5: every 0-d statistic of the step as floats, in one host round trip (which also
-    carries the input checks: negative or NaN lengths, scores outside [0, 1])."""
+    signals: RewardSignals, chosen: Weights, lengths: torch.Tensor, solved: torch.Tensor, lstar: torch.Tensor | None,
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """Stage 5: every 0-d statistic of the step as floats, and the weighting's new state (its 0-d
+    tensors as floats), in one host round trip (which also carries the input checks: negative or
+    NaN lengths, scores outside [0, 1])."""
     r_corr, r_eff, groups = signals.r_corr, signals.r_eff, signals.groups
     dtype = r_corr.dtype
     unsolved_rollouts = ~solved[groups.index]
     nan = torch.tensor(math.nan, dtype=dtype, device=r_corr.device)
-    ema_c, ema_e = chosen.ema or (torch.tensor(state.w_corr_ema, dtype=dtype), torch.tensor(state.w_eff_ema, dtype=dtype))
+    synced = {key: value for key, value in (chosen.state or {}).items() if isinstance(value, torch.Tensor) and value.ndim == 0}
     scalars = {
         **signals.spread,
         **chosen.metrics,
@@ -209,8 +213,6 @@ def step_metrics(
         "target_w_eff": chosen.target_w_eff,
         "w_corr": chosen.w_corr,
         "w_eff": 1 - chosen.w_corr,
-        "w_corr_ema": ema_c,
-        "w_eff_ema": ema_e,
         "reward_correctness": r_corr.mean(),
         "reward_efficiency": r_eff.mean(),
         "lstar_mean": lstar.mean() if lstar is not None else nan,
@@ -221,6 +223,7 @@ def step_metrics(
         # validation flags, fetched with the metrics in one host round trip
         "_bad_lengths": ((lengths < 0) | lengths.isnan()).any(),
         "_bad_scores": ((r_corr < 0) | (r_corr > 1) | r_corr.isnan()).any(),
+        **{STATE_PREFIX + key: value for key, value in synced.items()},
     }
     values = torch.stack([v.to(device=r_corr.device, dtype=dtype) for v in scalars.values()]).tolist()
     metrics = dict(zip(scalars.keys(), values))
@@ -229,7 +232,8 @@ def step_metrics(
     if metrics.pop("_bad_scores"):
         raise ValueError("correctness scores must lie in [0, 1] (found one outside it or NaN)")
     metrics["num_prompts"] = float(groups.num_groups)
-    return metrics
+    state = None if chosen.state is None else {**chosen.state, **{key: metrics.pop(STATE_PREFIX + key) for key in synced}}
+    return metrics, state
 
 
 def lead_step(
@@ -248,9 +252,9 @@ def lead_step(
     equal length N. ``problem_ids`` (default: ``group_ids``) keys the target memory, so a problem
     drawn twice in a batch forms two groups but shares one remembered target.
 
-    ``decoupled``: ``A = w_c * norm_g(r_corr) + w_e * norm_g(r_len)``;
-    ``combined``: ``A = norm_g(w_c * r_corr + w_e * r_len)``. The weights come from
-    ``config.weighting`` (PSI's statistics use the reward's range for the efficiency potential).
+    The weights come from ``config.weighting`` (PSI's statistics use the reward's range for the
+    efficiency potential), the advantages from ``config.advantage`` (``decoupled``:
+    ``A = w_c * norm_g(r_corr) + w_e * norm_g(r_len)``; ``combined``: ``A = norm_g(w_c * r_corr + w_e * r_len)``).
     """
     state = state if state is not None else LeadState()
     lengths, correctness, group_ids = check_batch(lengths, correctness, group_ids)
@@ -260,13 +264,12 @@ def lead_step(
     reward = LENGTH_REWARDS[config.length_reward]
     spread = reward_spread(r_corr, r_eff, batch.correct, batch.groups)  # stage 2
     signals = RewardSignals(r_corr, r_eff, batch.correct, batch.groups, (reward.low, reward.high), spread)
-    chosen = config.weighting.weights(signals, state)  # stage 3
-    weighted, advantages = combine(config.weighting, signals, chosen)
-    metrics = step_metrics(signals, chosen, state, batch.lengths, batch.solved, lstar)
-    new_state = LeadState(step=state.step + 1, w_corr_ema=state.w_corr_ema, w_eff_ema=state.w_eff_ema,
+    carried = state.weighting if state.weighting is not None else config.weighting.initial_state()
+    chosen = config.weighting.weights(signals, state.step, carried)  # stage 3
+    weighted, advantages = combine(config, signals, chosen)
+    metrics, weighting_state = step_metrics(signals, chosen, batch.lengths, batch.solved, lstar)
+    new_state = LeadState(step=state.step + 1, weighting=carried if weighting_state is None else weighting_state,
                           memory_ids=memory.ids, memory_lstar=memory.lstar)
-    if chosen.ema is not None:
-        new_state.w_corr_ema, new_state.w_eff_ema = metrics["w_corr_ema"], metrics["w_eff_ema"]
     return LeadOutput(
         targets=lstar[batch.groups.index] if lstar is not None else None,
         r_corr=r_corr,

@@ -9,32 +9,29 @@ A weighting is registered as its settings model, which computes the step's weigh
         motion: ClassVar[str] = FIXED          # how w_corr moves: fixed | scheduled | adaptive
         w_corr: float = 0.5
 
-        def weights(self, signals: RewardSignals, state) -> Weights:
+        def weights(self, signals: RewardSignals, step: int, state: dict) -> Weights:
             return fixed_weights(self.w_corr, signals)
 
-Every weighting also carries how the weighted rewards become one advantage (``normalization``, a
-name in ``trainers.method.normalization.NORMALIZATIONS``) and whether token advantages are whitened. A
-weighting owns its own statistics: PSI computes its spread-and-headroom targets from the step's
-``RewardSignals``; the others need none.
+A weighting owns its statistics and its state: ``initial_state()`` is what it carries into the
+first step (PSI: its two EMAs; a user's weighting: whatever it needs; none by default), and
+``weights`` returns the state to carry on (``Weights.state``). The state is saved in every
+checkpoint and restored exactly, so a resumed run continues bit for bit. How the weighted rewards
+become one advantage is not the weighting's business: ``lead.advantage`` (``trainers.method.advantages``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from trainers.contract import ADAPTIVE, FIXED, SCHEDULED
-from trainers.method.normalization import NORMALIZATIONS
 from trainers.method.segments import Groups
 from trainers.registry import Registry, RegistryError, kind_model
 from trainers.settings import Strict
-
-if TYPE_CHECKING:
-    from trainers.method.lead import LeadState
 
 
 @dataclass(frozen=True)
@@ -52,26 +49,33 @@ class RewardSignals:
 
 @dataclass(frozen=True)
 class Weights:
-    """One step's weights: the used ``w_corr`` (``w_eff = 1 - w_corr``), the target pair, the EMA
-    state to carry (None: unchanged) and the weighting's own statistics (0-d tensors, logged as
-    ``lead/<name>``)."""
+    """One step's weights: the used ``w_corr`` (``w_eff = 1 - w_corr``), the target pair, the
+    weighting's state after this step (None: unchanged; 0-d tensors come back as floats) and its
+    own statistics (0-d tensors, logged as ``lead/<name>``)."""
 
     w_corr: torch.Tensor
     target_w_corr: torch.Tensor
     target_w_eff: torch.Tensor
-    ema: tuple[torch.Tensor, torch.Tensor] | None = None
+    state: dict[str, Any] | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+MOVED_KEYS = {"normalization": "lead.advantage.kind", "whiten": "lead.advantage.whiten"}  # issue 30
+
+
 class Weighting(Strict):
-    """What every weighting carries: how the two rewards become one advantage, and whitening."""
+    """What every weighting is: settings that turn a step's reward signals, its 0-based step
+    number and the state the weighting carries into the step's weights."""
 
     motion: ClassVar[str]  # trainers.contract: FIXED, SCHEDULED or ADAPTIVE
 
-    normalization: NORMALIZATIONS.Name = Field(
-        "decoupled", description="a name in trainers.method.normalization.NORMALIZATIONS: decoupled (normalize-then-combine, "
-        "LEAD) | combined (combine-then-normalize, GRPO) | centered (combine, subtract the group mean: Dr. GRPO, DLER)")
-    whiten: bool = Field(True, description="whiten token advantages over the batch (the release's GRPO does not)")
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moved_keys(cls, data: Any) -> Any:
+        moved = [key for key in MOVED_KEYS if isinstance(data, dict) and key in data]
+        if moved:
+            raise ValueError(f"{moved[0]}: moved to {MOVED_KEYS[moved[0]]} (the advantage estimator is its own setting)")
+        return data
 
     def label(self) -> str:
         """A short name of these settings (a study's variant label)."""
@@ -83,7 +87,11 @@ class Weighting(Strict):
         validation; none by default."""
         return settings
 
-    def weights(self, signals: RewardSignals, state: "LeadState") -> Weights:
+    def initial_state(self) -> dict[str, Any]:
+        """The state carried into the first step: numbers or tensors, keyed by name (none by default)."""
+        return {}
+
+    def weights(self, signals: RewardSignals, step: int, state: dict[str, Any]) -> Weights:
         raise NotImplementedError
 
 
@@ -176,12 +184,17 @@ class PsiWeighting(Weighting):
             "psi_target_w_eff": d_e / (d_c + d_e + eps),
         }
 
-    def weights(self, signals: RewardSignals, state: "LeadState") -> Weights:
+    def initial_state(self) -> dict[str, Any]:
+        """The unfloored EMA weights, from (0.5, 0.5) (the floor applies on use only)."""
+        return {"w_corr_ema": 0.5, "w_eff_ema": 0.5}
+
+    def weights(self, signals: RewardSignals, step: int, state: dict[str, Any]) -> Weights:
         stats = self.statistics(signals)
         target_c, target_e = stats["psi_target_w_corr"], stats["psi_target_w_eff"]
-        ema_c = self.beta * state.w_corr_ema + (1 - self.beta) * target_c
-        ema_e = self.beta * state.w_eff_ema + (1 - self.beta) * target_e
-        return Weights(ema_c.clamp(min=self.lambda_min), target_c, target_e, (ema_c, ema_e), stats)
+        ema_c = self.beta * state["w_corr_ema"] + (1 - self.beta) * target_c
+        ema_e = self.beta * state["w_eff_ema"] + (1 - self.beta) * target_e
+        emas = {"w_corr_ema": ema_c, "w_eff_ema": ema_e}
+        return Weights(ema_c.clamp(min=self.lambda_min), target_c, target_e, emas, {**stats, **emas})
 
 
 @register_weighting("static")
@@ -195,7 +208,7 @@ class StaticWeighting(Weighting):
     def label(self) -> str:
         return f"wc{self.w_corr:g}"
 
-    def weights(self, signals: RewardSignals, state: "LeadState") -> Weights:
+    def weights(self, signals: RewardSignals, step: int, state: dict[str, Any]) -> Weights:
         return fixed_weights(self.w_corr, signals)
 
 
@@ -271,5 +284,5 @@ class ScheduleWeighting(Weighting):
             return f"points{len(self.points)}"
         return f"{self.schedule_shape}{self.w_corr_start:g}-{self.w_corr_end:g}"
 
-    def weights(self, signals: RewardSignals, state: "LeadState") -> Weights:
-        return fixed_weights(self.w_corr_at(state.step), signals)
+    def weights(self, signals: RewardSignals, step: int, state: dict[str, Any]) -> Weights:
+        return fixed_weights(self.w_corr_at(step), signals)

@@ -1,15 +1,16 @@
-"""Advantage normalizations: how the correctness and length rewards, weighted, become one
-advantage per rollout (a registry: a weighting's ``normalization`` names one), and the token
-whitening applied after it.
+"""Advantage estimators: how the correctness and length rewards, weighted, become one advantage
+per rollout (a registry; ``lead.advantage.kind`` names one), and the token whitening applied after
+it (``lead.advantage.whiten``).
 
-    @register_normalization("decoupled")
-    def decoupled(batch: WeightedRewards) -> torch.Tensor: ...
+    @register_advantage("rloo")
+    def rloo(batch: WeightedRewards) -> torch.Tensor: ...
 
-Built in: ``decoupled`` (LEAD), ``combined`` (GRPO), ``centered`` (Dr. GRPO; DLER with whitening).
+Built in: ``decoupled`` (LEAD's normalize-then-combine), ``combined`` (GRPO's combine-then-normalize),
+``centered`` (Dr. GRPO; DLER with whitening), ``rloo`` (the leave-one-out baseline).
 
-Every function takes the step's ``WeightedRewards`` (float64 tensors of shape (N,), each reward
+Every estimator takes the step's ``WeightedRewards`` (float64 tensors of shape (N,), each reward
 also group-normalized, the two 0-d weights and the ``Groups`` of the batch) and returns the
-advantages (N,). A normalization has no settings of its own.
+advantages (N,). It is independent of the weighting: any weighting's weights go into any estimator.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
 from trainers.method.segments import Groups
 from trainers.registry import Registry
+from trainers.settings import Strict
 
 GROUP_STD_EPS = 1e-6  # GRPO outcome-advantage epsilon: (r - mean) / (std + 1e-6)
 WHITEN_EPS = 1e-8  # inside sqrt of the token whitening variance
-
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,18 @@ class WeightedRewards:
     groups: Groups
 
 
-Normalization = Callable[[WeightedRewards], torch.Tensor]
-NORMALIZATIONS: Registry[Normalization] = Registry("advantage normalization")
-register_normalization = NORMALIZATIONS.register
+AdvantageEstimator = Callable[[WeightedRewards], torch.Tensor]
+ADVANTAGES: Registry[AdvantageEstimator] = Registry("advantage estimator")
+register_advantage = ADVANTAGES.register
+
+
+class AdvantageSettings(Strict):
+    """``lead.advantage``: which estimator, and whether token advantages are whitened over the batch."""
+
+    kind: ADVANTAGES.Name = Field(
+        "decoupled", description="a name in trainers.method.advantages.ADVANTAGES: decoupled (normalize-then-combine, "
+        "LEAD) | combined (combine-then-normalize, GRPO) | centered (Dr. GRPO, DLER) | rloo (leave-one-out baseline)")
+    whiten: bool = Field(True, description="whiten token advantages over the batch (the release's GRPO does not)")
 
 
 def group_normalize(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
@@ -57,19 +68,19 @@ def group_normalize(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
     return (rewards - mean[groups.index]) / (std[groups.index] + GROUP_STD_EPS)
 
 
-@register_normalization("decoupled")
+@register_advantage("decoupled")
 def decoupled(batch: WeightedRewards) -> torch.Tensor:
     """Normalize-then-combine (LEAD, arXiv 2605.09806): ``A = w_c norm_g(r_corr) + w_e norm_g(r_len)``."""
     return batch.w_corr * batch.adv_corr + batch.w_eff * batch.adv_eff
 
 
-@register_normalization("combined")
+@register_advantage("combined")
 def combined(batch: WeightedRewards) -> torch.Tensor:
     """Combine-then-normalize (the GRPO baseline): ``A = norm_g(w_c r_corr + w_e r_len)``."""
     return group_normalize(batch.w_corr * batch.r_corr + batch.w_eff * batch.r_eff, batch.groups)
 
 
-@register_normalization("centered")
+@register_advantage("centered")
 def centered(batch: WeightedRewards) -> torch.Tensor:
     """Combine, then subtract the group mean, no std: ``A_i = R_i - mean_g(R)`` with
     ``R = w_c r_corr + w_e r_len`` (a group of one: mean 0). Without token whitening this is Dr.
@@ -79,6 +90,17 @@ def centered(batch: WeightedRewards) -> torch.Tensor:
     count, mean, _ = batch.groups.mean_popvar(combined_reward)
     mean = torch.where(count <= 1, torch.zeros_like(mean), mean)
     return combined_reward - mean[batch.groups.index]
+
+
+@register_advantage("rloo")
+def rloo(batch: WeightedRewards) -> torch.Tensor:
+    """REINFORCE leave-one-out (RLOO, arXiv 2402.14740; verl's ``rloo``): each rollout's combined
+    reward ``R = w_c r_corr + w_e r_len`` minus the mean of the other rollouts of its group,
+    ``A_i = R_i - mean_{j != i} R_j = n / (n - 1) (R_i - mean_g(R))``; a group of one keeps ``R_i``."""
+    combined_reward = batch.w_corr * batch.r_corr + batch.w_eff * batch.r_eff
+    count, mean, _ = batch.groups.mean_popvar(combined_reward)
+    count, mean = count[batch.groups.index], mean[batch.groups.index]
+    return torch.where(count > 1, (combined_reward - mean) * count / (count - 1).clamp(min=1.0), combined_reward)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
