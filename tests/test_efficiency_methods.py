@@ -50,8 +50,8 @@ def loop_centered(r_corr, r_eff, group, w_corr):
     return out
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_centered_advantage_is_the_reward_minus_its_group_mean(seed):
+def weighted_batch(seed: int):
+    """A ragged batch's scores, a random length reward and weight, its groups, and the ``WeightedRewards``."""
     lengths, scores, group = ragged_batch(seed)
     rng = random.Random(seed + 100)
     r_eff = [rng.uniform(-1, 1) for _ in lengths]
@@ -60,6 +60,12 @@ def test_centered_advantage_is_the_reward_minus_its_group_mean(seed):
     groups = Groups.of(torch.tensor(group))
     batch = WeightedRewards(t(scores), t(r_eff), group_normalize(t(scores), groups), group_normalize(t(r_eff), groups),
                             t(w_corr), 1 - t(w_corr), groups)
+    return scores, r_eff, w_corr, group, batch
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_centered_advantage_is_the_reward_minus_its_group_mean(seed):
+    scores, r_eff, w_corr, group, batch = weighted_batch(seed)
     fast = ADVANTAGES["centered"](batch).tolist()
     assert fast == pytest.approx(loop_centered(scores, r_eff, group, w_corr), abs=1e-10, rel=0)
 
@@ -79,17 +85,10 @@ def loop_rloo(r_corr, r_eff, group, w_corr):
 def test_rloo_is_the_leave_one_out_loop_and_verls_rloo(seed):
     from tests.fixtures import verl_core_algos as verl
 
-    lengths, scores, group = ragged_batch(seed)
-    rng = random.Random(seed + 200)
-    r_eff = [rng.uniform(-1, 1) for _ in lengths]
-    w_corr = rng.uniform(0, 1)
-    t = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-    groups = Groups.of(torch.tensor(group))
-    batch = WeightedRewards(t(scores), t(r_eff), group_normalize(t(scores), groups), group_normalize(t(r_eff), groups),
-                            t(w_corr), 1 - t(w_corr), groups)
+    scores, r_eff, w_corr, group, batch = weighted_batch(seed)
     fast = ADVANTAGES["rloo"](batch)
     assert fast.tolist() == pytest.approx(loop_rloo(scores, r_eff, group, w_corr), abs=1e-10, rel=0)
-    rewards = t([w_corr * c + (1 - w_corr) * e for c, e in zip(scores, r_eff)])
+    rewards = torch.tensor([w_corr * c + (1 - w_corr) * e for c, e in zip(scores, r_eff)], dtype=torch.float64)
     theirs, _ = verl.rloo(rewards[:, None].clone(), torch.ones(len(rewards), 1, dtype=torch.float64), group)
     assert fast.tolist() == pytest.approx(theirs[:, 0].tolist(), abs=1e-10, rel=0)
 
