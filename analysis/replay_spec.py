@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from analysis.load import StudyData, load_study
 from stores.tracking import StoreError, check_store, default_tracking_uri
 from trainers import contract as M
-from trainers.config import deep_merge, dotted, lookup, print_errors
 from trainers.io.outputs import write_atomic
+from trainers.settings import deep_merge, dotted, lookup, print_errors
 
 
 def trial_config(client: MlflowClient, run_id: str) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from analysis.population import effective_schedules
 from analysis.stats import Comparison
 from stores.tracking import default_tracking_uri
 from trainers import contract as M
-from trainers.config import print_errors
 from trainers.contract import SETTING_PREFIX as SETTING
 from trainers.io.outputs import check_replaceable, check_writable_dir, replace_owned
+from trainers.settings import print_errors
 
 REPORT_ARTIFACT = "report"
 

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from trainers import contract as M
-from trainers.config import deep_merge, load_train_config
+from trainers.config import load_train_config
 from trainers.loop.base_model import base_model_path
 from trainers.loop.grpo import train
+from trainers.settings import deep_merge
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "trainers/configs/synthetic_psi.yaml"
 

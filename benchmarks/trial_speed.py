@@ -83,7 +83,7 @@ def trial_config(root: Path, arm: str, model_path: str) -> dict:
     """The revision's own default trial: its study's base settings over its trainer config."""
     import yaml
 
-    from trainers.config import deep_merge
+    from trainers.settings import deep_merge
 
     spec = yaml.safe_load((root / "search_spaces/psi_vs_static.yaml").read_text())
     config = yaml.safe_load((root / "trainers/configs/synthetic_psi.yaml").read_text())

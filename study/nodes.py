@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from trainers.config import lookup
+from trainers.settings import lookup
 
 # what every trial imports (their distribution names differ: math-verify, pyyaml)
 ALWAYS = ("torch", "transformers", "tokenizers", "pyarrow", "pydantic", "yaml", "math_verify", "pebble", "study.trial")

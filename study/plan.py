@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.config import TrainConfig, deep_merge
+from trainers import contract as M
+from trainers.config import TrainConfig
 from trainers.io.remote import is_uri
 from trainers.method.lead import weight_motion
 from trainers.models.tiny import default_cache_dir
+from trainers.settings import deep_merge
 
 from study.spec import StudySpec
 
@@ -54,3 +56,40 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
                 trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed,
                                         absolute_paths(config.model_dump(mode="json")), motion))
     return trials
+
+
+SHOWN_APART = (  # in a column of their own (the method tags, engine, backend), or per trial by design (paths)
+    "seed", "model.path", "model.cache_dir", "rollout.engine", "train.backend", "train.workers", "lead.weighting.kind",
+    "lead.advantage.kind", "lead.advantage.whiten", "rollout.group_filter.kind", "train.loss_aggregation",
+    "train.policy_loss",
+)
+METHOD_COLUMNS = (M.TAG_WEIGHTING, M.TAG_ADVANTAGE, M.TAG_WHITEN, M.TAG_GROUP_FILTER, M.TAG_LOSS_AGGREGATION,
+                  M.TAG_POLICY_LOSS)
+
+
+def differing_settings(plans: list[TrialPlan]) -> list[str]:
+    """The dotted settings whose values are not the same in every trial (in config order)."""
+    flat = [M.params(plan.config) for plan in plans]
+    keys = list(dict.fromkeys(key for row in flat for key in row))
+    return [key for key in keys if key not in SHOWN_APART and len({row.get(key) for row in flat}) > 1]
+
+
+def trial_table(plans: list[TrialPlan]) -> list[str]:
+    """The trials as a text table: name, seed, how its weight moves, its engine and backend, its
+    method tags, and every setting that differs between trials (columns named by the setting's last
+    parts); settings the trials share are not repeated."""
+    differing = differing_settings(plans)
+    header = ["trial", "seed", "motion", "engine", "backend", *METHOD_COLUMNS, *[".".join(k.split(".")[-2:]) for k in differing]]
+    rows = []
+    for plan in plans:
+        method, flat = M.method_tags(plan.config, plan.motion), M.params(plan.config)
+        train = plan.config["train"]
+        rows.append([plan.name, str(plan.seed), plan.motion, plan.config["rollout"]["engine"],
+                     f"{train['backend']} x{train['workers']}", *(method[c] for c in METHOD_COLUMNS),
+                     *(_short(flat.get(k, "")) for k in differing)])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def _short(value: str, limit: int = 24) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."

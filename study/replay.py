@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from trainers import contract as M
-from trainers.config import TrainConfig, deep_merge, dotted
+from trainers.config import TrainConfig
 from trainers.io.lineage import schedule_points
+from trainers.settings import deep_merge, dotted
 
 W_CORR = M.W_CORR_SETTING
 HEADER = ("# The replay of {trial}, a member of the {arm} population: its final weights' lineage as one config.\n"

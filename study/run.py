@@ -14,25 +14,28 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stores.tracking import StoreError, check_store, default_tracking_uri
 from study.designs import DESIGNS
 from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
-from study.plan import TrialPlan, plan_trials
+from study.plan import TrialPlan, plan_trials, trial_table
 from study.search_modes import SEARCH_MODES
 from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
 from trainers import contract as M
-from trainers.config import ConfigError, TrainConfig, deep_merge, print_errors
+from trainers.config import TrainConfig
 from trainers.runtime import kernels
-from trainers.settings import files_unchecked
+from trainers.settings import ConfigError, deep_merge, files_unchecked, print_errors
 
 
 class UsageError(ValueError):
@@ -49,8 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--max-concurrent-trials", type=int, default=None)
     parser.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
-    parser.add_argument("--dry-run", action="store_true", help="resolve and print every trial, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="resolve every trial and print a table of them, run nothing")
+    parser.add_argument("--show-configs", action="store_true", help="with --dry-run: every trial's whole config as YAML")
     parser.add_argument("--no-report", action="store_true", help="skip the report (python -m analysis.report) at the end")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec setting over the file's, e.g. --set base.train.steps=10 --set seeds=[0,1] "
+                        "(read as YAML; recorded on the study's run; --resume needs the same)")
     return parser.parse_args(argv)
 
 
@@ -395,18 +402,18 @@ def print_sequential_design(spec: StudySpec, plans: list, max_concurrent: int | 
 
 
 def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concurrent: int | None,
-                  smoke: bool = False) -> None:
-    """Every trial resolved, the seeds each arm runs, the expected wall time, and the files a dry
-    run did not require."""
-    population = spec.population_arm.name if spec.population_arm else None
-    for plan in plans:
-        train = plan.config["train"]
-        moves = (f"; {spec.search.mode} population over {', '.join(spec.search.population.keys)}"
-                 if plan.arm == population else "")
-        method = M.method_tags(plan.config, plan.motion)
-        print(f"{plan.name} [resources {spec.resources.describe()}; rollout {plan.config['rollout']['engine']}, "
-              f"training {train['backend']} x{train['workers']}; advantage {method[M.TAG_ADVANTAGE]}, group filter "
-              f"{method[M.TAG_GROUP_FILTER]}, loss {method[M.TAG_LOSS_AGGREGATION]}{moves}]: {plan.config}")
+                  smoke: bool = False, show_configs: bool = False) -> None:
+    """The trials as a table of what differs between them (``study.plan.trial_table``; every
+    trial's whole config too with ``show_configs``), the seeds each arm runs, the expected wall
+    time, and the files a dry run did not require."""
+    for line in trial_table(plans):
+        print(line)
+    print(f"resources per trial: {spec.resources.describe()}")
+    if spec.population_arm:
+        print(f"{spec.population_arm.name}: a {spec.search.mode} population over {', '.join(spec.search.population.keys)}")
+    if show_configs:
+        for plan in plans:
+            print(f"--- {plan.name}\n{yaml.safe_dump(plan.config, sort_keys=False)}", end="")
     seeds = {arm.name: sorted({p.seed for p in plans if p.arm == arm.name}) for arm in spec.arms}
     print(f"{len(plans)} trials; seeds per arm: " + "; ".join(f"{arm} {values}" for arm, values in seeds.items()))
     print(f"the arm under test: {spec.focus_arm} (the report sets every other arm against it)")
@@ -428,13 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     spec, plans = None, []
     try:
         with files_unchecked() if args.dry_run else contextlib.nullcontext([]) as unchecked:
-            spec = load_spec(args.spec)
+            spec = load_spec(args.spec, args.overrides)
             plans = plan_trials(spec, smoke=args.smoke_test)
             spec = spec.for_smoke() if args.smoke_test else spec
     except ConfigError as exc:
         errors += exc.lines
     if args.dry_run and not errors:
-        print_dry_run(spec, plans, unchecked, args.max_concurrent_trials, args.smoke_test)
+        print_dry_run(spec, plans, unchecked, args.max_concurrent_trials, args.smoke_test, args.show_configs)
         return 0
     output_dir, tracking_uri, flag_errors = check_flags(args)
     if errors or flag_errors:
@@ -510,10 +517,13 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     plans = [
         dataclasses.replace(p, config=deep_merge(p.config, {"model": fixed_models[p.name]})) for p in plans
     ]
-    experiment_id, parent_id = start_study_run(
-        tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans],
-        spec.focus_arm, design_tag(spec, args.smoke_test),
-    )
+    try:
+        experiment_id, parent_id = start_study_run(
+            tracking_uri, study_name, experiment_dir, args.spec.resolve(), base_metrics, [p.name for p in plans],
+            spec.focus_arm, design_tag(spec, args.smoke_test), args.overrides,
+        )
+    except ValueError as exc:
+        return print_errors(exc)
     log(f"MLflow: {tracking_uri} (experiment '{study_name}'); Ray results and checkpoints: {experiment_dir}")
     rows, interrupted = [], False
     try:
@@ -547,7 +557,8 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     print(format_table(rows))
     print()
     if interrupted:
-        print(f"Interrupted: continue with python -m study.run {args.spec} --resume (same flags)")
+        sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+        print(f"Interrupted: continue with python -m study.run {args.spec}{sets} --resume (same flags)")
         return 130
     if tracking_uri.startswith(("http://", "https://")):
         print(f"Look next: {trials_view_url(tracking_uri, experiment_id)}")

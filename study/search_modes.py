@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from trainers.config import lookup
 from trainers.registry import Registry
+from trainers.settings import lookup
 
 SEARCH_FIELDS = ("space", "num_samples", "population")  # the mode-specific settings of ``search``
 

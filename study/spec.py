@@ -31,15 +31,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError, field_validator, model_validator
 
 from trainers import contract as M
-from trainers.config import (
-    SMOKE_SETTINGS, ConfigError, TrainConfig, deep_merge, dotted, fit_group_filter, format_errors, load_validated,
-)
+from trainers.config import SMOKE_SETTINGS, TrainConfig, fit_group_filter
 from trainers.method.advantages import AdvantageSettings
 from trainers.method.lead import LeadConfig
 from trainers.method.rewards import LENGTH_REWARDS
 from trainers.method.weightings import Weighting, weighting_settings
 from trainers.plugins import load_plugins
-from trainers.settings import Strict
+from trainers.settings import ConfigError, Strict, deep_merge, dotted, format_errors, load_validated
 
 from study.designs import DESIGNS, SEQUENTIAL_FIELDS, DesignSettings
 from study.search_modes import SEARCH_FIELDS, SEARCH_MODES, users_of
@@ -513,8 +511,9 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
         raise ConfigError(lines)
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec; any problem raises ConfigError with one line."""
-    spec = load_validated(path, StudySpec)
+def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    """Read a study spec, apply ``KEY=VALUE`` overrides (``base.train.steps=10``, ``seeds=[0,1]``) and
+    validate it; any problem raises ConfigError with one line."""
+    spec = load_validated(path, StudySpec, overrides)
     _check_train_settings(spec, Path(path))
     return spec

@@ -97,12 +97,12 @@ def version_tags() -> dict[str, str]:
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI opens a model-training experiment on its runs, not a GenAI overview
 TRIALS_VIEW = "lead-study-trials"  # a shared view state of the MLflow UI (an experiment tag)
-TRIALS_VIEW_STATE = {  # every trial (not the first ten), grouped by arm, each drawn alone, the study's curves first
+TRIALS_VIEW_STATE = {  # every trial (not the first ten), grouped by arm and variant, each drawn alone, the study's curves first
     "searchFilter": "",
     "orderByKey": "attributes.start_time",
     "orderByAsc": False,
     "runsHiddenMode": "SHOW_ALL",
-    "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+    "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": M.TAG_ARM_VARIANT}]},
     "groupsExpanded": {},
     "useGroupedValuesInCharts": False,
     "hideEmptyCharts": True,
@@ -125,11 +125,12 @@ def configure_experiment(client: MlflowClient, experiment_id: str) -> None:
 
 def start_study_run(
     tracking_uri: str, study: str, study_dir: Path, spec_path: Path, base_metrics: dict, trial_names: list[str],
-    focus: str, design: str = "fixed",
+    focus: str, design: str = "fixed", overrides: list[str] = (),
 ) -> tuple[str, str]:
     """The study's parent run (created, or found again on resume), tagged with the arm under test
-    (``focus``) and its design (``fixed``, or a sequential design's settings as JSON); returns
-    (experiment_id, run_id)."""
+    (``focus``), its design (``fixed``, or a sequential design's settings as JSON) and the spec's
+    ``--set`` overrides; returns (experiment_id, run_id). A resume with other overrides than the
+    study started with is a ValueError (one line)."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
@@ -142,13 +143,16 @@ def start_study_run(
             experiment_id,
             run_name=f"{study} (study)",
             tags={TAG_STUDY_DIR: str(study_dir), TAG_ROLE: ROLE_STUDY, M.TAG_STUDY: study, M.TAG_FOCUS: focus,
-                  M.TAG_DESIGN: design, **version_tags()},
+                  M.TAG_DESIGN: design, M.TAG_OVERRIDES: json.dumps(list(overrides)), **version_tags()},
         )
         run_id = run.info.run_id
         client.log_artifact(run_id, str(spec_path), artifact_path=M.SPEC_FOLDER)
         log_json(client, run_id, PLANNED_ARTIFACT, trial_names)
         client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in base_metrics.items()])
     else:
+        started = json.loads(client.get_run(run_id).data.tags.get(M.TAG_OVERRIDES, "[]"))
+        if started != list(overrides):
+            raise ValueError(f"--set: the study started with {started or 'no overrides'}; resume it with the same")
         client.update_run(run_id, status="RUNNING")
     return experiment_id, run_id
 
@@ -241,6 +245,7 @@ class MLflowTracker(tune.Callback):
                 run_name=str(trial),
                 tags={
                     **tags, M.TAG_STUDY: self.study, M.TAG_ARM: plan.arm, M.TAG_VARIANT: plan.variant, M.TAG_SEED: str(plan.seed),
+                    M.TAG_ARM_VARIANT: M.arm_variant(plan.arm, plan.variant),
                     **M.method_tags(config, plan.motion), **version_tags(),
                     **({M.TAG_PARAMS_ARE: M.STARTING_VALUES} if plan.motion == M.SEARCHED else {}),
                     M.TAG_THREADS: str(self.threads),

@@ -21,9 +21,10 @@ from ray import tune
 
 from study.shipping import fetch
 from trainers import contract as M
-from trainers.config import TrainConfig, deep_merge, dotted
+from trainers.config import TrainConfig
 from trainers.io.fingerprint import versions
 from trainers.loop.grpo import StepReport, train
+from trainers.settings import deep_merge, dotted
 
 REPORT_FILE = "report.json"  # in each Tune checkpoint: {"step", "last_eval", "trial_id", "trial_name", "settings"}
 EVALUATED = "evaluated"

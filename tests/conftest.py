@@ -44,7 +44,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def tiny_config(cache_dir: Path, **overrides) -> TrainConfig:
     """A small, fast run config over the tiny test model; ``overrides`` merge section by section."""
-    from trainers.config import deep_merge
+    from trainers.settings import deep_merge
 
     base = {
         "model": {"cache_dir": str(cache_dir), "tiny": TINY},

@@ -10,10 +10,11 @@ import torch
 
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
 from trainers.actor.losses import clipped_objective
-from trainers.config import TrainConfig, format_errors
+from trainers.config import TrainConfig
 from trainers.loop.group_filters import GROUP_FILTERS, Drawn, concat
 from trainers.method.advantages import ADVANTAGES, WeightedRewards, group_normalize
 from trainers.method.segments import Groups
+from trainers.settings import format_errors
 
 
 def ragged_batch(seed: int, groups: int = 12):

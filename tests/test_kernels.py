@@ -29,9 +29,10 @@ BUILD = """
 import hashlib, json, sys
 from pathlib import Path
 import trainers
-from trainers.config import deep_merge, load_train_config
+from trainers.config import load_train_config
 from trainers.loop.base_model import base_model_path
 from trainers.runtime import kernels
+from trainers.settings import deep_merge
 config = load_train_config(Path("trainers/configs/synthetic_psi.yaml")).smoke()
 config = config.model_validate(deep_merge(config.model_dump(), {"model": {"cache_dir": sys.argv[1]}}))
 folder = base_model_path(config, log=lambda _: None)

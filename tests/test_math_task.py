@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_main
-from trainers.config import ConfigError, TrainConfig
+from trainers.config import TrainConfig
 from trainers.models.tiny_chat import build_tiny_chat_model
+from trainers.settings import ConfigError
 from trainers.tasks.math import SUFFIX, DatasetError, MathTask, MathTaskConfig, chat_prompt_ids, load_problems, problem_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_the_trainer_config_takes_a_math_task(chat_model, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"task": task}))
     with pytest.raises(ConfigError, match="model.path: the math task needs a model directory"):
-        from trainers.config import load_validated
+        from trainers.settings import load_validated
 
         load_validated(path, TrainConfig)
 

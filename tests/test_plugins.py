@@ -10,8 +10,9 @@ import torch
 from study.plan import plan_trials
 from study.spec import load_spec
 from tests.conftest import run_main
-from trainers.config import ConfigError, TrainConfig, load_train_config
+from trainers.config import TrainConfig, load_train_config
 from trainers.method.lead import lead_step
+from trainers.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples/plugins/my_method.py"
@@ -128,7 +129,7 @@ def test_a_registered_engine_with_its_own_settings_is_selectable_and_trains(cach
     assert calls and set(calls) == {"mine"}  # the base evaluation, one step's rollouts, the final evaluation
     from pydantic import ValidationError
 
-    from trainers.config import format_error
+    from trainers.settings import format_error
 
     with pytest.raises(ValidationError) as info:
         tiny_config(cache_dir, rollout={"engine": "counting", "engine_options": {"label": "x", "colour": 1}})

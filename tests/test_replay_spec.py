@@ -10,7 +10,7 @@ from study.spec import load_spec
 from study.tracking import log_yaml
 from tests.conftest import run_main, tiny_config
 from trainers import contract as M
-from trainers.config import deep_merge
+from trainers.settings import deep_merge
 
 
 def member_and_psi_store(tmp_path, cache_dir) -> str:

@@ -6,11 +6,11 @@ from pathlib import Path
 from study.shipping import SHIPPED, fetch, ship
 from study.storage import open_storage
 from tests.conftest import tiny_config
-from trainers.config import deep_merge
 from trainers.io.fingerprint import weights_digest
 from trainers.loop.base_model import base_evaluation_key, prepare
 from trainers.loop.evaluation import evaluation_folder
 from trainers.runtime.process import torch_threads
+from trainers.settings import deep_merge
 
 
 def prepared(cache_dir: Path, tmp_path: Path):

@@ -17,10 +17,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
+from trainers.contract import TAG_OVERRIDES as OVERRIDES_TAG
 from study.run import main
 from tests.conftest import TINY
-from trainers.config import TrainConfig, deep_merge
+from trainers.config import TrainConfig
 from trainers.runtime import kernels
+from trainers.settings import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,6 +266,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
     client, parents, _ = child_runs(tmp_path, "fault")
     assert [p.info.status for p in parents] == ["KILLED"]
     finished_result_lines = len((first / "result.json").read_text().splitlines())
+    assert main([*args, "--set", "max_failures=1", "--resume"]) == 2  # not the overrides the study started with
     assert main([*args, "--resume"]) == 0
     assert len((first / "result.json").read_text().splitlines()) == finished_result_lines  # not re-run
     client, parents, children = child_runs(tmp_path, "fault")
@@ -272,7 +275,7 @@ def test_a_killed_driver_is_resumed_and_finished_trials_are_not_rerun(ray_cluste
         assert steps_of(client, run) == list(range(1, 6)), run.info.run_name
         assert run.info.status == "FINISHED"
         assert history_artifact_matches(client, run)
-    assert parents[0].info.status == "FINISHED"
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags[OVERRIDES_TAG] == "[]"
 
 
 def test_trials_see_the_gpus_ray_assigned(ray_cluster, tiny_model_dir, cache_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Study specs: validation with key paths, planning, and the CLI's one-line errors (exit 2)."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 from study.plan import plan_trials
 from study.run import main
 from study.spec import load_spec
-from trainers.config import ConfigError
+from trainers.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -244,15 +245,53 @@ def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
     assert not out.exists() and not (tmp_path / "t.db").exists()
 
 
-def test_dry_run_prints_every_trial(capsys):
+def table_rows(out: str) -> dict[str, dict[str, str]]:
+    """The dry run's trial table as {trial: {column: value}} (columns are separated by 2+ spaces)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    columns = [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", lines[start])]
+    bounds = [(begin, columns[i + 1][0] if i + 1 < len(columns) else None, name) for i, (begin, name) in enumerate(columns)]
+    rows = {}
+    for line in lines[start + 1:]:
+        if line.startswith("resources per trial:"):
+            break
+        row = {name: line[begin:end].strip() for begin, end, name in bounds}
+        rows[row["trial"]] = row
+    return rows
+
+
+def test_dry_run_prints_a_table_of_what_differs_between_trials(capsys):
     assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "\n35 trials; seeds per arm: psi [0, 1, 2, 3, 4]; static [0, 1, 2, 3, 4]\n" in out
     assert "\nthe arm under test: psi (the report sets every other arm against it)\n" in out
-    assert ("static-ratio0.25-s3 [resources {CPU: 1}; rollout hf, training single x1; advantage decoupled, group filter none, "
-            "loss token_mean]: ") in out
+    assert "\nresources per trial: {CPU: 1}\n" in out
+    rows = table_rows(out)
+    assert len(rows) == 35 and max(len(line) for line in out.splitlines()) < 250  # not a config per line
+    static = rows["static-ratio0.25-s3"]
+    assert (static["seed"], static["motion"], static["engine"], static["backend"], static["advantage"]) == (
+        "3", "fixed", "hf", "single x1", "decoupled")
+    assert static["weighting.w_corr"] == "0.8" and rows["psi-s0"]["weighting.beta"] == "0.95"
+    assert "train.lr" not in static  # the same in every trial: not repeated
     assert out.strip().splitlines()[-1].startswith("expected wall time: ")
     assert f"35 trials, {min(os.cpu_count(), 35)} at a time on {os.cpu_count()} CPUs" in out
+    assert main([str(ROOT / "search_spaces/psi_vs_static.yaml"), "--dry-run", "--show-configs"]) == 0
+    assert capsys.readouterr().out.count("\n--- ") == 35
+
+
+def test_set_overrides_a_spec_setting_and_bad_ones_are_named(capsys):
+    spec = str(ROOT / "search_spaces/psi_vs_static.yaml")
+    assert main([spec, "--dry-run", "--set", "seeds=[0, 1]", "--set", "base.train.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "\n14 trials; seeds per arm: psi [0, 1]; static [0, 1]\n" in out
+    assert main([spec, "--dry-run", "--set", "base.train.steps=7", "--show-configs"]) == 0
+    assert "\n  steps: 7\n" in capsys.readouterr().out
+    assert main([spec, "--dry-run", "--set", "base.train.stepz=7"]) == 2
+    assert "base.train.stepz: unknown key" in capsys.readouterr().err
+    assert main([spec, "--dry-run", "--set", "seeds", "--set", "seeds=[0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: override 'seeds': expected KEY=VALUE with a dotted key, e.g. train.steps=30",
+                   "error: override seeds: the value is not YAML: while parsing a flow sequence"]
 
 
 def test_the_expected_wall_time_places_trials_on_the_first_free_slot():
@@ -279,21 +318,25 @@ def test_the_r1_spec_resolves_on_a_machine_without_the_model(monkeypatch, tmp_pa
     assert "7 trials" in out and "expected wall time: not estimated for GPU trials" in out
     assert f"not found on this machine (a dry run does not require it): {tmp_path / 'r1-1.5b' / 'config.json'}" in out
     assert f"{tmp_path / 'data' / 'math' / 'train.parquet'}" in out
-    plans = [line for line in out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
-    assert len(plans) == 7
-    psi = plans[0]
-    assert psi.startswith("psi-s0 [resources {CPU: 4, GPU: 1}; rollout vllm, training single x1; advantage decoupled, "
-                          "group filter none, loss token_mean]: ")
-    for setting in ("'prompts_per_step': 128", "'n': 8", "'max_new_tokens': 4096", "'lr': 2e-06", "'steps': 462",
-                    "'kind': 'math'", "'n_samples': 3", "'temperature': 0.8", "'top_p': 0.9"):
-        assert setting in psi, setting
+    rows = table_rows(out)
+    assert len(rows) == 7 and "\nresources per trial: {CPU: 4, GPU: 1}\n" in out
+    psi = rows["psi-s0"]
+    assert (psi["engine"], psi["backend"], psi["advantage"], psi["group_filter"]) == ("vllm", "single x1", "decoupled", "none")
+    assert main([str(R1_SPEC), "--dry-run", "--show-configs"]) == 0
+    configs = capsys.readouterr().out.split("\n--- ")
+    psi_config = yaml.safe_load(next(c for c in configs if c.startswith("psi-s0\n")).split("\n", 1)[1])
+    assert (psi_config["train"]["prompts_per_step"], psi_config["rollout"]["n"], psi_config["rollout"]["max_new_tokens"],
+            psi_config["train"]["lr"], psi_config["train"]["steps"], psi_config["task"]["kind"],
+            psi_config["eval"]["n_samples"], psi_config["eval"]["temperature"], psi_config["eval"]["top_p"]) == (
+        128, 8, 4096, 2e-06, 462, "math", 3, 0.8, 0.9)
     assert main([str(R1_SPEC)]) == 2
     assert "base.task.train_files: " in capsys.readouterr().err  # a real run needs the files
     # the same study over four GPUs a trial: one bundle, four DeepSpeed workers
     assert main([str(R1_SPEC.with_name("psi_vs_static_r1_1p5b_deepspeed.yaml")), "--dry-run"]) == 0
-    plans = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("psi-s0 ", "static-ratio"))]
-    assert len(plans) == 7
-    assert all("[resources {CPU: 16, GPU: 4}; rollout vllm, training deepspeed x4; advantage " in line for line in plans)
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert len(rows) == 7 and "\nresources per trial: {CPU: 16, GPU: 4}\n" in out
+    assert all((row["engine"], row["backend"]) == ("vllm", "deepspeed x4") for row in rows.values())
 
 
 def test_unset_environment_variables_are_named(monkeypatch, capsys):
@@ -307,7 +350,7 @@ def test_unset_environment_variables_are_named(monkeypatch, capsys):
 
 
 def test_environment_defaults_expand(tmp_path, monkeypatch):
-    from trainers.config import expand_environment
+    from trainers.settings import expand_environment
 
     monkeypatch.setenv("A", "x")
     data = {"path": "${A}/y", "train_files": ["${B:-z}", 3], "r": {"cache_dir": "${A}${B:-}"}}
@@ -316,7 +359,7 @@ def test_environment_defaults_expand(tmp_path, monkeypatch):
 
 def test_environment_variables_expand_only_in_path_settings(tmp_path, monkeypatch):
     """A secret in the environment must not reach a prompt, and from there an MLflow param."""
-    from trainers.config import ConfigError, expand_environment
+    from trainers.settings import ConfigError, expand_environment
 
     monkeypatch.setenv("API_KEY", "s3cret")
     with pytest.raises(ConfigError, match=r"base.task.system_prompt: \$\{...\} expands only in path settings") as info:

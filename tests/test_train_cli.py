@@ -41,8 +41,9 @@ def write_config(tmp_path, cache_dir, **changes):
 
 def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache_dir, tmp_path):
     config = write_config(tmp_path, cache_dir)
-    result = subprocess.run([sys.executable, "-m", "trainers.train", config, "--smoke-test", "--output-dir", tmp_path / "out"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)  # the real command, once
+    result = subprocess.run([sys.executable, "-m", "trainers.train", config, "seed=3", "--smoke-test", "--output-dir",
+                             tmp_path / "out", "train.lr=2.0e-4"],  # the real command, once, with overrides
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("done: eval accuracy")
     lines = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
@@ -53,6 +54,9 @@ def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache
     assert summary["eval/accuracy"] == lines[-1]["eval/accuracy"]
     assert summary["versions"]["torch"] == torch.__version__ and summary["versions"]["lead-study"].startswith("0.")
     assert summary["threads"] == torch.get_num_threads()  # the run's thread count is on record
+    assert summary["overrides"] == ["seed=3", "train.lr=2.0e-4"]
+    resolved = yaml.safe_load((tmp_path / "out/config.yaml").read_text())  # what replays the run
+    assert (resolved["seed"], resolved["train"]["lr"]) == (3, 2.0e-4)
     assert "GRPO" in result.stderr  # the progress bar
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700 and owner(tmp_path / "out") == "run"
 
@@ -131,3 +135,15 @@ def test_missing_model_directory_and_unreadable_config_exit_2(tmp_path, cache_di
     assert result.returncode == 2 and "model.path:" in result.stderr and result.stderr.count("\n") == 1
     result = cli(tmp_path / "absent.yaml")
     assert result.returncode == 2 and "absent.yaml: cannot read" in result.stderr
+
+
+def test_bad_overrides_are_one_line_each_naming_the_key_and_exit_2(tmp_path, cache_dir):
+    config = str(write_config(tmp_path, cache_dir))
+    result = cli(config, "train.stepz=3", "lead.weighting.kind=nope", "--output-dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {config}: train.stepz: unknown key",
+        f"error: {config}: lead.weighting: unknown weighting 'nope' (known: psi, schedule, static)"]
+    result = cli(config, "steps", "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and "override 'steps': expected KEY=VALUE" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -6,14 +6,10 @@ field path, e.g. ``train.lr: Input should be greater than 0``.
 
 from __future__ import annotations
 
-import os
-import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from trainers.actor import BACKENDS
 from trainers.actor.aggregation import LOSS_AGGREGATIONS
@@ -26,7 +22,7 @@ from trainers.models.tiny import TinyModelConfig
 from trainers.plugins import load_plugins, resolve
 from trainers.rollout import ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.settings import Strict, must_exist, omit_empty
+from trainers.settings import Strict, deep_merge, load_validated, must_exist, omit_empty
 from trainers.tasks import TaskSettings, task_settings
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
@@ -301,133 +297,6 @@ def run_defaults(data: dict) -> dict:
     return {**data, "lead": lead}
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` merged in, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def dotted(key: str, value: Any) -> dict[str, Any]:
-    """``dotted("lead.weighting.beta", 0.9)`` -> ``{"lead": {"weighting": {"beta": 0.9}}}``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
-def lookup(config: dict[str, Any], key: str) -> Any:
-    """``lookup(config, "lead.weighting.beta")`` -> ``config["lead"]["weighting"]["beta"]``."""
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
-def _field_path(loc: tuple, prefix: str) -> str:
-    """``("arms", 1, "weighting", "w_corr")`` -> ``arms[1].weighting.w_corr``."""
-    path = prefix
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per failing field path (``arms[1].weighting.w_corr: ...``); a union's alternatives
-    that fail on the same path give one line, not one per alternative."""
-    lines = []
-    for detail in error.errors():
-        path = _field_path(detail["loc"], prefix)
-        message = "unknown key" if detail["type"] == "extra_forbidden" else detail["msg"].removeprefix("Value error, ")
-        line = f"{path}: {message}" if path else message
-        if line not in lines:
-            lines.append(line)
-    return lines
-
-
-def format_error(error: ValidationError, prefix: str = "") -> str:
-    """The first line of ``format_errors``."""
-    return format_errors(error, prefix)[0]
-
-
-class ConfigError(ValueError):
-    """Config problems, each already phrased as one line naming the file and field (``lines``)."""
-
-    def __init__(self, lines: str | list[str]):
-        self.lines = [lines] if isinstance(lines, str) else list(lines)
-        super().__init__("\n".join(self.lines))
-
-
-def print_errors(error: Exception) -> int:
-    """Print each line of ``error`` as ``error: ...`` on stderr; returns the CLI exit code, 2."""
-    for line in str(error).splitlines():
-        print(f"error: {line}", file=sys.stderr)
-    return 2
-
-
-# ``${NAME}`` / ``${NAME:-default}`` expand only in settings that hold paths: a secret never reaches
-# a prompt, a tag or an MLflow param by way of the environment.
-ENV_KEYS = frozenset({"path", "cache_dir", "train_files", "eval_files", "plugins"})
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_environment(data: Any, path: Path, where: str = "", key: str = "") -> Any:
-    """``${NAME}`` and ``${NAME:-default}`` in path settings (``ENV_KEYS``), from the environment
-    (machine-specific paths in a shared spec); an unset name without a default, or ``${...}``
-    anywhere else, is a ConfigError naming the key."""
-    if isinstance(data, dict):
-        return {k: expand_environment(v, path, f"{where}.{k}" if where else str(k), str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [expand_environment(v, path, f"{where}[{i}]", key) for i, v in enumerate(data)]
-    if not isinstance(data, str) or not _ENV.search(data):
-        return data
-    if key not in ENV_KEYS:
-        raise ConfigError(f"{path}: {where}: ${{...}} expands only in path settings ({', '.join(sorted(ENV_KEYS))})")
-
-    def value(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is None:
-            raise ConfigError(f"{path}: {where}: environment variable {name} is not set")
-        return default
-
-    return _ENV.sub(value, data)
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file's data, or ConfigError in one line: unreadable, not UTF-8, not YAML, or using
-    aliases (``*name``: a loop or an alias bomb would hang or crash whatever walks the data)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 1
-                raise ConfigError(f"{path}: line {line}: YAML aliases (*{event.anchor}) are not supported; "
-                                  "write the settings out (a spec's base: holds what arms share)")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-
-
-def load_validated(path: str | Path, model: type[BaseModel]):
-    """Read a YAML mapping and validate it as ``model``; problems raise ConfigError, one line each."""
-    path = Path(path)
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    data = expand_environment(data, path)
-    if isinstance(data.get("plugins"), list):  # a plugin file is named relative to the YAML that names it
-        data["plugins"] = [resolve(p, path.parent) if isinstance(p, str) else p for p in data["plugins"]]
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([f"{path}: {line}" for line in format_errors(exc)]) from None
-
-
-def load_train_config(path: str | Path) -> TrainConfig:
-    return load_validated(path, TrainConfig)
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """A run config from YAML, with ``KEY=VALUE`` overrides (``train.steps=30 seed=1``) applied before validation."""
+    return load_validated(path, TrainConfig, overrides)

@@ -91,6 +91,12 @@ STEP_KEY = TRAIN_ACCURACY  # every step logs it: its history tells a run's last 
 TAG_STUDY = "study"
 TAG_ARM = "arm"
 TAG_VARIANT = "variant"
+TAG_ARM_VARIANT = "arm_variant"  # "static/ratio0.25": what a reader compares, one group in the MLflow view
+
+
+def arm_variant(arm: str, variant: str) -> str:
+    """The value of ``TAG_ARM_VARIANT``: ``static/ratio0.25``; an arm without a grid is its own variant."""
+    return arm if variant in ("", arm) else f"{arm}/{variant}"
 TAG_SEED = "seed"
 TAG_THREADS = "threads"  # the torch threads the trial ran on (they change the last bits, and so samples)
 CPU_KERNELS = "cpu-kernels"  # the CPU kernel level, in versions() and so in build_info.json and version tags
@@ -122,6 +128,7 @@ TAG_STUDY_DIR = "lead_study.study_dir"  # on a study's run: its Ray results fold
 TAG_ROLE = "lead_study.role"  # "study" on a study's own run
 TAG_FOCUS = "lead_study.focus"  # on a study's run: the arm under test, which the report sets every other arm against
 DEFAULT_FOCUS = "psi"  # the arm under test when a spec names none (and the arm of that name exists)
+TAG_OVERRIDES = "lead_study.overrides"  # on a study's run: its --set KEY=VALUE overrides of the spec file, as JSON
 TAG_DESIGN = "lead_study.design"  # on a study's run: its design (fixed | sequential: its settings as JSON)
 TAG_DESIGN_STOPPED = "lead_study.design.stopped"  # on a sequential study's run: why it started no more trials
 DECISION_PATH_ARTIFACT = "sequential/decision_path.json"  # on a sequential study's run: every look, in order

@@ -1,6 +1,10 @@
 """One training run without Ray:
 
-    python -m trainers.train CONFIG.yaml [--output-dir DIR] [--smoke-test] [--resume | --overwrite]
+    python -m trainers.train CONFIG.yaml [KEY=VALUE ...] [--output-dir DIR] [--smoke-test] [--resume | --overwrite]
+
+``KEY=VALUE`` overrides a setting of the config (``train.steps=30 seed=1 lead.weighting.kind=static``;
+a value is read as YAML), validated like the file; the resolved ``config.yaml`` in the output
+directory replays the run, and ``summary.json`` lists the overrides.
 
 Writes under the output directory (default ``runs/<config name>``, ``runs/<config name>-smoke``
 for a smoke test; created private, mode 0700): ``metrics.jsonl`` (one line per step),
@@ -25,13 +29,14 @@ import yaml
 from tqdm import tqdm
 
 from trainers import contract as M
-from trainers.config import ConfigError, load_train_config, print_errors
+from trainers.config import load_train_config
 from trainers.io.fingerprint import versions
 from trainers.io.outputs import MARKER, check_writable_dir, clear_owned, is_empty, make_private_dir, owner, write_atomic
 from trainers.loop.base_model import ModelLoadError
 from trainers.loop.checkpoint import CheckpointMismatch, check_checkpoint, checkpoint_step, latest_checkpoint
 from trainers.loop.grpo import StepReport, train
 from trainers.runtime import kernels
+from trainers.settings import ConfigError, print_errors
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -109,16 +114,17 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description="One GRPO + LEAD run, no Ray.")
     parser.add_argument("config", type=Path, help="a fully resolved run config (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings over the config's, e.g. train.steps=30")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: runs/<config name>[-smoke]")
     parser.add_argument("--smoke-test", action="store_true",
                         help="2 steps, tiny batches, one evaluation, a small base model: about a minute")
     both = parser.add_mutually_exclusive_group()
     both.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
     both.add_argument("--overwrite", action="store_true", help="replace the run in the output dir")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         kernels.level()  # before anything computes: a level that cannot hold is one line, not other numbers
-        config = load_train_config(args.config)
+        config = load_train_config(args.config, args.overrides)
         if args.smoke_test:
             config = config.smoke()
     except (ConfigError, kernels.KernelLevelError) as exc:
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, CheckpointMismatch, kernels.KernelLevelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = {**final, "threads": torch.get_num_threads(), "versions": versions()}  # threads change numbers
+    summary = {**final, "threads": torch.get_num_threads(), "versions": versions(),  # threads change numbers
+               "overrides": args.overrides}
     write_atomic(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     print(summary_line(final))
     print(f"outputs: {output_dir}")

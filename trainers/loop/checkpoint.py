@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from trainers.config import TrainConfig, deep_merge, dotted
+from trainers.config import TrainConfig
+
 from trainers.method.lead import LeadState
+from trainers.settings import deep_merge, dotted
 
 CHECKPOINT_FILE = "trainer_state.pt"
 CHECKPOINT_INFO = "checkpoint.json"  # {"step": N, "config_hash": ...}: read without loading the weights
