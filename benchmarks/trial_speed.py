@@ -129,7 +129,7 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
     from trainers.config import TrainConfig
 
     torch.set_num_threads(threads)
-    config = TrainConfig.model_validate(trial_config(root, arm, model_path))
+    config = TrainConfig.of(trial_config(root, arm, model_path))
     clock.seconds["start-up and imports"] += time.perf_counter() - started
     prepare_start = time.perf_counter()
     prepare(config, log=lambda _: None)  # the driver's base evaluation, cached: not part of the trial
@@ -194,7 +194,7 @@ def base_model(arm: str) -> str:
     from trainers.config import TrainConfig
 
     config = trial_config(ROOT, arm, None)
-    return str(base_model_path(TrainConfig.model_validate(config), log=print))
+    return str(base_model_path(TrainConfig.of(config), log=print))
 
 
 def table(results: dict[str, list[dict]]) -> str:

@@ -56,7 +56,7 @@ def expected_wall_time(spec, plans, max_concurrent: int | None = None) -> str:
     if spec.resources.trial_gpus > 0:
         return "expected wall time: not estimated for GPU trials (the cost model is measured on CPU)"
     per_plan = spec.search.num_samples if spec.search.mode == "optuna" else 1
-    configs = [TrainConfig.model_validate(p.config) for p in plans]
+    configs = [TrainConfig.of(p.config) for p in plans]
     durations = [trial_seconds(config) for config in configs for _ in range(per_plan)]
     more_rounds = any(c.rollout.group_filter.rollouts_per_step(1, c.rollout.n)[0] > c.rollout.n for c in configs)
     cpus = os.cpu_count() or 1

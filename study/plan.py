@@ -50,7 +50,7 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
             for seed in spec.arm_seeds(arm, smoke):
                 own = {"seed": seed, **({"model": {"tiny": {"seed": seed}}} if spec.base_model_per_seed else {})}
                 settings = deep_merge(deep_merge(settings, own), fixed or {})
-                config = TrainConfig.model_validate(settings)
+                config = TrainConfig.of(settings)
                 motion = weight_motion(config.lead, searched=arm.name == population)
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"
                 trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed,

@@ -43,4 +43,4 @@ def replay_config(start: dict[str, Any], final_search: dict[str, Any], w_corr_li
     if w_corr_lineage:
         config["lead"] = {**config["lead"], "weighting": {
             "kind": "schedule", "points": schedule_points([(step, value) for step, value, _ in w_corr_lineage])}}
-    return TrainConfig.model_validate(config).model_dump(mode="json")
+    return TrainConfig.of(config).model_dump(mode="json")

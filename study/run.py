@@ -144,7 +144,7 @@ def prepare_base_models(plans: list[TrialPlan], threads: int, log, ship_to: Stor
 
     fixed, base_metrics, seen, shipped = {}, {}, {}, {}
     for plan in plans:
-        config = TrainConfig.model_validate(plan.config)
+        config = TrainConfig.of(plan.config)
         key = base_key(config)
         if key not in seen:
             remote = is_uri(config.model.path)  # trials download it from there themselves
@@ -173,7 +173,7 @@ def _prepare_one(config: dict[str, Any], threads: int) -> str:
     from trainers.runtime.process import torch_threads
 
     with torch_threads(threads):
-        return str(prepare(TrainConfig.model_validate(config), log=lambda _: None)[0])
+        return str(prepare(TrainConfig.of(config), log=lambda _: None)[0])
 
 
 def build_in_parallel(plans: list[TrialPlan], threads: int, log) -> None:
@@ -184,7 +184,7 @@ def build_in_parallel(plans: list[TrialPlan], threads: int, log) -> None:
 
     distinct = {}
     for plan in plans:
-        distinct.setdefault(base_key(TrainConfig.model_validate(plan.config)), plan.config)
+        distinct.setdefault(base_key(TrainConfig.of(plan.config)), plan.config)
     if len(distinct) < 2 or sum(node["Alive"] for node in ray.nodes()) > 1:
         return
     log(f"building and evaluating {len(distinct)} base models, {threads} CPU(s) each, in parallel")
@@ -287,7 +287,7 @@ def build_tuner(
         reuse, storage, name = True, output.child(study_name), "population"
         keep = max(3, spec.search.population.perturbation_interval + 1)
     if spec.search.asha is not None:
-        max_steps = max(TrainConfig.model_validate(p.config).train.steps for p in phase.plans)
+        max_steps = max(TrainConfig.of(p.config).train.steps for p in phase.plans)
         setup.scheduler = ASHAScheduler(
             time_attr="step",
             max_t=max_steps,

@@ -36,7 +36,6 @@ from trainers.method.advantages import AdvantageSettings
 from trainers.method.lead import LeadConfig
 from trainers.method.rewards import LENGTH_REWARDS
 from trainers.method.weightings import Weighting, weighting_settings
-from trainers.plugins import load_plugins
 from trainers.settings import ConfigError, Strict, deep_merge, dotted, format_errors, load_validated
 
 from study.designs import DESIGNS, SEQUENTIAL_FIELDS, DesignSettings
@@ -362,11 +361,10 @@ class StudySpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _plugins_first(cls, data: Any) -> Any:
-        """Import the plugins before anything else is validated, and hand them to every trial
-        (through ``base``), so each trial's process imports them before it builds its config."""
+    def _plugins_to_every_trial(cls, data: Any) -> Any:
+        """Hand the plugins (imported before validation: ``load_spec``) to every trial through
+        ``base``, so each trial's process imports them before it builds its config (``TrainConfig.of``)."""
         if isinstance(data, dict) and data.get("plugins"):
-            load_plugins(data["plugins"])
             base = data.get("base", {})
             if isinstance(base, dict):  # (a malformed base gets its own error)
                 data = {**data, "base": {**base, "plugins": data["plugins"]}}
@@ -452,7 +450,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
 
     def check(settings: dict, prefix: str, resources: Resources | None = None) -> None:
         try:
-            config = TrainConfig.model_validate(settings)
+            config = TrainConfig.of(settings)
         except ValidationError as exc:
             for line in format_errors(exc):
                 add(line, prefix)
@@ -485,7 +483,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
         for smoke in (False, True):
             for _, settings in spec.population_arm.settings(spec.base, spec.last_settings(smoke)):
                 try:
-                    config = TrainConfig.model_validate(settings)
+                    config = TrainConfig.of(settings)
                 except ValidationError:
                     continue  # reported above
                 interval, every = population.perturbation_interval, config.eval.every

@@ -62,7 +62,7 @@ def run_trial(params: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     trial = plans[params["trial"]]
     settings = params.get("search", {})
     config = trial["config"] if trial["shipped"] is None else fetch(trial["shipped"], trial["config"], log=print)
-    config = TrainConfig.model_validate(apply_search(config, settings))
+    config = TrainConfig.of(apply_search(config, settings))
     torch.set_num_threads(trial["threads"])
     made_with = json.dumps(versions())  # this process's, on whichever node it runs
     context = tune.get_context()

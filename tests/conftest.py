@@ -54,7 +54,7 @@ def tiny_config(cache_dir: Path, **overrides) -> TrainConfig:
         "eval": {"every": 2, "num_problems": 12},
         "checkpoint": {"every": 2, "keep_last": 5},
     }
-    return TrainConfig.model_validate(deep_merge(base, overrides))
+    return TrainConfig.of(deep_merge(base, overrides))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ def step(lengths, correctness, group_ids, state=None, **config):
         T(lengths, dtype=torch.float64),
         T(correctness, dtype=torch.float64),
         T(group_ids, dtype=torch.int64),
-        config=LeadConfig(**config),
+        config=LeadConfig(**{"bmax": 8000.0, **config}),
         state=state,
     )
 
@@ -257,6 +257,7 @@ def test_bad_input_raises_value_error_naming_the_problem(lengths, scores, groups
         (dict(weighting={"kind": "psi", "whiten": False}), "whiten: moved to lead.advantage.whiten"),
         (dict(aggregator="max_correct"), "aggregator"),
         (dict(floor=200, bmax=100), "floor"),
+        (dict(bmax=None), "bmax: not set"),
     ],
 )
 def test_bad_config_raises_value_error_naming_the_field(config, message):
@@ -266,7 +267,7 @@ def test_bad_config_raises_value_error_naming_the_field(config, message):
 
 def test_float_group_ids_are_refused():
     with pytest.raises(ValueError, match="group_ids"):
-        lead_step(T([1.0, 2.0]), T([1.0, 0.0]), T([0.0, 1.0]), config=LeadConfig())
+        lead_step(T([1.0, 2.0]), T([1.0, 0.0]), T([0.0, 1.0]), config=LeadConfig(bmax=100))
 
 
 def test_a_schedule_of_points_holds_each_value_until_the_next_point():
@@ -274,5 +275,5 @@ def test_a_schedule_of_points_holds_each_value_until_the_next_point():
     got = [step(*_two_group_batch(), state=LeadState(step=s), weighting=weighting, floor=1, bmax=100).w_corr
            for s in (0, 6, 7, 13, 14, 99)]
     assert got == pytest.approx([0.2, 0.2, 0.64, 0.64, 0.7, 0.7])
-    assert LeadConfig(weighting=weighting).model_dump()["weighting"] == {
+    assert LeadConfig(weighting=weighting, bmax=100).model_dump()["weighting"] == {
         "kind": "schedule", "points": [(0, 0.2), (7, 0.64), (14, 0.7)]}

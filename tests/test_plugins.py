@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("fresh_registries")
 
 
 def test_a_plugin_s_reward_and_weighting_are_selectable_from_a_config():
-    config = TrainConfig.model_validate({
+    config = TrainConfig.of({
         "plugins": [str(EXAMPLE)],
         "lead": {"length_reward": "budget_linear", "length_params": {"budget": 50},
                  "weighting": {"kind": "accuracy_gate", "threshold": 0.5, "high": 0.8, "low": 0.3}},
@@ -33,7 +33,18 @@ def test_a_plugin_s_reward_and_weighting_are_selectable_from_a_config():
     high_accuracy = lead_step(lengths, torch.tensor([1.0, 1.0, 1.0, 0.0]), groups, config=config.lead)
     assert (high_accuracy.w_corr, high_accuracy.metrics["gate_open"]) == (pytest.approx(0.3), 1.0)
     # imported once: validating again registers nothing twice
-    assert TrainConfig.model_validate(config.model_dump()) == config
+    assert TrainConfig.of(config.model_dump()) == config
+
+
+def test_plugins_are_imported_before_validation_never_by_a_validator():
+    """``model_validate`` has no side effect: a config naming a plugin's weighting fails until the
+    plugin is imported; ``TrainConfig.of`` (and every YAML loader) imports it first."""
+    from pydantic import ValidationError
+
+    settings = {"plugins": [str(EXAMPLE)], "lead": {"weighting": {"kind": "accuracy_controller"}}}
+    with pytest.raises(ValidationError, match="unknown weighting 'accuracy_controller'"):
+        TrainConfig.model_validate(settings)
+    assert TrainConfig.of(settings).lead.weighting.kind == "accuracy_controller"
 
 
 def test_without_plugins_a_config_has_no_plugins_key():

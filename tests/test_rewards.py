@@ -133,7 +133,7 @@ def test_a_user_reward_is_one_function_and_one_registration():
         out = lead_step(T([25.0, 100.0]), T([1.0, 1.0]), T([0, 0]), config=config)
         assert out.r_eff.tolist() == pytest.approx([-0.5, -1.0])
         with pytest.raises(ValueError, match="length_params.scale: Input should be greater than 0"):
-            LeadConfig(length_reward="test_linear", length_params={"scale": -1})
+            LeadConfig(length_reward="test_linear", length_params={"scale": -1}, bmax=100)
         with pytest.raises(ValueError, match="already registered"):
             register_length_reward("test_linear", low=0, high=1)(linear.compute)
     finally:
@@ -151,7 +151,7 @@ def test_a_user_reward_is_one_function_and_one_registration():
 )
 def test_bad_reward_settings_name_the_key(config, message):
     with pytest.raises(ValueError, match=message):
-        LeadConfig(**config)
+        LeadConfig(**{"bmax": 8000.0, **config})
 
 
 @pytest.mark.parametrize("name", sorted(LOOP_REWARDS))

@@ -19,10 +19,9 @@ from trainers.loop.group_filters import GroupFilter, KeepAll, group_filter_setti
 from trainers.method.lead import LeadConfig
 from trainers.method.weightings import WEIGHTINGS
 from trainers.models.tiny import TinyModelConfig
-from trainers.plugins import load_plugins, resolve
 from trainers.rollout import ENGINES
 from trainers.rollout.base import EngineSpec, SamplingParams
-from trainers.settings import Strict, deep_merge, load_validated, must_exist, omit_empty
+from trainers.settings import Strict, deep_merge, load_validated, must_exist, omit_empty, with_plugins
 from trainers.tasks import TaskSettings, task_settings
 from trainers.tasks.synthetic import SyntheticTaskConfig
 
@@ -179,7 +178,7 @@ class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     train: OptimConfig = OptimConfig()
-    lead: LeadConfig = LeadConfig(floor=8, bmax=160)
+    lead: LeadConfig = Field(description="lead.bmax defaults to the run's largest response budget (run_defaults)")
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     plugins: list[str] = Field(default_factory=list, description="your own rewards, weightings, ...: .py files or "
@@ -187,12 +186,18 @@ class TrainConfig(Strict):
 
     _task_by_kind = field_validator("task", mode="wrap")(lambda value, handler: task_settings(value))
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Settings validated after the plugins they name are imported (``with_plugins``: a
+        validator never imports), e.g. in a trial's own process; a plugin that fails is a
+        validation-style ValueError naming it."""
+        return cls.model_validate(with_plugins(data))
+
     @model_validator(mode="before")
     @classmethod
-    def _plugins_then_defaults(cls, data: Any) -> Any:
-        """First the plugins are imported, so the rest can name what they register; then the
-        defaults that follow the run (``run_defaults``)."""
-        return run_defaults(with_plugins(data)) if isinstance(data, dict) else data
+    def _run_defaults(cls, data: Any) -> Any:
+        """The defaults that follow the run (``run_defaults``)."""
+        return run_defaults(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -268,27 +273,16 @@ SMOKE_BASE_MODEL = {
 }
 
 
-def with_plugins(data: dict) -> dict:
-    """Import a config's ``plugins`` (a relative ``.py`` path against the working directory; a
-    YAML's own are made absolute against its folder when it is read)."""
-    plugins = data.get("plugins")
-    if not plugins:
-        return data
-    plugins = [resolve(p, Path.cwd()) for p in plugins] if isinstance(plugins, list) else plugins
-    load_plugins(plugins)
-    return {**data, "plugins": plugins}
-
-
 def run_defaults(data: dict) -> dict:
-    """``lead.bmax`` defaults to the (largest) response budget, ``lead.floor`` to 8 tokens, and a
-    weighting's run-dependent settings to the run's (``Weighting.for_run``: a schedule spans
+    """The settings whose default follows the run: ``lead.bmax`` is the (largest) response budget,
+    and a weighting's run-dependent settings are the run's (``Weighting.for_run``: a schedule spans
     ``train.steps``)."""
     lead = data.get("lead", {})
     if not isinstance(lead, dict):
         return data
     budget = (data.get("rollout") or {}).get("max_new_tokens", RolloutConfig().max_new_tokens)
     try:
-        lead = {"floor": 8, "bmax": max_budget(budget), **lead}
+        lead = {"bmax": max_budget(budget), **lead}
     except (TypeError, ValueError):  # a malformed budget: its own validation names it
         pass
     weighting, steps = lead.get("weighting"), (data.get("train") or {}).get("steps", OptimConfig().steps)

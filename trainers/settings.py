@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from trainers.plugins import resolve
+from trainers.plugins import PluginError, load_plugins, resolve
 
 
 class Strict(BaseModel):
@@ -218,6 +218,21 @@ def load_validated(path: str | Path, model: type[BaseModel], overrides: list[str
     if isinstance(data.get("plugins"), list):  # a plugin file is named relative to the YAML that names it
         data["plugins"] = [resolve(p, path.parent) if isinstance(p, str) else p for p in data["plugins"]]
     try:
-        return model.model_validate(data)
+        return model.model_validate(with_plugins(data))
+    except PluginError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except ValidationError as exc:
         raise ConfigError([f"{path}: {line}" for line in format_errors(exc)]) from None
+
+
+def with_plugins(data: dict) -> dict:
+    """Import the plugins a config or spec names (a relative ``.py`` path against the working
+    directory; a YAML's own are made absolute against its folder when it is read), once, before its
+    settings are validated, so they can name what the plugins register; ``data``, paths resolved.
+    Raises PluginError (one line naming each that fails)."""
+    plugins = data.get("plugins")
+    if not plugins:
+        return data
+    plugins = [resolve(p, Path.cwd()) if isinstance(p, str) else p for p in plugins] if isinstance(plugins, list) else plugins
+    load_plugins(plugins)
+    return {**data, "plugins": plugins}

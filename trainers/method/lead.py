@@ -66,8 +66,9 @@ class LeadConfig(Strict):
     # target length and LEAD's efficiency reward
     aggregator: Aggregator = "mean_correct"
     lstar_mode: LstarMode = "sym"
-    floor: float = Field(1000.0, gt=0.0, description="lower clamp of L* (tokens)")
-    bmax: float = Field(8000.0, gt=0.0, description="upper clamp of L*, and L* of unsolved prompts")
+    floor: float = Field(8.0, gt=0.0, description="lower clamp of L* (tokens; the paper's R1 runs: 1000)")
+    bmax: float | None = Field(None, gt=0.0, description="upper clamp of L*, and L* of unsolved prompts (tokens); "
+                               "None: the run's largest response budget (a TrainConfig fills it in)")
     short_guard: float = Field(0.0, ge=0.0, description="asym: correct rollouts shorter than this get 0")
     lstar_memory: float = Field(
         0.0,
@@ -82,6 +83,8 @@ class LeadConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "LeadConfig":
+        if self.bmax is None:
+            raise ValueError("bmax: not set (a run config sets it to its largest response budget; alone, give it)")
         if self.floor > self.bmax:
             raise ValueError(f"floor ({self.floor}) must not exceed bmax ({self.bmax})")
         if self.length_reward not in LENGTH_REWARDS:
