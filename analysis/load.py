@@ -40,7 +40,7 @@ from trainers.contract import (
     TAG_LOGGED_STEP, TAG_PARENT_RUN, TAG_ROLE, TAG_SEED, TAG_STUDY_RUN, TAG_VARIANT, ROLE_STUDY, best_column,
     final_column, param_column, problems_step,
 )
-from stores.tracking import StoreError, check_store, read_json_artifact
+from stores.mlflow_store import StoreError, check_store, read_json_artifact
 from trainers.io.outputs import write_atomic
 
 

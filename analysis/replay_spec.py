@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.load import StudyData, load_study
-from stores.tracking import StoreError, check_store, default_tracking_uri
+from stores.mlflow_store import StoreError, check_store, default_tracking_uri
 from trainers import contract as M
 from trainers.io.outputs import write_atomic
 from trainers.settings import deep_merge, dotted, lookup, print_errors

@@ -34,7 +34,7 @@ from analysis.compute import (
 from analysis.load import StudyData, load_study
 from analysis.population import effective_schedules
 from analysis.stats import Comparison
-from stores.tracking import default_tracking_uri
+from stores.mlflow_store import default_tracking_uri
 from trainers import contract as M
 from trainers.contract import SETTING_PREFIX as SETTING
 from trainers.io.outputs import check_replaceable, check_writable_dir, replace_owned

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from analysis.load import load_study
 from trainers import contract as M
 from analysis.server import local_server
-from study.tracking import write_history_artifact
+from study.mlflow_runs import write_history_artifact
 
 
 def write_study(uri: str, trials: int, metrics: int, steps: int) -> None:

@@ -23,15 +23,15 @@ from typing import Any
 
 import yaml
 
-from stores.tracking import StoreError, check_store, default_tracking_uri
+from stores.mlflow_store import StoreError, check_store, default_tracking_uri
 from study.designs import DESIGNS
 from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials, trial_table
 from study.search_modes import SEARCH_MODES
-from study.storage import Storage, StorageError, open_storage
 from study.spec import StudySpec, load_spec
+from study.storage import Storage, StorageError, open_storage
 from trainers import contract as M
 from trainers.config import TrainConfig
 from trainers.runtime import kernels
@@ -508,7 +508,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
     failed, or the driver crashed) or KILLED (Ctrl-C: exit code 130), and print the table and the report."""
     from ray.tune import Tuner
 
-    from study.tracking import LookRecorder, MLflowTracker, finish_study_run, start_study_run, trials_view_url
+    from study.mlflow_runs import LookRecorder, MLflowTracker, finish_study_run, start_study_run, trials_view_url
 
     build_in_parallel(plans, spec.resources.trial_threads, log)
     fixed_models, base_metrics, shipped = prepare_base_models(plans, spec.resources.trial_threads, log,

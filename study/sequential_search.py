@@ -58,7 +58,7 @@ class SequentialSearcher(Searcher):
         self.groups, self.focus, self.settings = groups, focus, settings
         self.design = settings.sequential()
         self.sign = 1.0 if direction == "max" else -1.0
-        self.recorder = recorder  # study.tracking.LookRecorder: each look and the stop, into MLflow
+        self.recorder = recorder  # study.mlflow_runs.LookRecorder: each look and the stop, into MLflow
         self.scores: dict[str, dict[int, float | None]] = {label: {} for label in groups}
         self.problems: dict[str, dict[int, np.ndarray]] = {label: {} for label in groups}  # problems like these
         self.started: dict[str, tuple[str, int]] = {}  # trial id -> (group, seed index)

@@ -8,10 +8,10 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.load import StudyError, load_study
-from stores.tracking import StoreError
+from stores.mlflow_store import StoreError
 from trainers.contract import TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from analysis.server import local_server
-from study.tracking import write_history_artifact
+from study.mlflow_runs import write_history_artifact
 
 
 @pytest.fixture()
@@ -40,7 +40,7 @@ def store(tmp_path):
 
 def test_find_run_takes_any_tag_value(tmp_path):
     """A study folder with an apostrophe used to break MLflow's filter string."""
-    from study.tracking import find_run
+    from study.mlflow_runs import find_run
 
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     exp = client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())
@@ -56,7 +56,7 @@ def test_find_run_takes_any_tag_value(tmp_path):
     ("mlruns", "'mlruns' is a plain path: use sqlite:///"),
 ])
 def test_store_uris_that_would_fail_later_fail_now(uri, message):
-    from stores.tracking import check_store
+    from stores.mlflow_store import check_store
 
     with pytest.raises(StoreError, match=message):
         check_store(uri, writing=True)

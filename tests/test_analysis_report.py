@@ -20,7 +20,7 @@ from trainers.contract import TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN 
 from analysis.report import main
 from analysis.server import local_server
 from tests.conftest import run_main
-from study.tracking import log_json, write_history_artifact
+from study.mlflow_runs import log_json, write_history_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"pareto.png", "w_corr.png", "eval_curves.png", "lstar.png", "lstar_per_problem.png"}

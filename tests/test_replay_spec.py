@@ -5,9 +5,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from analysis.replay_spec import main
+from study.mlflow_runs import log_yaml
 from study.plan import plan_trials
 from study.spec import load_spec
-from study.tracking import log_yaml
 from tests.conftest import run_main, tiny_config
 from trainers import contract as M
 from trainers.settings import deep_merge

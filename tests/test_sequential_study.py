@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
-from stores.tracking import read_json_artifact
+from stores.mlflow_store import read_json_artifact
 from study.run import main
 from tests.test_study_run import ROOT, child_runs, quiet_args, small_spec, study_args, wait_for
 from trainers import contract as M

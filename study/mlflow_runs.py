@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from stores.tracking import read_json_artifact
+from stores.mlflow_store import read_json_artifact
 from study.replay import HEADER, W_CORR, replay_config
 from study.trial import EVALUATED, EXPLOIT, MADE_WITH, REPORT_FILE, apply_search
 from trainers import contract as M
