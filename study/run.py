@@ -29,7 +29,7 @@ from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials, trial_table
-from study.search_modes import SEARCH_MODES
+from study.search_modes import POPULATION_FOLDER, SEARCH_MODES
 from study.spec import StudySpec, load_spec
 from study.storage import Storage, StorageError, open_storage
 from trainers import contract as M
@@ -230,7 +230,7 @@ class Phase:
     mode: str
 
     def folder(self, experiment: Storage) -> Storage:
-        return experiment if self.name == "grid" else experiment.child("population")
+        return experiment if self.name == "grid" else experiment.child(POPULATION_FOLDER)
 
 
 def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
@@ -272,20 +272,10 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    mode = SEARCH_MODES[phase.mode]
-    setup = DESIGNS[design_kind(spec, smoke)]().setup(spec, phase.plans, mode().setup(spec, phase.plans), recorder)
-    reuse, storage, name, keep = smoke, output, study_name, 2
-    concurrent = max_concurrent or spec.max_concurrent_trials
-    if mode.population:
-        # every member must exist as a trial from the start: a synchronous population waits for all
-        # of them at each perturbation, and a limit on concurrent trials keeps the later ones from
-        # being created until the first ones finish (they would run one after another, unranked).
-        # Members still share the CPUs: the scheduler pauses and swaps them.
-        concurrent = None
-        # members pause at every perturbation: the next one resumes in the same process; an exploit's
-        # donor runs at most one interval ahead before the receiver restores its checkpoint
-        reuse, storage, name = True, output.child(study_name), "population"
-        keep = max(3, spec.search.population.perturbation_interval + 1)
+    setup = SEARCH_MODES[phase.mode]().setup(spec, phase.plans)
+    setup = DESIGNS[design_kind(spec, smoke)]().setup(spec, phase.plans, setup, recorder)
+    concurrent = (max_concurrent or spec.max_concurrent_trials) if setup.limit_concurrency else None
+    storage, name = (output.child(study_name), setup.folder) if setup.folder else (output, study_name)
     if spec.search.asha is not None:
         max_steps = max(TrainConfig.of(p.config).train.steps for p in phase.plans)
         setup.scheduler = ASHAScheduler(
@@ -311,7 +301,7 @@ def build_tuner(
             max_concurrent_trials=concurrent,
             # a smoke test's trials are mostly start-up: there, a trial after the first in a worker skips it.
             # A real study gives each trial a fresh process (a finished trial is on record before the next starts).
-            reuse_actors=reuse,
+            reuse_actors=setup.reuse_actors or smoke,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
@@ -320,7 +310,7 @@ def build_tuner(
             storage_path=storage.path,
             storage_filesystem=None if storage.local else storage.filesystem,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
             callbacks=[tracker],
             verbose=1,
         ),
@@ -530,8 +520,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         for phase in study_phases(spec, plans):  # one after the other; an interrupted one stops the study
             folder = phase.folder(experiment_dir)
             if args.resume and can_restore(folder):
-                if SEARCH_MODES[phase.mode].population:
-                    SEARCH_MODES[phase.mode].seed(spec)
+                SEARCH_MODES[phase.mode]().before_restore(spec)
                 tuner = Tuner.restore(folder.path, trainable=trainable(spec, phase, shipped), resume_errored=True,
                                       storage_filesystem=ray_filesystem(folder))
             else:

@@ -25,17 +25,24 @@ from trainers.registry import Registry
 from trainers.settings import lookup
 
 SEARCH_FIELDS = ("space", "num_samples", "population")  # the mode-specific settings of ``search``
+POPULATION_FOLDER = "population"  # a population's experiment, inside the study's folder
 
 
 @dataclass
 class TuneSetup:
-    """What a mode gives a phase's ``tune.Tuner``."""
+    """What a mode gives a phase's ``tune.Tuner``: its search space, searcher and scheduler, and
+    the Tuner options the mode needs (a population's: every member from the start, actors reused,
+    its own folder, more checkpoints kept)."""
 
     param_space: dict[str, Any]
     num_samples: int = 1
     search_alg: Any = None
     scheduler: Any = None
     trial_ids_in_names: bool = False  # sampled trials share a plan: their names carry the trial id
+    limit_concurrency: bool = True  # False: no cap on concurrent trials (a synchronous population waits for all)
+    reuse_actors: bool = False  # True: a paused trial resumes in the same process
+    folder: str | None = None  # the phase's experiment runs in this child folder of the study's, under this name
+    keep_checkpoints: int = 2
 
 
 class SearchMode:
@@ -47,6 +54,9 @@ class SearchMode:
 
     def setup(self, spec, plans) -> TuneSetup:
         raise NotImplementedError
+
+    def before_restore(self, spec) -> None:
+        """What the mode needs before ``Tuner.restore`` continues an interrupted phase (nothing by default)."""
 
 
 SEARCH_MODES: Registry[type[SearchMode]] = Registry("search mode")
@@ -132,7 +142,17 @@ class PopulationSearch(SearchMode):
         space = {"trial": tune.grid_search([p.name for p in plans]),
                  "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
         self.seed(spec)
-        return TuneSetup(space, scheduler=self.scheduler(spec))
+        # every member must exist as a trial from the start: a synchronous population waits for all
+        # of them at each perturbation, and a limit on concurrent trials keeps the later ones from
+        # being created until the first ones finish (they would run one after another, unranked).
+        # Members still share the CPUs: the scheduler pauses and swaps them, and the next one resumes
+        # in the same process; an exploit's donor runs at most one interval ahead before the
+        # receiver restores its checkpoint.
+        return TuneSetup(space, scheduler=self.scheduler(spec), limit_concurrency=False, reuse_actors=True,
+                         folder=POPULATION_FOLDER, keep_checkpoints=max(3, spec.search.population.perturbation_interval + 1))
+
+    def before_restore(self, spec) -> None:
+        self.seed(spec)
 
     @staticmethod
     def seed(spec) -> None:
