@@ -177,8 +177,8 @@ def check_efficiency_methods(client, children):
 
 def check_method_tags(children, prefix=""):
     """Each trial's run names its method in tags: the arm's reward, weighting, how its weight moves,
-    normalization, whitening."""
-    names = ("reward", "weighting", "weight_motion", "normalization", "whiten")
+    advantage estimator, whitening."""
+    names = ("reward", "weighting", "weight_motion", "advantage", "whiten")
     tags = {r.data.tags["arm"].removeprefix(prefix): tuple(r.data.tags[t] for t in names)
             for r in children if r.data.tags["arm"].startswith(prefix)}
     assert tags["psi"] == ("lead", "psi", "adaptive", "decoupled", "true")
@@ -418,7 +418,7 @@ def test_a_pbt_population_exploits_with_changed_settings_and_keeps_its_lineage_i
     donor_config = client.download_artifacts(runs[donor].info.run_id, "train_config.yaml", str(tmp_path))
     settings = yaml.safe_load(Path(donor_config).read_text())  # its replay: never exploited, one point
     assert settings["lead"]["weighting"]["points"] == [[0, pytest.approx(donor_w)]]
-    settings["lead"]["weighting"] = {"normalization": "decoupled", "whiten": True, "kind": "static", "w_corr": new_w}
+    settings["lead"]["weighting"] = {"kind": "static", "w_corr": new_w}
     config = TrainConfig.model_validate(settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran
