@@ -55,3 +55,72 @@ def test_every_command_names_a_module_or_script_that_exists(page):
         if not (ROOT / script).exists():
             missing.append(script)
     assert missing == [], f"{page.name}: {missing}"
+
+
+# Every program the README and docs/ tell a user to run, and how the suite runs it. RUN_BY: the
+# test that runs its command end to end (its CLI, in a smoke size where the documented size takes
+# minutes to hours). HELP_ONLY: the suite parses its arguments (--help, below) and tests the code
+# it drives, not the command itself, for the reason given. Adding a command to the docs without a
+# line here fails ``test_every_documented_program_is_accounted_for``.
+RUN_BY = {
+    "study.run": "test_study_run.py::test_default_study_smoke_test_end_to_end_in_mlflow",
+    "trainers.train": "test_train_cli.py::test_smoke_test_runs_end_to_end_and_writes_its_outputs",
+    "trainers.evaluate": "test_math_task.py::test_evaluate_cli_end_to_end_and_resume",
+    "analysis.report": "test_analysis_report.py::test_report_of_a_smoke_study",
+    "analysis.replay_spec": "test_replay_spec.py::test_the_best_member_s_schedule_against_psi_on_new_seeds",
+    "lock/lock.py": "test_lock.py::test_a_lock_for_other_dependencies_is_one_line_naming_it_and_exit_2",
+    "make test": "CI (.ci/run)",
+}
+HELP_ONLY = {
+    "benchmarks.stats_coverage": "minutes at the documented repetitions; test_stats.py runs its generating models",
+    "benchmarks.sequential_coverage": "minutes; test_sequential.py runs its simulation on the real allocator",
+    "benchmarks.trial_speed": "runs the default trial twice (minutes)",
+    "benchmarks.shipping": "needs object storage and a cluster; test_shipping.py runs the shipping",
+    "study.sequential": "--write-table recalibrates for minutes; test_sequential.py reproduces a table entry",
+    "trainers.models.tiny_chat": "builds a model from a corpus; test_math_task.py builds one through the same code",
+    "benchmarks/lead_step.py": "a timing benchmark; test_lead_vs_loop.py runs its loop oracle",
+    "benchmarks/import_graph.py": "test_layering.py runs its functions",
+    "benchmarks/grpo_step.py": "a timing benchmark (minutes)",
+    "benchmarks/base_model.py": "evaluates the full base model (minutes)",
+    "benchmarks/analysis_load.py": "a timing benchmark over a 50-trial store",
+    "benchmarks/grading_real_data.py": "grades every real row (minutes); test_grading.py grades them without load",
+    "benchmarks/ui_screenshots.py": "needs a headless Chromium",
+    "benchmarks/gpu_check.py": "needs a GPU",
+}
+NOT_RUN = {  # make targets the suite cannot run inside itself
+    "make run": "the default study, 57 minutes; its smoke test is RUN_BY study.run",
+    "make setup": "builds the environment the suite runs in", "make setup-gpu": "CUDA machines only",
+    "make lock": "resolves against the package index", "make test-fast": "a subset of make test",
+}
+PROGRAM = re.compile(r"(?:python -m ([a-z_][\w.]*)|python ((?:benchmarks|lock)/[\w/]+\.py)|(make [a-z][\w-]*))")
+
+
+def documented_programs() -> set[str]:
+    return {next(g for g in match if g) for page in PAGES for match in PROGRAM.findall(page.read_text())}
+
+
+def test_every_documented_program_is_accounted_for():
+    unknown = documented_programs() - set(RUN_BY) - set(HELP_ONLY) - set(NOT_RUN)
+    assert unknown == set(), f"add these to RUN_BY, HELP_ONLY or NOT_RUN: {sorted(unknown)}"
+
+
+def test_every_run_by_test_exists():
+    for program, where in RUN_BY.items():
+        if "::" in where:
+            file, name = where.split("::")
+            assert f"def {name}(" in (ROOT / "tests" / file).read_text(), (program, where)
+
+
+@pytest.mark.parametrize("program", sorted(HELP_ONLY))
+def test_every_help_only_program_parses_its_arguments(program, monkeypatch, capsys):
+    """``PROGRAM --help`` exits 0 and prints its usage (in this process)."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [program, "--help"])
+    with pytest.raises(SystemExit) as done:
+        if program.endswith(".py"):
+            monkeypatch.syspath_prepend(str(ROOT))
+            runpy.run_path(str(ROOT / program), run_name="__main__")
+        else:
+            runpy.run_module(program, run_name="__main__", alter_sys=True)
+    assert done.value.code in (0, None) and "usage:" in capsys.readouterr().out
