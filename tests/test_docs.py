@@ -59,8 +59,8 @@ def test_every_command_names_a_module_or_script_that_exists(page):
 
 # Every program the README and docs/ tell a user to run, and how the suite runs it. RUN_BY: the
 # test that runs its command end to end (its CLI, in a smoke size where the documented size takes
-# minutes to hours). HELP_ONLY: the suite parses its arguments (--help, below) and tests the code
-# it drives, not the command itself, for the reason given. Adding a command to the docs without a
+# minutes to hours). SMALL_RUNS: run below, at a small size. HELP_ONLY: the suite parses its
+# arguments (--help, below) and tests the code it drives, not the command itself, for the reason given. Adding a command to the docs without a
 # line here fails ``test_every_documented_program_is_accounted_for``.
 RUN_BY = {
     "study.run": "test_study_run.py::test_default_study_smoke_test_end_to_end_in_mlflow",
@@ -71,15 +71,17 @@ RUN_BY = {
     "lock/lock.py": "test_lock.py::test_a_lock_for_other_dependencies_is_one_line_naming_it_and_exit_2",
     "make test": "CI (.ci/run)",
 }
+SMALL_RUNS = {  # run here end to end, at a small size (the documented size takes minutes)
+    "benchmarks.stats_coverage": ["--repetitions", "5", "--suite", "designs"],
+    "benchmarks.sequential_coverage": ["--repetitions", "20"],
+    "benchmarks/import_graph.py": ["--longest", "3"],
+    "benchmarks/lead_step.py": ["--repeats", "1"],
+}
 HELP_ONLY = {
-    "benchmarks.stats_coverage": "minutes at the documented repetitions; test_stats.py runs its generating models",
-    "benchmarks.sequential_coverage": "minutes; test_sequential.py runs its simulation on the real allocator",
     "benchmarks.trial_speed": "runs the default trial twice (minutes)",
     "benchmarks.shipping": "needs object storage and a cluster; test_shipping.py runs the shipping",
     "study.sequential": "--write-table recalibrates for minutes; test_sequential.py reproduces a table entry",
     "trainers.models.tiny_chat": "builds a model from a corpus; test_math_task.py builds one through the same code",
-    "benchmarks/lead_step.py": "a timing benchmark; test_lead_vs_loop.py runs its loop oracle",
-    "benchmarks/import_graph.py": "test_layering.py runs its functions",
     "benchmarks/grpo_step.py": "a timing benchmark (minutes)",
     "benchmarks/base_model.py": "evaluates the full base model (minutes)",
     "benchmarks/analysis_load.py": "a timing benchmark over a 50-trial store",
@@ -100,8 +102,8 @@ def documented_programs() -> set[str]:
 
 
 def test_every_documented_program_is_accounted_for():
-    unknown = documented_programs() - set(RUN_BY) - set(HELP_ONLY) - set(NOT_RUN)
-    assert unknown == set(), f"add these to RUN_BY, HELP_ONLY or NOT_RUN: {sorted(unknown)}"
+    unknown = documented_programs() - set(RUN_BY) - set(SMALL_RUNS) - set(HELP_ONLY) - set(NOT_RUN)
+    assert unknown == set(), f"add these to RUN_BY, SMALL_RUNS, HELP_ONLY or NOT_RUN: {sorted(unknown)}"
 
 
 def test_every_run_by_test_exists():
@@ -111,16 +113,37 @@ def test_every_run_by_test_exists():
             assert f"def {name}(" in (ROOT / "tests" / file).read_text(), (program, where)
 
 
-@pytest.mark.parametrize("program", sorted(HELP_ONLY))
-def test_every_help_only_program_parses_its_arguments(program, monkeypatch, capsys):
-    """``PROGRAM --help`` exits 0 and prints its usage (in this process)."""
+def run_program(program: str, args: list[str], monkeypatch) -> int | None:
+    """``python -m PROGRAM ARGS`` or ``python PROGRAM ARGS``, in this process; its exit code (None:
+    it returned). Torch's thread count, which a benchmark may set, is restored after it (threads
+    change numbers in the tests that follow)."""
     import runpy
 
-    monkeypatch.setattr("sys.argv", [program, "--help"])
-    with pytest.raises(SystemExit) as done:
+    import torch
+
+    monkeypatch.setattr("sys.argv", [program, *args])
+    threads = torch.get_num_threads()
+    try:
         if program.endswith(".py"):
             monkeypatch.syspath_prepend(str(ROOT))
             runpy.run_path(str(ROOT / program), run_name="__main__")
         else:
             runpy.run_module(program, run_name="__main__", alter_sys=True)
-    assert done.value.code in (0, None) and "usage:" in capsys.readouterr().out
+    except SystemExit as done:
+        return done.code
+    finally:
+        torch.set_num_threads(threads)
+    return None
+
+
+@pytest.mark.parametrize("program", sorted(SMALL_RUNS))
+def test_every_small_run_program_runs_end_to_end(program, monkeypatch, capsys):
+    assert run_program(program, SMALL_RUNS[program], monkeypatch) in (0, None)
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("program", sorted(HELP_ONLY))
+def test_every_help_only_program_parses_its_arguments(program, monkeypatch, capsys):
+    """``PROGRAM --help`` exits 0 and prints its usage (in this process)."""
+    assert run_program(program, ["--help"], monkeypatch) in (0, None)
+    assert "usage:" in capsys.readouterr().out
