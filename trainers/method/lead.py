@@ -55,7 +55,9 @@ __all__ = [
 
 
 class LeadConfig(Strict):
-    """Settings of the length reward, the target length and the weighting (defaults: the paper's)."""
+    """Settings of the length reward, the target length, the weighting and the advantage estimator
+    (defaults: the paper's, but the L* floor, 8 tokens for the synthetic task (the paper's R1 runs:
+    1000), and ``bmax``, which a run config sets to its largest response budget)."""
 
     length_reward: str = Field("lead", description="a name in trainers.method.rewards.LENGTH_REWARDS")
     length_params: dict[str, Any] = Field(
@@ -123,8 +125,8 @@ class LeadState:
         return {
             "step": self.step,
             "weighting": {key: _detached(value) for key, value in (self.weighting or {}).items()},
-            "memory_ids": self.memory_ids.detach().cpu().clone(),
-            "memory_lstar": self.memory_lstar.detach().cpu().clone(),
+            "memory_ids": _detached(self.memory_ids),
+            "memory_lstar": _detached(self.memory_lstar),
         }
 
     @classmethod
