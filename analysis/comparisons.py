@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from analysis.compute import arm_label, final_problems
+from analysis.compute import final_problems
 from analysis.load import StudyData
 from analysis.stats import SELECTION_FRACTION, ArmScores, Comparison, compare, selection_split
 from trainers import contract as M
@@ -38,7 +38,7 @@ class Group:
 
     @property
     def label(self) -> str:
-        return arm_label(self.arm, self.variant)
+        return M.arm_label(self.arm, self.variant)
 
 
 def final_groups(data: StudyData, steps: dict[str, int] | None = None) -> list[Group]:

@@ -29,11 +29,6 @@ FINAL = {name: M.final_column(key) for name, key in (("accuracy", M.EVAL_ACCURAC
                                                      ("aes", M.EVAL_AES))}
 
 
-def arm_label(arm: str, variant: str, separator: str = "/") -> str:
-    """An (arm, variant) as one name: the arm alone where the variant is the arm's only one."""
-    return arm if arm == variant else f"{arm}{separator}{variant}"
-
-
 def arm_summary(runs: pa.Table) -> pa.Table:
     """One row per (arm, variant): its reward, weighting, weight motion and advantage estimator, ``seeds`` and
     ``<metric>_mean`` / ``<metric>_std`` / ``<metric>_low`` / ``<metric>_high`` (the 95% bootstrap
@@ -254,7 +249,7 @@ def paired_differences(runs: pa.Table, focus: str | None, metric: str = M.EVAL_A
     scores: dict[str, dict[int, float]] = {}
     for row in runs.select(["arm", "variant", "seed", column]).to_pylist():
         if row[column] is not None:
-            label = focus if row["arm"] == focus else arm_label(row["arm"], row["variant"])
+            label = focus if row["arm"] == focus else M.arm_label(row["arm"], row["variant"])
             scores.setdefault(label, {})[row["seed"]] = row[column]
     mine = scores.get(focus, {})
     return {label: {seed: mine[seed] - values[seed] for seed in sorted(set(values) & set(mine))}

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global state, any backend (or none) works
 
-from analysis.compute import arm_label, final_problems, motions, series
+from analysis.compute import final_problems, motions, series
 from analysis.stats import mean_interval
 from trainers import contract as M
 
@@ -31,7 +31,7 @@ from trainers import contract as M
 def _labels(runs: pa.Table) -> dict[str, str]:
     """trial -> "arm/variant" (or just the arm where they are the same)."""
     return {
-        r["trial"]: arm_label(r["arm"], r["variant"])
+        r["trial"]: M.arm_label(r["arm"], r["variant"])
         for r in runs.select(["trial", "arm", "variant"]).to_pylist()
     }
 
@@ -72,7 +72,7 @@ def pareto(summary: pa.Table, front: list[tuple[str, str]]) -> Figure:
     names: dict[tuple[float, float], list[str]] = defaultdict(list)  # points at one place share one note
     for i, r in enumerate(rows):
         marker = MARKERS.get(r[M.TAG_MOTION], "D")
-        label = arm_label(r["arm"], r["variant"], " ")
+        label = M.arm_label(r["arm"], r["variant"], " ")
         ax.errorbar(r["length_mean"], r["accuracy_mean"], xerr=r["length_std"] or 0, yerr=r["accuracy_std"] or 0,
                     fmt=marker, markersize=12 if marker == "*" else 6, color=cmap(i % 20),
                     capsize=3, label=f"{label} ({r[M.TAG_REWARD]}, {r[M.TAG_WEIGHTING]})")

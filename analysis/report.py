@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.comparisons import base_numbers, compare_study, final_groups, regrets
 from analysis.compute import (
-    OUTLYING, arm_label, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials, outlying_seeds, paired_differences,
+    OUTLYING, arm_summary, compute_spent, differing_versions, equal_token_steps, final_problems, lstar_versus_minimal, motions, moving_weight_trials, outlying_seeds, paired_differences,
     pareto_front, series, weight_shape,
 )
 from analysis.load import StudyData, load_study

@@ -245,7 +245,7 @@ class MLflowTracker(tune.Callback):
                 run_name=str(trial),
                 tags={
                     **tags, M.TAG_STUDY: self.study, M.TAG_ARM: plan.arm, M.TAG_VARIANT: plan.variant, M.TAG_SEED: str(plan.seed),
-                    M.TAG_ARM_VARIANT: M.arm_variant(plan.arm, plan.variant),
+                    M.TAG_ARM_VARIANT: M.arm_label(plan.arm, plan.variant),
                     **M.method_tags(config, plan.motion), **version_tags(),
                     **({M.TAG_PARAMS_ARE: M.STARTING_VALUES} if plan.motion == M.SEARCHED else {}),
                     M.TAG_THREADS: str(self.threads),

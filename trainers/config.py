@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_serializer, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from trainers.actor import BACKENDS
 from trainers.actor.aggregation import LOSS_AGGREGATIONS

@@ -91,15 +91,16 @@ STEP_KEY = TRAIN_ACCURACY  # every step logs it: its history tells a run's last 
 TAG_STUDY = "study"
 TAG_ARM = "arm"
 TAG_VARIANT = "variant"
-TAG_ARM_VARIANT = "arm_variant"  # "static/ratio0.25": what a reader compares, one group in the MLflow view
-
-
-def arm_variant(arm: str, variant: str) -> str:
-    """The value of ``TAG_ARM_VARIANT``: ``static/ratio0.25``; an arm without a grid is its own variant."""
-    return arm if variant in ("", arm) else f"{arm}/{variant}"
+TAG_ARM_VARIANT = "arm_variant"  # arm_label(arm, variant): what a reader compares, one group in the MLflow view
 TAG_SEED = "seed"
 TAG_THREADS = "threads"  # the torch threads the trial ran on (they change the last bits, and so samples)
 CPU_KERNELS = "cpu-kernels"  # the CPU kernel level, in versions() and so in build_info.json and version tags
+
+
+def arm_label(arm: str, variant: str, separator: str = "/") -> str:
+    """An (arm, variant) as one name, ``static/ratio0.25``: the arm alone where the variant is the
+    arm's only one (the value of ``TAG_ARM_VARIANT``, and how the report names an arm)."""
+    return arm if arm == variant else f"{arm}{separator}{variant}"
 
 
 def version_tag(name: str) -> str:
