@@ -1,6 +1,6 @@
 """The CPU kernel level is pinned, so one spec gives one base model on any x86-64 machine: a build
 at the pinned level equals one with the level forced by hand, whatever this machine would pick, and
-the smoke base model's weights are the ones the README publishes."""
+the smoke base model's weights are the ones docs/reproducibility.md publishes."""
 
 import json
 import os
@@ -23,7 +23,7 @@ from trainers.tasks.synthetic import SyntheticTaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # The smoke base model (`python -m trainers.train trainers/configs/synthetic_psi.yaml --smoke-test`) built
-# at the pinned level: the sha256 of its model.safetensors. The README states it.
+# at the pinned level: the sha256 of its model.safetensors. docs/reproducibility.md states it.
 PUBLISHED_SMOKE_SHA256 = "5dc84e42c497734046350047d0b59871439b4bbab23e14230b19991ca5b294e6"
 BUILD = """
 import hashlib, json, sys
@@ -68,7 +68,7 @@ def test_the_pinned_build_equals_one_forced_by_hand_and_the_published_digest(tmp
     assert Path(pinned["folder"]).name != Path(by_hand["folder"]).name  # never one cache entry
     assert pinned["sha256"] == by_hand["sha256"]
     assert pinned["sha256"] == PUBLISHED_SMOKE_SHA256, "this machine does not reproduce the published smoke base model"
-    assert PUBLISHED_SMOKE_SHA256 in (ROOT / "README.md").read_text()
+    assert PUBLISHED_SMOKE_SHA256 in (ROOT / "docs/reproducibility.md").read_text()
     native = finished(build(tmp_path / "native", {kernels.SETTING: kernels.NATIVE}))
     if native["torch"] == "AVX2":
         pytest.skip("this machine's own level is AVX2: nothing above the pin to differ from it")
