@@ -67,9 +67,8 @@ METHOD_COLUMNS = (M.TAG_WEIGHTING, M.TAG_ADVANTAGE, M.TAG_WHITEN, M.TAG_GROUP_FI
                   M.TAG_POLICY_LOSS)
 
 
-def differing_settings(plans: list[TrialPlan]) -> list[str]:
-    """The dotted settings whose values are not the same in every trial (in config order)."""
-    flat = [M.params(plan.config) for plan in plans]
+def differing_settings(flat: list[dict[str, str]]) -> list[str]:
+    """The dotted settings whose values are not the same in every trial's ``params`` (in config order)."""
     keys = list(dict.fromkeys(key for row in flat for key in row))
     return [key for key in keys if key not in SHOWN_APART and len({row.get(key) for row in flat}) > 1]
 
@@ -78,12 +77,12 @@ def trial_table(plans: list[TrialPlan]) -> list[str]:
     """The trials as a text table: name, seed, how its weight moves, its engine and backend, its
     method tags, and every setting that differs between trials (columns named by the setting's last
     parts); settings the trials share are not repeated."""
-    differing = differing_settings(plans)
+    flats = [M.params(plan.config) for plan in plans]
+    differing = differing_settings(flats)
     header = ["trial", "seed", "motion", "engine", "backend", *METHOD_COLUMNS, *[".".join(k.split(".")[-2:]) for k in differing]]
     rows = []
-    for plan in plans:
-        method, flat = M.method_tags(plan.config, plan.motion), M.params(plan.config)
-        train = plan.config["train"]
+    for plan, flat in zip(plans, flats):
+        method, train = M.method_tags(plan.config, plan.motion), plan.config["train"]
         rows.append([plan.name, str(plan.seed), plan.motion, plan.config["rollout"]["engine"],
                      f"{train['backend']} x{train['workers']}", *(method[c] for c in METHOD_COLUMNS),
                      *(_short(flat.get(k, "")) for k in differing)])

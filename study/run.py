@@ -29,7 +29,7 @@ from study.estimate import expected_wall_time
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials, trial_table
-from study.search_modes import POPULATION_FOLDER, SEARCH_MODES
+from study.search_modes import SEARCH_MODES
 from study.spec import StudySpec, load_spec
 from study.storage import Storage, StorageError, open_storage
 from trainers import contract as M
@@ -230,7 +230,9 @@ class Phase:
     mode: str
 
     def folder(self, experiment: Storage) -> Storage:
-        return experiment if self.name == "grid" else experiment.child(POPULATION_FOLDER)
+        """Where its Ray Tune experiment lives: the study's folder, or the mode's own folder in it."""
+        own = SEARCH_MODES[self.mode].folder
+        return experiment.child(own) if own else experiment
 
 
 def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
@@ -275,7 +277,8 @@ def build_tuner(
     setup = SEARCH_MODES[phase.mode]().setup(spec, phase.plans)
     setup = DESIGNS[design_kind(spec, smoke)]().setup(spec, phase.plans, setup, recorder)
     concurrent = (max_concurrent or spec.max_concurrent_trials) if setup.limit_concurrency else None
-    storage, name = (output.child(study_name), setup.folder) if setup.folder else (output, study_name)
+    own = SEARCH_MODES[phase.mode].folder
+    storage, name = (output.child(study_name), own) if own else (output, study_name)
     if spec.search.asha is not None:
         max_steps = max(TrainConfig.of(p.config).train.steps for p in phase.plans)
         setup.scheduler = ASHAScheduler(

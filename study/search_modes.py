@@ -25,14 +25,13 @@ from trainers.registry import Registry
 from trainers.settings import lookup
 
 SEARCH_FIELDS = ("space", "num_samples", "population")  # the mode-specific settings of ``search``
-POPULATION_FOLDER = "population"  # a population's experiment, inside the study's folder
 
 
 @dataclass
 class TuneSetup:
     """What a mode gives a phase's ``tune.Tuner``: its search space, searcher and scheduler, and
     the Tuner options the mode needs (a population's: every member from the start, actors reused,
-    its own folder, more checkpoints kept)."""
+    more checkpoints kept)."""
 
     param_space: dict[str, Any]
     num_samples: int = 1
@@ -41,13 +40,13 @@ class TuneSetup:
     trial_ids_in_names: bool = False  # sampled trials share a plan: their names carry the trial id
     limit_concurrency: bool = True  # False: no cap on concurrent trials (a synchronous population waits for all)
     reuse_actors: bool = False  # True: a paused trial resumes in the same process
-    folder: str | None = None  # the phase's experiment runs in this child folder of the study's, under this name
     keep_checkpoints: int = 2
 
 
 class SearchMode:
     uses: ClassVar[tuple[str, ...]] = ()
     population: ClassVar[bool] = False
+    folder: ClassVar[str | None] = None  # its experiment runs in this child folder of the study's, under this name
 
     def check(self, spec) -> None:
         """The mode's own rules on a ``StudySpec`` (ValueError, one line)."""
@@ -117,6 +116,7 @@ class PopulationSearch(SearchMode):
 
     uses = ("population",)
     population = True
+    folder = "population"  # the population's experiment, inside the study's folder
     moves: ClassVar[str]  # "mutations" or "bounds"
 
     def check(self, spec) -> None:
@@ -149,7 +149,7 @@ class PopulationSearch(SearchMode):
         # in the same process; an exploit's donor runs at most one interval ahead before the
         # receiver restores its checkpoint.
         return TuneSetup(space, scheduler=self.scheduler(spec), limit_concurrency=False, reuse_actors=True,
-                         folder=POPULATION_FOLDER, keep_checkpoints=max(3, spec.search.population.perturbation_interval + 1))
+                         keep_checkpoints=max(3, spec.search.population.perturbation_interval + 1))
 
     def before_restore(self, spec) -> None:
         self.seed(spec)
