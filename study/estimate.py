@@ -55,7 +55,7 @@ def expected_wall_time(spec, plans, max_concurrent: int | None = None) -> str:
     """One line: the study's expected wall time here, or why it is not estimated."""
     if spec.resources.trial_gpus > 0:
         return "expected wall time: not estimated for GPU trials (the cost model is measured on CPU)"
-    per_plan = spec.search.num_samples if spec.search.mode == "optuna" else 1
+    per_plan = spec.search.trials_per_plan
     configs = [TrainConfig.of(p.config) for p in plans]
     durations = [trial_seconds(config) for config in configs for _ in range(per_plan)]
     more_rounds = any(c.rollout.group_filter.rollouts_per_step(1, c.rollout.n)[0] > c.rollout.n for c in configs)
@@ -64,7 +64,7 @@ def expected_wall_time(spec, plans, max_concurrent: int | None = None) -> str:
     for limit in (max_concurrent, spec.max_concurrent_trials):
         slots = min(slots, limit) if limit else slots
     minutes = makespan(durations, slots) / 60
-    bounds = [why for why, applies in (("ASHA stops trials early", spec.search.asha is not None),
+    bounds = [why for why, applies in (("ASHA stops trials early", spec.search.stops_trials_early),
                                        ("trials run on more than one thread", spec.resources.trial_threads > 1),
                                        ("a group filter's extra rounds are all counted", more_rounds)) if applies]
     bound = f"; an upper bound: {' and '.join(bounds)}" if bounds else ""

@@ -42,7 +42,6 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | None = None) -> list[TrialPlan]:
     """One trial per (arm, weight variant, seed). ``fixed`` is merged last (e.g. the model path)."""
     last = spec.last_settings(smoke)
-    population = spec.population_arm.name if spec.population_arm else None
     trials = []
     for arm in spec.arms:
         variants = arm.settings(spec.base, last)
@@ -51,7 +50,7 @@ def plan_trials(spec: StudySpec, smoke: bool = False, fixed: dict[str, Any] | No
                 own = {"seed": seed, **({"model": {"tiny": {"seed": seed}}} if spec.base_model_per_seed else {})}
                 settings = deep_merge(deep_merge(settings, own), fixed or {})
                 config = TrainConfig.of(settings)
-                motion = weight_motion(config.lead, searched=arm.name == population)
+                motion = weight_motion(config.lead, searched=arm.name == spec.search.moved_arm)
                 name = arm.name if len(variants) == 1 else f"{arm.name}-{variant}"
                 trials.append(TrialPlan(f"{name}-s{seed}", arm.name, variant, seed,
                                         absolute_paths(config.model_dump(mode="json")), motion))

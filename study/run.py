@@ -24,12 +24,11 @@ from typing import Any
 import yaml
 
 from stores.mlflow_store import StoreError, check_store, default_tracking_uri
-from study.designs import DESIGNS
-from study.estimate import expected_wall_time
+from study.designs import Design, Fixed
 from study.lock import StudyLocked, study_lock
 from study.nodes import check_nodes, needed_modules
 from study.plan import TrialPlan, plan_trials, trial_table
-from study.search_modes import SEARCH_MODES
+from study.search_modes import SearchMode
 from study.spec import StudySpec, load_spec
 from study.storage import Storage, StorageError, open_storage
 from trainers import contract as M
@@ -220,27 +219,23 @@ def check_trial_fits(spec: StudySpec) -> None:
 
 @dataclass(frozen=True)
 class Phase:
-    """One Ray Tune experiment of a study. ``grid``: every arm but a population (a grid, or an
-    Optuna search), in the study's folder; ``population``: a pbt / pb2 search's arm, in the
-    ``population`` folder inside it. They run one after the other, into one MLflow experiment.
-    ``mode``: the search mode that sets up its Tuner."""
+    """One Ray Tune experiment of a study, as the search mode splits it (``SearchMode.phases``):
+    ``grid``, every arm but a population (a grid, or an Optuna search), in the study's folder;
+    ``population``, a pbt / pb2 search's arm, in the ``population`` folder inside it. They run one
+    after the other, into one MLflow experiment. ``search``: the mode that sets up its Tuner."""
 
     name: str
     plans: list[TrialPlan]
-    mode: str
+    search: SearchMode
 
     def folder(self, experiment: Storage) -> Storage:
         """Where its Ray Tune experiment lives: the study's folder, or the mode's own folder in it."""
-        own = SEARCH_MODES[self.mode].folder
+        own = self.search.folder
         return experiment.child(own) if own else experiment
 
 
 def study_phases(spec: StudySpec, plans: list[TrialPlan]) -> list[Phase]:
-    arm = spec.population_arm.name if spec.population_arm else None
-    grid, population = [p for p in plans if p.arm != arm], [p for p in plans if p.arm == arm]
-    phases = (("grid", grid, "grid" if spec.search.population_search else spec.search.mode),
-              ("population", population, spec.search.mode))
-    return [Phase(name, members, mode) for name, members, mode in phases if members]
+    return [Phase(name, members, search) for name, members, search in spec.search.phases(plans) if members]
 
 
 def trainable(spec: StudySpec, phase: Phase, shipped: dict[str, dict]):
@@ -250,21 +245,21 @@ def trainable(spec: StudySpec, phase: Phase, shipped: dict[str, dict]):
 
     from study.trial import run_trial
 
-    changeable = list(spec.search.population.keys) if phase.name == "population" else []
-    payload = {p.name: {**asdict(p), "threads": spec.resources.trial_threads, "changeable": changeable,
+    payload = {p.name: {**asdict(p), "threads": spec.resources.trial_threads, "changeable": phase.search.changeable(),
                         "shipped": shipped.get(p.name)} for p in phase.plans}
     return tune.with_resources(tune.with_parameters(run_trial, plans=payload), trial_resources(spec))
 
 
-def design_kind(spec: StudySpec, smoke: bool) -> str:
+def run_design(spec: StudySpec, smoke: bool) -> Design:
     """The design a run follows: the spec's; a smoke test runs its few seeds as a fixed design."""
-    return "fixed" if smoke else spec.design.kind
+    return Fixed() if smoke else spec.design
 
 
 def design_tag(spec: StudySpec, smoke: bool) -> str:
     """The study run's ``TAG_DESIGN``: ``fixed``, or a sequential design's settings as JSON."""
-    kind = design_kind(spec, smoke)
-    return kind if kind == "fixed" else json.dumps({**spec.design.model_dump(), "metric": spec.search.metric}, sort_keys=True)
+    design = run_design(spec, smoke)
+    return design.kind if design.kind == "fixed" else json.dumps({**design.model_dump(), "metric": spec.search.metric},
+                                                                 sort_keys=True)
 
 
 def build_tuner(
@@ -272,21 +267,11 @@ def build_tuner(
     smoke: bool = False, recorder=None
 ):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    setup = SEARCH_MODES[phase.mode]().setup(spec, phase.plans)
-    setup = DESIGNS[design_kind(spec, smoke)]().setup(spec, phase.plans, setup, recorder)
+    setup = run_design(spec, smoke).setup(spec, phase.plans, phase.search.setup(spec, phase.plans), recorder)
     concurrent = (max_concurrent or spec.max_concurrent_trials) if setup.limit_concurrency else None
-    own = SEARCH_MODES[phase.mode].folder
+    own = phase.search.folder
     storage, name = (output.child(study_name), own) if own else (output, study_name)
-    if spec.search.asha is not None:
-        max_steps = max(TrainConfig.of(p.config).train.steps for p in phase.plans)
-        setup.scheduler = ASHAScheduler(
-            time_attr="step",
-            max_t=max_steps,
-            grace_period=min(spec.search.asha.grace_period, max_steps),
-            reduction_factor=spec.search.asha.reduction_factor,
-        )
 
     def trial_name(trial) -> str:
         name = trial.config["trial"]
@@ -376,24 +361,6 @@ def check_flags(args: argparse.Namespace) -> tuple[Storage | None, str | None, l
     return output_dir, tracking_uri, errors
 
 
-def print_sequential_design(spec: StudySpec, plans: list, max_concurrent: int | None) -> None:
-    """A sequential design's looks, boundaries, budgets, and its fewest and most trials with their wall times."""
-    d, design = spec.design, spec.design.sequential()
-    groups = len({(p.arm, p.variant) for p in plans})
-    first = [p for p in plans if spec.seeds.index(p.seed) < d.min_seeds]
-    most = [p for p in plans if spec.seeds.index(p.seed) < d.max_seeds][: d.max_trials]
-    print(f"design: sequential, the arm under test against {groups - 1} others on the seeds {spec.seeds[: d.max_seeds]} "
-          f"in that order; looks at {d.min_seeds}..{d.max_seeds} seeds, repeated {1 - d.alpha:.0%} intervals per "
-          f"comparison, boundaries {', '.join(f'{design.boundary(n):.2f}' for n in design.looks)}"
-          + (f"; equivalent inside +-{d.equivalence:g}" if d.equivalence else "")
-          + ("; on problems like these (the problem set's margin added, a fifth of alpha)" if d.problems != "these" else "")
-          + (f"; at most {d.max_trials} trials" if d.max_trials else "")
-          + (f"; no trial starts after {d.max_hours:g} h" if d.max_hours else ""))
-    print(f"fewest trials {len(first)} (every comparison decided at the first look): "
-          + expected_wall_time(spec, first, max_concurrent))
-    print(f"most trials {len(most)}: " + expected_wall_time(spec, most, max_concurrent))
-
-
 def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concurrent: int | None,
                   smoke: bool = False, show_configs: bool = False) -> None:
     """The trials as a table of what differs between them (``study.plan.trial_table``; every
@@ -402,8 +369,8 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
     for line in trial_table(plans):
         print(line)
     print(f"resources per trial: {spec.resources.describe()}")
-    if spec.population_arm:
-        print(f"{spec.population_arm.name}: a {spec.search.mode} population over {', '.join(spec.search.population.keys)}")
+    if spec.search.describe():
+        print(spec.search.describe())
     if show_configs:
         for plan in plans:
             print(f"--- {plan.name}\n{yaml.safe_dump(plan.config, sort_keys=False)}", end="")
@@ -413,10 +380,8 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
     if spec.base_model_per_seed:
         print(f"each seed draws its own base model (model.tiny.seed = the seed): {len(spec.seeds)} base models, built "
               "in parallel before the trials; verdicts cover base models and RL seeds")
-    if design_kind(spec, smoke) == "fixed":
-        print(expected_wall_time(spec, plans, max_concurrent))
-    else:
-        print_sequential_design(spec, plans, max_concurrent)
+    for line in run_design(spec, smoke).describe(spec, plans, max_concurrent):
+        print(line)
     for path in unchecked:
         print(f"not found on this machine (a dry run does not require it): {path}")
 
@@ -523,7 +488,7 @@ def run_study(args, spec: StudySpec, plans: list[TrialPlan], study_name: str, ou
         for phase in study_phases(spec, plans):  # one after the other; an interrupted one stops the study
             folder = phase.folder(experiment_dir)
             if args.resume and can_restore(folder):
-                SEARCH_MODES[phase.mode]().before_restore(spec)
+                phase.search.before_restore(spec)
                 tuner = Tuner.restore(folder.path, trainable=trainable(spec, phase, shipped), resume_errored=True,
                                       storage_filesystem=ray_filesystem(folder))
             else:

@@ -1,30 +1,37 @@
 """Search modes by name (``search.mode`` in a spec): how a study's trials are chosen and scheduled.
 
-A mode is one class and one decorator line::
+A mode is registered as its settings model (the spec's ``search`` mapping, validated by the model
+its ``mode`` names; a setting that only another mode takes is one line naming that mode)::
 
     @register_search_mode("grid")
     class Grid(SearchMode):
+        mode: Literal["grid"] = "grid"
+
         def setup(self, spec, plans) -> TuneSetup:
             return TuneSetup({"trial": tune.grid_search([p.name for p in plans])})
 
-``uses`` names the ``search`` settings the mode takes (the others must be left unset), ``check``
-adds the mode's own rules on the spec (one line each, raised as ValueError), and ``population``
-says whether the mode moves one arm's trials as a population (PBT, PB2): that arm then runs as a
-phase of its own, after the others, which run as a grid. Ray is imported only in ``setup``.
+``check`` adds the mode's own rules on the spec (one line each, raised as ValueError); ``drawn``
+and ``config_problems`` let the spec's check validate every trainer setting the mode can draw;
+``phases`` splits the plans into the Ray Tune experiments the study runs one after the other (a
+population's arm apart from a grid of the others); ``setup`` gives an experiment's Tuner its space,
+searcher, scheduler and options. Ray is imported only where a Tuner is set up.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from trainers.registry import Registry
-from trainers.settings import lookup
-
-SEARCH_FIELDS = ("space", "num_samples", "population")  # the mode-specific settings of ``search``
+from study.space import Choice, Distribution, LogUniform, Uniform, finite_range
+from trainers import contract as M
+from trainers.config import TrainConfig
+from trainers.registry import Registry, kind_model
+from trainers.settings import Strict, deep_merge, dotted, lookup
 
 
 @dataclass
@@ -43,13 +50,51 @@ class TuneSetup:
     keep_checkpoints: int = 2
 
 
-class SearchMode:
-    uses: ClassVar[tuple[str, ...]] = ()
-    population: ClassVar[bool] = False
+class SearchMode(Strict):
+    """What every search mode is: the spec's ``search`` settings, and how they turn a study's trial
+    plans into Ray Tune experiments."""
+
+    mode: str = Field("grid", description="a name in study.search_modes.SEARCH_MODES: grid, optuna, pbt, pb2")
+    metric: str = M.EVAL_AES
+    direction: Literal["max", "min"] = "max"
     folder: ClassVar[str | None] = None  # its experiment runs in this child folder of the study's, under this name
+
+    @property
+    def trials_per_plan(self) -> int:
+        """How many trials the mode runs from one plan (a searcher samples several)."""
+        return 1
+
+    @property
+    def stops_trials_early(self) -> bool:
+        return False
+
+    @property
+    def moved_arm(self) -> str | None:
+        """The arm whose trials the mode changes while they run (a population's), or None."""
+        return None
+
+    def changeable(self) -> list[str]:
+        """The dotted settings a trial may be handed by the mode while it runs."""
+        return []
 
     def check(self, spec) -> None:
         """The mode's own rules on a ``StudySpec`` (ValueError, one line)."""
+
+    def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(where, trainer settings) for every extreme the mode can draw: each must be a valid TrainConfig."""
+        return iter(())
+
+    def config_problems(self, spec, arm: str, config: TrainConfig, smoke: bool) -> list[str]:
+        """The mode's rules on one trial config of ``arm`` (one line each)."""
+        return []
+
+    def phases(self, plans: list) -> list[tuple[str, list, SearchMode]]:
+        """(name, plans, the mode that sets it up): the experiments the study runs, one after the other."""
+        return [("grid", plans, self)]
+
+    def describe(self) -> str | None:
+        """A line for the dry run, where the plans alone do not say what the mode does."""
+        return None
 
     def setup(self, spec, plans) -> TuneSetup:
         raise NotImplementedError
@@ -58,13 +103,13 @@ class SearchMode:
         """What the mode needs before ``Tuner.restore`` continues an interrupted phase (nothing by default)."""
 
 
-SEARCH_MODES: Registry[type[SearchMode]] = Registry("search mode")
+SEARCH_MODES: Registry[type[SearchMode]] = Registry("search mode", check=kind_model(SearchMode, key="mode"))
 register_search_mode = SEARCH_MODES.register
 
 
-def users_of(field: str) -> list[str]:
-    """The search modes that take the ``search`` setting ``field``, in the order they were registered."""
-    return [name for name in SEARCH_MODES.registered() if field in SEARCH_MODES[name].uses]
+def search_settings(data: Any) -> SearchMode:
+    """A spec's ``search`` settings from a mapping (``mode`` picks the registered model; default "grid")."""
+    return SEARCH_MODES.settings_of(data, SearchMode, "grid", key="mode")
 
 
 def tune_domain(distribution, population: bool = False):
@@ -79,66 +124,182 @@ def tune_domain(distribution, population: bool = False):
     return list(distribution.choice) if population else tune.choice(distribution.choice)
 
 
+class Asha(Strict):
+    grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class EarlyStopping(SearchMode):
+    """A mode whose trials ASHA may stop early (``asha``: Ray Tune's ``ASHAScheduler`` over steps)."""
+
+    asha: Asha | None = None
+
+    @property
+    def stops_trials_early(self) -> bool:
+        return self.asha is not None
+
+    def scheduler(self, plans):
+        if self.asha is None:
+            return None
+        from ray.tune.schedulers import ASHAScheduler
+
+        max_steps = max(TrainConfig.of(p.config).train.steps for p in plans)
+        return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(self.asha.grace_period, max_steps),
+                             reduction_factor=self.asha.reduction_factor)
+
+
 @register_search_mode("grid")
-class Grid(SearchMode):
+class Grid(EarlyStopping):
     """Every planned trial once (arms x grid variants x seeds)."""
+
+    mode: Literal["grid"] = "grid"
 
     def setup(self, spec, plans) -> TuneSetup:
         from ray import tune
 
-        return TuneSetup({"trial": tune.grid_search([p.name for p in plans])})
+        return TuneSetup({"trial": tune.grid_search([p.name for p in plans])}, scheduler=self.scheduler(plans))
 
 
 @register_search_mode("optuna")
-class Optuna(SearchMode):
-    """Optuna's sampler over ``search.space`` (dotted trainer settings), ``num_samples`` trials of
-    one arm and one seed (Ray Tune does not mix a grid with a searcher)."""
+class Optuna(EarlyStopping):
+    """Optuna's sampler over ``space`` (dotted trainer settings), ``num_samples`` trials of one arm
+    and one seed (Ray Tune does not mix a grid with a searcher)."""
 
-    uses = ("space", "num_samples")
+    mode: Literal["optuna"] = "optuna"
+    num_samples: int = Field(8, ge=1, description="number of trials")
+    space: dict[str, Distribution] = Field(default_factory=dict, description="dotted TrainConfig keys, e.g. lead.weighting.lambda_min")
+
+    @property
+    def trials_per_plan(self) -> int:
+        return self.num_samples
 
     def check(self, spec) -> None:
         if len(spec.arms) != 1 or len(spec.seeds) != 1:
             raise ValueError("search.mode optuna takes exactly one arm and one seed (Ray Tune cannot mix a grid with a searcher)")
-        if not spec.search.space:
+        if not self.space:
             raise ValueError("search.space: optuna needs at least one parameter")
+
+    def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, distribution in self.space.items():
+            for value in distribution.extremes():
+                for _, settings in spec.arms[0].settings(spec.base):
+                    yield f"search.space.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
 
     def setup(self, spec, plans) -> TuneSetup:
         from ray.tune.search.optuna import OptunaSearch
 
-        space = {"trial": plans[0].name, "search": {k: tune_domain(d) for k, d in spec.search.space.items()}}
-        return TuneSetup(space, spec.search.num_samples, OptunaSearch(seed=spec.seeds[0]), trial_ids_in_names=True)
+        space = {"trial": plans[0].name, "search": {k: tune_domain(d) for k, d in self.space.items()}}
+        return TuneSetup(space, self.num_samples, OptunaSearch(seed=spec.seeds[0]), self.scheduler(plans),
+                         trial_ids_in_names=True)
+
+
+class Population(Strict):
+    """Population Based Training (``pbt``, Ray Tune's ``PopulationBasedTraining``) or PB2 (``pb2``,
+    its Gaussian-process bandit) over one arm's trials: every ``perturbation_interval`` steps, the
+    members in the bottom ``quantile_fraction`` by ``search.metric`` continue from the checkpoint
+    of one in the top quantile, with its settings perturbed (PBT: times 0.8 or 1.2, or resampled
+    with ``resample_probability``, kept inside the space; PB2: chosen by the bandit inside
+    ``bounds``). Synchronous: every member reaches the step before any exploit, so each exploit
+    continues the donor's run at the step the receiver stopped. The study's other arms run beside
+    the population, untouched by it."""
+
+    arm: str = Field(description="the arm whose trials (variants x seeds) form the population")
+    perturbation_interval: int = Field(ge=1, description="steps between exploits; a multiple of eval.every")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt only")
+    mutations: dict[str, Uniform | LogUniform | Choice] = Field(
+        default_factory=dict, description="pbt: dotted TrainConfig keys and the space each moves in"
+    )
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="pb2: dotted keys and [low, high]")
+
+    @field_validator("bounds")
+    @classmethod
+    def _ranges(cls, bounds):
+        return {key: finite_range(value) for key, value in bounds.items()}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The settings the population changes."""
+        return tuple(self.mutations or self.bounds)
+
+    def extremes(self) -> dict[str, tuple[Any, ...]]:
+        return {key: dist.extremes() for key, dist in self.mutations.items()} | dict(self.bounds)
 
 
 class PopulationSearch(SearchMode):
     """One arm's trials as a population, synchronous: at every perturbation step the bottom
     quantile continues from a top member's checkpoint with its settings moved (``moves``: where
-    the population names what moves and how)."""
+    the population names what moves and how). The other arms run first, as a grid."""
 
-    uses = ("population",)
-    population = True
+    population: Population = Field(description="the population and how it moves")
     folder = "population"  # the population's experiment, inside the study's folder
     moves: ClassVar[str]  # "mutations" or "bounds"
 
-    def check(self, spec) -> None:
-        population, other = spec.search.population, {"mutations": "bounds", "bounds": "mutations"}[self.moves]
-        mode = spec.search.mode
-        if population is None:
-            raise ValueError(f"search.population: search.mode {mode} needs one (arm, perturbation_interval, ...)")
-        if not getattr(population, self.moves):
-            raise ValueError(f"search.population.{self.moves}: {mode} needs at least one setting to move")
-        if getattr(population, other):
-            raise ValueError(f"search.population.{other}: not used by {mode} (it takes {self.moves})")
-        if spec.search.asha is not None:
-            raise ValueError(f"search.asha: cannot be combined with {mode} (both are schedulers)")
+    @property
+    def moved_arm(self) -> str:
+        return self.population.arm
 
-    def scheduler(self, spec):
+    def changeable(self) -> list[str]:
+        return list(self.population.keys)
+
+    def check(self, spec) -> None:
+        population, other = self.population, {"mutations": "bounds", "bounds": "mutations"}[self.moves]
+        if not getattr(population, self.moves):
+            raise ValueError(f"search.population.{self.moves}: {self.mode} needs at least one setting to move")
+        if getattr(population, other):
+            raise ValueError(f"search.population.{other}: not used by {self.mode} (it takes {self.moves})")
+        arm = next((arm for arm in spec.arms if arm.name == population.arm), None)
+        if arm is None:
+            raise ValueError(f"search.population.arm: no arm named '{population.arm}' "
+                             f"(arms: {', '.join(a.name for a in spec.arms)})")
+        members = len(arm.variants()) * len(spec.arm_seeds(arm, smoke=False))
+        if members < 2:
+            raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
+                             "(weight variants x seeds)")
+
+    def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
+        arm = next(arm for arm in spec.arms if arm.name == self.population.arm)
+        for key, values in self.population.extremes().items():
+            for value in values:
+                for _, settings in arm.settings(spec.base):
+                    yield f"search.population.{self.moves}.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
+
+    def config_problems(self, spec, arm: str, config: TrainConfig, smoke: bool) -> list[str]:
+        """An exploit must not replace a member's weights after its final evaluation, nor rank members
+        on stale evaluations, nor continue from a checkpoint older than the donor's step."""
+        interval, steps, where = self.population.perturbation_interval, config.train.steps, ", under --smoke-test" * smoke
+        if arm != self.population.arm or interval >= steps:
+            return []  # no exploit happens
+        problems = []
+        if steps % interval == 0:
+            problems.append(f"search.population.perturbation_interval: {interval} divides train.steps ({steps}{where}): "
+                            "an exploit at the last step would replace a member's weights after its final evaluation")
+        if self.metric.startswith(M.EVALUATION_PREFIXES) and interval % config.eval.every:
+            problems.append(f"search.population.perturbation_interval: {interval} is not a multiple of eval.every "
+                            f"({config.eval.every}{where}): members would be ranked on stale evaluations and exploit "
+                            "checkpoints older than their step")
+        elif interval % config.checkpoint.every:
+            problems.append(f"search.population.perturbation_interval: {interval} is not a multiple of checkpoint.every "
+                            f"({config.checkpoint.every}{where}): an exploit would continue from a checkpoint older "
+                            "than the donor's step")
+        return problems
+
+    def phases(self, plans: list) -> list[tuple[str, list, SearchMode]]:
+        others = Grid(metric=self.metric, direction=self.direction)
+        return [("grid", [p for p in plans if p.arm != self.population.arm], others),
+                ("population", [p for p in plans if p.arm == self.population.arm], self)]
+
+    def describe(self) -> str:
+        return f"{self.population.arm}: a {self.mode} population over {', '.join(self.population.keys)}"
+
+    def scheduler(self, plans):
         raise NotImplementedError
 
     def setup(self, spec, plans) -> TuneSetup:
         from ray import tune
 
         # each member starts from its own plan's values of the settings the population moves
-        start = {p.name: {key: lookup(p.config, key) for key in spec.search.population.keys} for p in plans}
+        start = {p.name: {key: lookup(p.config, key) for key in self.population.keys} for p in plans}
         space = {"trial": tune.grid_search([p.name for p in plans]),
                  "search": tune.sample_from(lambda resolved: dict(start[resolved.config.trial]))}
         self.seed(spec)
@@ -148,8 +309,8 @@ class PopulationSearch(SearchMode):
         # Members still share the CPUs: the scheduler pauses and swaps them, and the next one resumes
         # in the same process; an exploit's donor runs at most one interval ahead before the
         # receiver restores its checkpoint.
-        return TuneSetup(space, scheduler=self.scheduler(spec), limit_concurrency=False, reuse_actors=True,
-                         keep_checkpoints=max(3, spec.search.population.perturbation_interval + 1))
+        return TuneSetup(space, scheduler=self.scheduler(plans), limit_concurrency=False, reuse_actors=True,
+                         keep_checkpoints=max(3, self.population.perturbation_interval + 1))
 
     def before_restore(self, spec) -> None:
         self.seed(spec)
@@ -161,11 +322,9 @@ class PopulationSearch(SearchMode):
         random.seed(spec.seeds[0])
         np.random.seed(spec.seeds[0])
 
-    @staticmethod
-    def common(spec) -> dict[str, Any]:
-        population = spec.search.population
-        return dict(time_attr="step", perturbation_interval=population.perturbation_interval,
-                    quantile_fraction=population.quantile_fraction, synch=True)
+    def common(self) -> dict[str, Any]:
+        return dict(time_attr="step", perturbation_interval=self.population.perturbation_interval,
+                    quantile_fraction=self.population.quantile_fraction, synch=True)
 
 
 def resumable(scheduler_class: type) -> type:
@@ -220,12 +379,13 @@ class Pbt(PopulationSearch):
     """Ray Tune's ``PopulationBasedTraining``: a perturbed setting is times 0.8 or 1.2 (a choice
     shifts to a neighbour), or resampled with ``resample_probability``, clipped into its space."""
 
+    mode: Literal["pbt"] = "pbt"
     moves = "mutations"
 
-    def scheduler(self, spec):
+    def scheduler(self, plans):
         from ray.tune.schedulers import PopulationBasedTraining
 
-        population = spec.search.population
+        population = self.population
         ranges = {k: d.extremes() for k, d in population.mutations.items() if not hasattr(d, "choice")}
 
         def clip(config: dict) -> dict:
@@ -235,7 +395,7 @@ class Pbt(PopulationSearch):
 
         return resumable(PopulationBasedTraining)(
             hyperparam_mutations={"search": {k: tune_domain(d, population=True) for k, d in population.mutations.items()}},
-            resample_probability=population.resample_probability, custom_explore_fn=clip, **self.common(spec),
+            resample_probability=population.resample_probability, custom_explore_fn=clip, **self.common(),
         )
 
 
@@ -243,10 +403,11 @@ class Pbt(PopulationSearch):
 class Pb2(PopulationSearch):
     """Ray Tune's ``PB2``: the moved settings are chosen by a Gaussian-process bandit within ``bounds``."""
 
+    mode: Literal["pb2"] = "pb2"
     moves = "bounds"
 
-    def scheduler(self, spec):
+    def scheduler(self, plans):
         from ray.tune.schedulers.pb2 import PB2
 
-        bounds = {"search": {k: list(v) for k, v in spec.search.population.bounds.items()}}
-        return resumable(PB2)(hyperparam_bounds=bounds, **self.common(spec))
+        bounds = {"search": {k: list(v) for k, v in self.population.bounds.items()}}
+        return resumable(PB2)(hyperparam_bounds=bounds, **self.common())

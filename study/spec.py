@@ -24,11 +24,10 @@ from __future__ import annotations
 import difflib
 import functools
 import itertools
-import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from trainers import contract as M
 from trainers.config import SMOKE_SETTINGS, TrainConfig, fit_group_filter
@@ -38,8 +37,8 @@ from trainers.method.rewards import LENGTH_REWARDS
 from trainers.method.weightings import Weighting, weighting_settings
 from trainers.settings import ConfigError, Strict, deep_merge, dotted, format_errors, load_validated
 
-from study.designs import DESIGNS, SEQUENTIAL_FIELDS, DesignSettings
-from study.search_modes import SEARCH_FIELDS, SEARCH_MODES, users_of
+from study.designs import Design, Fixed, design_settings
+from study.search_modes import Grid, SearchMode, search_settings
 
 
 # letters, digits, "_", "." and "-", not starting with "." (so never "." or "..": names become folders)
@@ -182,124 +181,6 @@ class Arm(Strict):
         return out
 
 
-def _finite_range(bounds: tuple[float, float], positive: bool = False) -> tuple[float, float]:
-    low, high = bounds
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"needs finite bounds with low < high, got [{low}, {high}]")
-    if positive and low <= 0:
-        raise ValueError(f"needs bounds above 0, got [{low}, {high}]")
-    return bounds
-
-
-class Uniform(Strict):
-    uniform: tuple[float, float]
-
-    @field_validator("uniform")
-    @classmethod
-    def _range(cls, bounds):
-        return _finite_range(bounds)
-
-    def extremes(self) -> tuple[float, ...]:
-        return self.uniform
-
-
-class LogUniform(Strict):
-    loguniform: tuple[float, float]
-
-    @field_validator("loguniform")
-    @classmethod
-    def _range(cls, bounds):
-        return _finite_range(bounds, positive=True)
-
-    def extremes(self) -> tuple[float, ...]:
-        return self.loguniform
-
-
-class Choice(Strict):
-    choice: list[Any] = Field(min_length=1)
-
-    def extremes(self) -> tuple[Any, ...]:
-        return tuple(self.choice)
-
-
-def _distribution_kind(value: Any) -> str | None:
-    """The distribution a mapping names by its one key (``{uniform: [a, b]}``)."""
-    if isinstance(value, dict):
-        return next((key for key in ("uniform", "loguniform", "choice") if key in value), None)
-    return next((key for key in ("uniform", "loguniform", "choice") if hasattr(value, key)), None)
-
-
-Distribution = Annotated[
-    Annotated[Uniform, Tag("uniform")] | Annotated[LogUniform, Tag("loguniform")] | Annotated[Choice, Tag("choice")],
-    Discriminator(_distribution_kind, custom_error_type="distribution",
-                  custom_error_message="expected one of {uniform: [low, high]}, {loguniform: [low, high]}, {choice: [...]}"),
-]
-
-
-class Asha(Strict):
-    grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
-    reduction_factor: float = Field(2.0, gt=1.0)
-
-
-class Population(Strict):
-    """Population Based Training (``pbt``, Ray Tune's ``PopulationBasedTraining``) or PB2 (``pb2``,
-    its Gaussian-process bandit) over one arm's trials: every ``perturbation_interval`` steps, the
-    members in the bottom ``quantile_fraction`` by ``search.metric`` continue from the checkpoint
-    of one in the top quantile, with its settings perturbed (PBT: times 0.8 or 1.2, or resampled
-    with ``resample_probability``, kept inside the space; PB2: chosen by the bandit inside
-    ``bounds``). Synchronous: every member reaches the step before any exploit, so each exploit
-    continues the donor's run at the step the receiver stopped. The study's other arms run beside
-    the population, untouched by it."""
-
-    arm: str = Field(description="the arm whose trials (variants x seeds) form the population")
-    perturbation_interval: int = Field(ge=1, description="steps between exploits; a multiple of eval.every")
-    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
-    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt only")
-    mutations: dict[str, Uniform | LogUniform | Choice] = Field(
-        default_factory=dict, description="pbt: dotted TrainConfig keys and the space each moves in"
-    )
-    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="pb2: dotted keys and [low, high]")
-
-    @field_validator("bounds")
-    @classmethod
-    def _ranges(cls, bounds):
-        return {key: _finite_range(value) for key, value in bounds.items()}
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """The settings the population changes."""
-        return tuple(self.mutations or self.bounds)
-
-    def extremes(self) -> dict[str, tuple[Any, ...]]:
-        return {key: dist.extremes() for key, dist in self.mutations.items()} | dict(self.bounds)
-
-
-class Search(Strict):
-    mode: SEARCH_MODES.Name = Field("grid", description="a name in study.search_modes.SEARCH_MODES: grid, optuna, pbt, pb2")
-    metric: str = M.EVAL_AES
-    direction: Literal["max", "min"] = "max"
-    num_samples: int = Field(8, ge=1, description="optuna: number of trials")
-    space: dict[str, Distribution] = Field(
-        default_factory=dict, description="optuna: dotted TrainConfig keys, e.g. lead.weighting.lambda_min"
-    )
-    asha: Asha | None = None
-    population: Population | None = Field(None, description="pbt and pb2: the population and how it moves")
-
-    @model_validator(mode="after")
-    def _settings_of_the_mode(self):
-        uses = SEARCH_MODES[self.mode].uses
-        for name in SEARCH_FIELDS:
-            given = name in self.model_fields_set and getattr(self, name) not in (None, {})
-            if given and name not in uses:
-                raise ValueError(f"{name}: only used with search.mode {' or '.join(users_of(name))}")
-        return self
-
-    @property
-    def population_search(self) -> bool:
-        """Whether the mode moves one arm's trials as a population (pbt, pb2)."""
-        return SEARCH_MODES[self.mode].population
-
-
 class Resources(Strict):
     cpus: float = Field(1.0, gt=0.0)
     gpus: float = Field(0.0, ge=0.0, description="fractions share one GPU among trials")
@@ -344,9 +225,10 @@ class StudySpec(Strict):
     )
     focus: str | None = Field(None, description="the arm under test: the report and its verdicts set every other arm "
                               "against it (default: the arm named psi; required when there are several arms and none is)")
-    search: Search = Search()
-    design: DesignSettings = Field(DesignSettings(), description="how many seeds each comparison gets: fixed (every "
-                                   "listed seed) or sequential (study.designs)")
+    search: SerializeAsAny[SearchMode] = Field(Grid(), description="mode: a name in study.search_modes.SEARCH_MODES, "
+                                               "with that mode's own settings")
+    design: SerializeAsAny[Design] = Field(Fixed(), description="how many seeds each comparison gets: fixed (every "
+                                           "listed seed) or sequential (study.designs)")
     resources: Resources = Resources()
     max_concurrent_trials: int | None = Field(None, ge=1)
     smoke_resources: Resources | None = Field(
@@ -358,6 +240,9 @@ class StudySpec(Strict):
         True, description="with --output-dir in object storage, upload the base model for trials on other nodes; "
         "false: model.path is at the same path on every node (a shared mount), used as it is"
     )
+
+    _search_by_mode = field_validator("search", mode="wrap")(lambda value, handler: search_settings(value))
+    _design_by_kind = field_validator("design", mode="wrap")(lambda value, handler: design_settings(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -406,21 +291,8 @@ class StudySpec(Strict):
         if self.base_model_per_seed and self.base.get("model", {}).get("path") is not None:
             raise ValueError("base_model_per_seed: a base model is drawn per seed by building the tiny model with that "
                              f"seed; base.model.path ({self.base['model']['path']}) names one model")
-        SEARCH_MODES[self.search.mode]().check(self)
-        design = DESIGNS[self.design.kind]
-        for name in SEQUENTIAL_FIELDS:
-            if name in self.design.model_fields_set and name not in design.uses:
-                raise ValueError(f"design.{name}: only a sequential design takes it (design.kind is {self.design.kind})")
-        design().check(self)
-        if self.search.population is not None:
-            arm = self.population_arm
-            if arm is None:
-                raise ValueError(f"search.population.arm: no arm named '{self.search.population.arm}' "
-                                 f"(arms: {', '.join(names)})")
-            members = len(arm.variants()) * len(self.arm_seeds(arm, smoke=False))
-            if members < 2:
-                raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
-                                 "(weight variants x seeds)")
+        self.search.check(self)
+        self.design.check(self)
         return self
 
     @property
@@ -429,11 +301,6 @@ class StudySpec(Strict):
         names = [arm.name for arm in self.arms]
         return self.focus or (M.DEFAULT_FOCUS if M.DEFAULT_FOCUS in names else names[0])
 
-    @property
-    def population_arm(self) -> Arm | None:
-        """The arm a pbt / pb2 search moves (None otherwise)."""
-        population = self.search.population
-        return next((arm for arm in self.arms if population and arm.name == population.arm), None)
 
 
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
@@ -448,7 +315,7 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
             seen.add(line)
             lines.append(f"{path}: {prefix}{line}")
 
-    def check(settings: dict, prefix: str, resources: Resources | None = None) -> None:
+    def check(settings: dict, prefix: str, resources: Resources | None = None, arm: str = "", smoke: bool = False) -> None:
         try:
             config = TrainConfig.of(settings)
         except ValidationError as exc:
@@ -462,45 +329,17 @@ def _check_train_settings(spec: StudySpec, path: Path) -> None:
         if config.rollout.engine == "vllm" and gpus != int(gpus):  # its start-up memory check, profiling and sleep
             add(f"rollout.engine: vllm needs whole GPUs (it assumes it is alone on its memory), a trial gets "
                 f"{gpus:g} (resources: {resources.describe()})", prefix)
+        for line in spec.search.config_problems(spec, arm, config, smoke):
+            add(line)
 
     for where, smoke in (("base", False), ("smoke", True)):
         last = spec.last_settings(smoke)
         check(deep_merge(spec.base, last), f"{where}.")
         for i, arm in enumerate(spec.arms):
             for _, settings in arm.settings(spec.base, last):
-                check(settings, f"arms[{i}].", spec.for_smoke().resources if smoke else spec.resources)
-    for key, distribution in spec.search.space.items():
-        for value in distribution.extremes():
-            for _, settings in spec.arms[0].settings(spec.base):
-                check(deep_merge(settings, dotted(key, value)), f"search.space.{key} = {value!r}: ")
-    population = spec.search.population
-    if population is not None:
-        where = "mutations" if population.mutations else "bounds"
-        for key, values in population.extremes().items():
-            for value in values:
-                for _, settings in spec.population_arm.settings(spec.base):
-                    check(deep_merge(settings, dotted(key, value)), f"search.population.{where}.{key} = {value!r}: ")
-        for smoke in (False, True):
-            for _, settings in spec.population_arm.settings(spec.base, spec.last_settings(smoke)):
-                try:
-                    config = TrainConfig.of(settings)
-                except ValidationError:
-                    continue  # reported above
-                interval, every = population.perturbation_interval, config.eval.every
-                if interval >= config.train.steps:
-                    continue  # no exploit happens
-                if config.train.steps % interval == 0:
-                    add(f"search.population.perturbation_interval: {interval} divides train.steps ({config.train.steps}"
-                        f"{', under --smoke-test' if smoke else ''}): an exploit at the last step would replace a "
-                        "member's weights after its final evaluation")
-                if spec.search.metric.startswith(M.EVALUATION_PREFIXES) and interval % every:
-                    add(f"search.population.perturbation_interval: {interval} is not a multiple of eval.every "
-                        f"({every}{', under --smoke-test' if smoke else ''}): members would be ranked on stale "
-                        "evaluations and exploit checkpoints older than their step")
-                elif interval % config.checkpoint.every:
-                    add(f"search.population.perturbation_interval: {interval} is not a multiple of checkpoint.every "
-                        f"({config.checkpoint.every}{', under --smoke-test' if smoke else ''}): an exploit would "
-                        "continue from a checkpoint older than the donor's step")
+                check(settings, f"arms[{i}].", spec.for_smoke().resources if smoke else spec.resources, arm.name, smoke)
+    for prefix, settings in spec.search.drawn(spec):
+        check(settings, prefix)
     if spec.search.metric not in M.REPORTED:
         close = difflib.get_close_matches(spec.search.metric, M.REPORTED, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (a name the trainer reports, e.g. eval/aes)"

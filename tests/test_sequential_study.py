@@ -51,7 +51,7 @@ def test_a_bad_sequential_design_is_one_line_and_exit_2(tmp_path, cache_dir, cap
 def test_a_fixed_design_takes_no_sequential_setting(tmp_path, cache_dir, capsys):
     spec = sequential_spec(tmp_path, cache_dir, {"kind": "fixed", "max_seeds": 4})
     assert main(quiet_args(spec, tmp_path)) == 2
-    assert "design.max_seeds: only a sequential design takes it (design.kind is fixed)" in capsys.readouterr().err
+    assert "design.max_seeds: only used with design sequential (kind is fixed)" in capsys.readouterr().err
 
 
 def test_the_dry_run_prints_the_design_and_its_fewest_and_most_trials(tmp_path, cache_dir, capsys):

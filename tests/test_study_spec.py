@@ -187,7 +187,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (minimal(arms=[{"name": "a", "weighting": {"kind": "static", "w_corr": [0.5], "ratios": [1]}}]), "exactly one of w_corr"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.beta": {"uniform": [0.8, 0.9]}}}, seeds=[0, 1]), "exactly one arm and one seed"),
         (minimal(search={"mode": "optuna", "space": {"lead.weighting.betta": {"uniform": [0.8, 0.9]}}}), "search.space.lead.weighting.betta"),
-        (minimal(search={"mode": "pbt"}), "search.population: search.mode pbt needs one"),
+        (minimal(search={"mode": "pbt"}), "search.population: Field required"),
         (pbt(population={"arm": "nope"}), "search.population.arm: no arm named 'nope' (arms: psi, pbt)"),
         (minimal(focus="nope"), "focus: no arm named 'nope' (arms: psi)"),
         (minimal(arms=[{"name": "a", "weighting": {"kind": "psi"}}, {"name": "b", "weighting": {"kind": "static"}}]),
@@ -205,7 +205,7 @@ def test_arms_name_a_length_reward_whose_lead_settings_land_in_lead(tmp_path):
         (pbt(arms=[{"name": "pbt", "seeds": [1, 1], "weighting": {"kind": "static", "w_corr": [0.5]}}]),
          "arms[0].seeds: must be distinct, got [1, 1]"),
         (minimal(search={"population": {"arm": "psi", "perturbation_interval": 3}}),
-         "population: only used with search.mode pbt or pb2"),
+         "search.population: only used with search mode pbt or pb2 (mode is grid)"),
     ],
 )
 def test_bad_specs_name_the_key_path(tmp_path, data, message):
@@ -407,15 +407,14 @@ def test_search_space_bounds_are_checked_at_both_ends(tmp_path):
 
 def test_a_population_plans_its_members_beside_the_other_arms_and_moves_only_them(tmp_path):
     from study.run import study_phases
-    from study.search_modes import SEARCH_MODES
 
     def population_scheduler(spec):
-        return SEARCH_MODES[spec.search.mode]().scheduler(spec)
+        return spec.search.scheduler(plan_trials(spec))
 
     spec = load_spec(write(tmp_path, pbt()))
     plans = plan_trials(spec)
     phases = study_phases(spec, plans)
-    assert [(p.name, p.mode, [t.name for t in p.plans]) for p in phases] == [
+    assert [(p.name, p.search.mode, [t.name for t in p.plans]) for p in phases] == [
         ("grid", "grid", ["psi-s0"]), ("population", "pbt", ["pbt-wc0.3-s0", "pbt-wc0.7-s0"])]
     from study.storage import open_storage
 

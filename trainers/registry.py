@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError, create_model
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainers.settings import Strict
 
@@ -88,15 +89,25 @@ class Registry(Mapping[str, T], Generic[T]):
     def Name(self):  # noqa: N802 (a type): a str field that must name an entry, ``engine: ENGINES.Name = "hf"``
         return Annotated[str, AfterValidator(self.known)]
 
-    def settings_of(self, data: Any, base: type, default: str):
+    def settings_of(self, data: Any, base: type, default: str, key: str = "kind"):
         """An entry's settings for a registry of settings models (``kind_model``): ``data`` as it is
-        if it already is one (a ``base``), else the mapping validated by the model its ``kind`` names
-        (``default`` when it names none)."""
+        if it already is one (a ``base``), else the mapping validated by the model its ``key`` names
+        (``default`` when it names none). A setting that only other entries take is one line naming them."""
         if isinstance(data, base):
             return data
         if not isinstance(data, dict):
-            raise ValueError(f"expected a mapping of {self.what} settings with a kind")
-        return self.lookup(data.get("kind", default)).model_validate(data)
+            raise ValueError(f"expected a mapping of {self.what} settings with a {key}")
+        name = data.get(key, default)
+        model = self.lookup(name)
+        misplaced = [
+            InitErrorDetails(type=PydanticCustomError("other_entry", f"only used with {self.what} {' or '.join(takers)} "
+                                                      f"({key} is {name})"), loc=(field,), input=data[field])
+            for field in data if field not in model.model_fields
+            for takers in [[n for n in self.registered() if field in self[n].model_fields]] if takers
+        ]
+        if misplaced:
+            raise ValidationError.from_exception_data(model.__name__, misplaced)
+        return model.model_validate(data)
 
     def check_options(self, name: str, options: dict[str, Any], key: str) -> None:
         """Check an entry's own settings (``options``, found at ``key``) against the strict model the
@@ -151,15 +162,15 @@ def settings_model(name: str, fn: Callable) -> type[BaseModel]:
     return create_model(f"{name}_settings", __base__=Strict, **fields)
 
 
-def kind_model(base: type[BaseModel]) -> Callable[[str, object], None]:
+def kind_model(base: type[BaseModel], key: str = "kind") -> Callable[[str, object], None]:
     """A registry ``check`` for entries registered as their settings model: a subclass of ``base``
-    whose ``kind`` defaults to the name it is registered under (so ``kind: NAME`` selects it)."""
+    whose ``key`` field (``kind``) defaults to the name it is registered under (so ``kind: NAME`` selects it)."""
 
     def check(name: str, entry: object) -> None:
         if not (isinstance(entry, type) and issubclass(entry, base)):
             raise RegistryError(f"{name!r}: register a subclass of {base.__module__}.{base.__name__}")
-        kind = entry.model_fields.get("kind")
-        if kind is None or kind.default != name:
-            raise RegistryError(f"{name!r}: declare kind: Literal[{name!r}] = {name!r}")
+        field = entry.model_fields.get(key)
+        if field is None or field.default != name:
+            raise RegistryError(f"{name!r}: declare {key}: Literal[{name!r}] = {name!r}")
 
     return check

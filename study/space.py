@@ -1,0 +1,66 @@
+"""The distributions a study's search draws trainer settings from, as a spec writes them:
+``{uniform: [low, high]}``, ``{loguniform: [low, high]}`` or ``{choice: [...]}``. Each knows its
+extremes, which the spec's check validates as trainer settings before anything runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import Discriminator, Field, Tag, field_validator
+
+from trainers.settings import Strict
+
+
+def finite_range(bounds: tuple[float, float], positive: bool = False) -> tuple[float, float]:
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"needs finite bounds with low < high, got [{low}, {high}]")
+    if positive and low <= 0:
+        raise ValueError(f"needs bounds above 0, got [{low}, {high}]")
+    return bounds
+
+
+class Uniform(Strict):
+    uniform: tuple[float, float]
+
+    @field_validator("uniform")
+    @classmethod
+    def _range(cls, bounds):
+        return finite_range(bounds)
+
+    def extremes(self) -> tuple[float, ...]:
+        return self.uniform
+
+
+class LogUniform(Strict):
+    loguniform: tuple[float, float]
+
+    @field_validator("loguniform")
+    @classmethod
+    def _range(cls, bounds):
+        return finite_range(bounds, positive=True)
+
+    def extremes(self) -> tuple[float, ...]:
+        return self.loguniform
+
+
+class Choice(Strict):
+    choice: list[Any] = Field(min_length=1)
+
+    def extremes(self) -> tuple[Any, ...]:
+        return tuple(self.choice)
+
+
+def _distribution_kind(value: Any) -> str | None:
+    """The distribution a mapping names by its one key (``{uniform: [a, b]}``)."""
+    if isinstance(value, dict):
+        return next((key for key in ("uniform", "loguniform", "choice") if key in value), None)
+    return next((key for key in ("uniform", "loguniform", "choice") if hasattr(value, key)), None)
+
+
+Distribution = Annotated[
+    Annotated[Uniform, Tag("uniform")] | Annotated[LogUniform, Tag("loguniform")] | Annotated[Choice, Tag("choice")],
+    Discriminator(_distribution_kind, custom_error_type="distribution",
+                  custom_error_message="expected one of {uniform: [low, high]}, {loguniform: [low, high]}, {choice: [...]}"),
+]
