@@ -485,3 +485,49 @@ def test_the_arm_under_test_is_named_or_psi_or_the_only_arm():
     assert StudySpec.model_validate(minimal(arms=two)).focus_arm == "psi"  # by name, whatever its weighting
     assert StudySpec.model_validate(minimal(arms=two, focus="a")).focus_arm == "a"
     assert StudySpec.model_validate(minimal(arms=two[:1])).focus_arm == "a"
+
+
+SHUFFLED_MODE = '''
+from typing import Literal
+
+from pydantic import Field
+
+from study.search_modes import SearchMode, TuneSetup, register_search_mode
+
+
+@register_search_mode("shuffled")
+class Shuffled(SearchMode):
+    """Every planned trial once, in an order drawn with ``order_seed``."""
+
+    mode: Literal["shuffled"] = "shuffled"
+    order_seed: int = Field(0, ge=0)
+
+    def setup(self, spec, plans) -> TuneSetup:
+        import random
+
+        from ray import tune
+
+        names = [p.name for p in plans]
+        random.Random(self.order_seed).shuffle(names)
+        return TuneSetup({"trial": tune.grid_search(names)})
+'''
+
+
+def test_a_search_mode_with_settings_of_its_own_is_one_class_in_a_plugin_file(tmp_path, fresh_registries):
+    """A user's mode declares its settings as fields: they validate beside ``mode``, are refused
+    under another mode with a line naming this one, and reach its Tuner setup; nothing in
+    ``study/`` changes."""
+    from study.run import study_phases
+
+    (tmp_path / "shuffled.py").write_text(SHUFFLED_MODE)
+    arms = [{"name": "psi", "weighting": {"kind": "psi"}}, {"name": "static", "weighting": {"kind": "static", "w_corr": [0.3, 0.7]}}]
+    spec = load_spec(write(tmp_path, minimal(plugins=["shuffled.py"], arms=arms, search={"mode": "shuffled", "order_seed": 3})))
+    assert spec.search.mode == "shuffled" and spec.search.order_seed == 3
+    phases = study_phases(spec, plan_trials(spec))
+    assert [(p.name, p.search.mode, len(p.plans)) for p in phases] == [("grid", "shuffled", 3)]
+    order = phases[0].search.setup(spec, phases[0].plans).param_space["trial"]["grid_search"]
+    assert sorted(order) == ["psi-s0", "static-wc0.3-s0", "static-wc0.7-s0"] and order != sorted(order)
+    for search, message in (({"mode": "grid", "order_seed": 3}, "search.order_seed: only used with search mode shuffled (mode is grid)"),
+                            ({"mode": "shuffled", "order_seed": -1}, "search.order_seed: Input should be greater than or equal to 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_spec(write(tmp_path, minimal(plugins=["shuffled.py"], search=search)))
