@@ -1,7 +1,7 @@
 """What a cluster whose nodes share no disk adds to a study: the seconds a base model takes through
 the study's object storage, and the seconds Ray's runtime environment adds to a trial's start.
 
-    python -m benchmarks.shipping [--mib 16 256 1024]
+    python -m benchmarks.shipping [--mib 16 256 1024] [--storage-only]
 
 For each size, a model folder of that many MiB goes through a real S3-compatible server (moto)
 on 127.0.0.1 as ``study.shipping`` moves it: the driver's upload, a node's first download into its
@@ -9,7 +9,8 @@ own cache, the weights digest the node computes there once (its base evaluation'
 later trial on that node (nothing to download). Then the first task on a fresh Ray worker that
 imports a trial's code, with and without the project shipped as ``py_modules`` (what
 ``--address`` does): the difference is what shipping the code adds to the first trial on a node.
-Loopback figures: a real bucket adds the network's time.
+``--storage-only`` leaves out the Ray workers (three fresh local Rays, most of a minute). Loopback
+figures: a real bucket adds the network's time.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from study.run import project_code
-from study.shipping import download_once, upload_once
+from study.shipping import download, upload_once
 from study.storage import open_storage
 from trainers.io.fingerprint import weights_digest
 from trainers.runtime.process import free_port
@@ -61,11 +62,11 @@ def model_through_storage(mib: int, root: Path) -> None:
     target = open_storage("s3://bench/study").child("models", f"m{mib}")
     upload = upload_once(model, target)
     node_cache = root / f"node-{mib}"
-    download = download_once(target, node_cache / "shipped" / f"m{mib}")
+    first = download(target, node_cache / "shipped" / f"m{mib}")
     digest = timed(lambda: weights_digest(node_cache / "shipped" / f"m{mib}", node_cache / "digests"))
-    again = timed(lambda: download_once(target, node_cache / "shipped" / f"m{mib}"))
+    again = timed(lambda: download(target, node_cache / "shipped" / f"m{mib}"))
     again += timed(lambda: weights_digest(node_cache / "shipped" / f"m{mib}", node_cache / "digests"))
-    print(f"{mib:>6} MiB: upload {upload:6.2f} s | first trial on a node: download {download:6.2f} s + digest "
+    print(f"{mib:>6} MiB: upload {upload:6.2f} s | first trial on a node: download {first:6.2f} s + digest "
           f"{digest:5.2f} s | later trials there: {again:5.3f} s")
 
 
@@ -100,6 +101,7 @@ def first_task_seconds(runtime_env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, nargs="+", default=[16, 256, 1024])
+    parser.add_argument("--storage-only", action="store_true", help="only the model through object storage")
     args = parser.parse_args()
     server, endpoint = s3_server()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
@@ -114,6 +116,8 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    if args.storage_only:
+        return
     first_task_seconds({})  # warms the disk cache for both
     plain, shipped = first_task_seconds({}), first_task_seconds(project_code())
     print(f"first task importing a trial's code on a fresh worker: {plain:.2f} s from the installed project, "

@@ -1,6 +1,6 @@
 """Where a default trial's time goes, phase by phase, and the speedup against another revision.
 
-    python -m benchmarks.trial_speed [--against REV] [--unpinned] [--repeats 1] [--threads 1] [--arm psi]
+    python -m benchmarks.trial_speed [--against REV] [--unpinned] [--repeats 1] [--threads 1] [--arm psi] [--smoke-test]
 
 Runs the default study's trial (``search_spaces/psi_vs_static.yaml``: its ``base`` settings over
 ``trainers/configs/synthetic_psi.yaml``, the named arm's weighting, seed 0) start to finish in a
@@ -11,6 +11,8 @@ revision, unpacked with ``git archive``; each revision runs its own default tria
 the pinned AVX2 ones, ``trainers.runtime.kernels``; both from the same base model). The runs
 alternate (A, B, A, B, ...) so both see the same machine load. Prints, per revision, the median
 seconds of each phase over the repeats and the speedup, and the trial's final eval numbers.
+``--smoke-test`` times the trial as the study's ``--smoke-test`` runs it (``SMOKE_SETTINGS`` and
+the spec's ``smoke`` settings: a small base model, 2 steps), in seconds rather than minutes.
 
 Phases are charged exclusively (a phase inside another is not counted twice): start-up and
 imports, model load, rollout, grading, LEAD (rewards, advantages, weights), the reference
@@ -79,8 +81,9 @@ class PhaseClock:
         setattr(owner, attribute, timed)
 
 
-def trial_config(root: Path, arm: str, model_path: str) -> dict:
-    """The revision's own default trial: its study's base settings over its trainer config."""
+def trial_config(root: Path, arm: str, model_path: str, smoke: bool = False) -> dict:
+    """The revision's own default trial: its study's base settings (and ``smoke`` settings, for a
+    smoke test) over its trainer config."""
     import yaml
 
     from trainers.settings import deep_merge
@@ -88,6 +91,10 @@ def trial_config(root: Path, arm: str, model_path: str) -> dict:
     spec = yaml.safe_load((root / "search_spaces/psi_vs_static.yaml").read_text())
     config = yaml.safe_load((root / "trainers/configs/synthetic_psi.yaml").read_text())
     config = deep_merge(config, spec.get("base") or {})
+    if smoke:  # as the study's last_settings: the smoke shrink, then the spec's own smoke settings
+        from trainers.config import SMOKE_SETTINGS
+
+        config = deep_merge(config, deep_merge(SMOKE_SETTINGS, spec.get("smoke") or {}))
     weighting = next(a for a in spec["arms"] if a["name"] == arm)["weighting"]  # a trainer weighting
     config = deep_merge(config, {"lead": {"weighting": weighting}, "seed": 0})
     config["model"]["path"] = model_path
@@ -117,7 +124,7 @@ def instrument(clock: PhaseClock) -> None:
     clock.wrap(hf.HFRolloutEngine, "generate", "rollout")
 
 
-def worker(root: Path, arm: str, model_path: str, threads: int, started: float) -> dict:
+def worker(root: Path, arm: str, model_path: str, threads: int, started: float, smoke: bool) -> dict:
     """One trial in this process, with ``root``'s trainer; its phases, total and final metrics."""
     sys.path.insert(0, str(root))
     clock = PhaseClock()
@@ -129,7 +136,7 @@ def worker(root: Path, arm: str, model_path: str, threads: int, started: float) 
     from trainers.config import TrainConfig
 
     torch.set_num_threads(threads)
-    config = TrainConfig.of(trial_config(root, arm, model_path))
+    config = TrainConfig.of(trial_config(root, arm, model_path, smoke))
     clock.seconds["start-up and imports"] += time.perf_counter() - started
     prepare_start = time.perf_counter()
     prepare(config, log=lambda _: None)  # the driver's base evaluation, cached: not part of the trial
@@ -175,25 +182,25 @@ def unpack(revision: str, into: Path) -> Path:
     return tree
 
 
-def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str) -> dict:
+def run_once(root: Path, arm: str, model_path: str, threads: int, cpu_level: str, smoke: bool) -> dict:
     from trainers.runtime import kernels
 
     inherited = {k: v for k, v in os.environ.items() if k not in kernels.PINNED_ENVIRONMENT}  # this process's pin
     env = {**inherited, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root), kernels.SETTING: cpu_level}
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), "--arm", arm,
-         "--model", model_path, "--threads", str(threads)],
+         "--model", model_path, "--threads", str(threads), *(["--smoke-test"] if smoke else [])],
         cwd=root, env=env, check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def base_model(arm: str) -> str:
+def base_model(arm: str, smoke: bool) -> str:
     """The default trial's cached base model (built now if absent), shared by both revisions."""
     from trainers.loop.base_model import base_model_path
     from trainers.config import TrainConfig
 
-    config = trial_config(ROOT, arm, None)
+    config = trial_config(ROOT, arm, None, smoke)
     return str(base_model_path(TrainConfig.of(config), log=print))
 
 
@@ -232,15 +239,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial (the study's resources.cpus)")
     parser.add_argument("--arm", default="psi", help="the default study's arm whose trial runs (psi)")
+    parser.add_argument("--smoke-test", action="store_true", help="the trial as the study's --smoke-test runs it")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(Path(args.worker), args.arm, args.model, args.threads, started)))
+        print(json.dumps(worker(Path(args.worker), args.arm, args.model, args.threads, started, args.smoke_test)))
         return
     from trainers.runtime import kernels
 
-    model_path = base_model(args.arm)
+    model_path = base_model(args.arm, args.smoke_test)
     with tempfile.TemporaryDirectory() as scratch:
         roots = {"HEAD (working tree)": (ROOT, kernels.mode())}
         if args.against:
@@ -250,9 +258,10 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name in roots}
         for repeat in range(args.repeats):
             for name, (root, cpu_level) in roots.items():
-                results[name].append(run_once(root, args.arm, model_path, args.threads, cpu_level))
+                results[name].append(run_once(root, args.arm, model_path, args.threads, cpu_level, args.smoke_test))
                 print(f"repeat {repeat + 1}, {name}: {results[name][-1]['total']:.1f} s", flush=True)
-    print(f"\ndefault trial ({args.arm}, seed 0) on {args.threads} thread(s), median of {args.repeats}:\n")
+    which = "smoke-test trial" if args.smoke_test else "default trial"
+    print(f"\n{which} ({args.arm}, seed 0) on {args.threads} thread(s), median of {args.repeats}:\n")
     print(table(results))
 
 

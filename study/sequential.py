@@ -279,12 +279,13 @@ def allocate(scores: Scores, focus: str, others: Sequence[str], design: Sequenti
     return Allocation(paths, order, done=not needed)
 
 
-def write_table(path: Path = TABLE) -> None:
-    """Calibrate every design of ``table_designs`` and write the table (temporary file, then rename)."""
-    entries = {design_key(*design): [round(c, 4) for c in calibrate(*design)] for design in table_designs()}
+def write_table(path: Path = TABLE, draws: int = DRAWS) -> None:
+    """Calibrate every design of ``table_designs`` on ``draws`` null studies and write the table
+    (temporary file, then rename)."""
+    entries = {design_key(*design): [round(c, 4) for c in calibrate(*design, draws=draws)] for design in table_designs()}
     payload = {"method": "group-sequential paired t, power-family alpha spending, Monte Carlo, the largest "
                          "boundary over the laws: " + ", ".join(CALIBRATION_LAWS),
-               "draws": DRAWS, "seed": CALIBRATION_SEED, "boundaries": entries}
+               "draws": draws, "seed": CALIBRATION_SEED, "boundaries": entries}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.rename(path)
@@ -293,10 +294,12 @@ def write_table(path: Path = TABLE) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.sequential", description=__doc__.split("\n")[0])
     parser.add_argument("--write-table", action="store_true", help=f"calibrate and write {TABLE.name}")
+    parser.add_argument("--draws", type=int, default=DRAWS, help="simulated null studies per design")
+    parser.add_argument("--out", type=Path, default=TABLE, help="where --write-table writes (default: the checked-in table)")
     args = parser.parse_args(argv)
     if args.write_table:
-        write_table()
-    for key, bounds in json.loads(TABLE.read_text())["boundaries"].items():
+        write_table(args.out, args.draws)
+    for key, bounds in json.loads(args.out.read_text())["boundaries"].items():
         print(key, " ".join(f"{c:.2f}" for c in bounds))
     return 0
 

@@ -59,34 +59,63 @@ def test_every_command_names_a_module_or_script_that_exists(page):
 
 # Every program the README and docs/ tell a user to run, and how the suite runs it. RUN_BY: the
 # test that runs its command end to end (its CLI, in a smoke size where the documented size takes
-# minutes to hours). SMALL_RUNS: run below, at a small size. HELP_ONLY: the suite parses its
-# arguments (--help, below) and tests the code it drives, not the command itself, for the reason given. Adding a command to the docs without a
-# line here fails ``test_every_documented_program_is_accounted_for``.
+# minutes to hours). SMALL_RUNS: run below, end to end at a small size, with the arguments a
+# function of the test's folder and fixtures gives, and a phrase its output must hold. HELP_ONLY:
+# the suite parses its arguments (--help, below) and cannot run it here, for the reason given.
+# Adding a command to the docs without a line here fails ``test_every_documented_program_is_accounted_for``.
 RUN_BY = {
     "study.run": "test_study_run.py::test_default_study_smoke_test_end_to_end_in_mlflow",
     "trainers.train": "test_train_cli.py::test_smoke_test_runs_end_to_end_and_writes_its_outputs",
     "trainers.evaluate": "test_math_task.py::test_evaluate_cli_end_to_end_and_resume",
     "analysis.report": "test_analysis_report.py::test_report_of_a_smoke_study",
     "analysis.replay_spec": "test_replay_spec.py::test_the_best_member_s_schedule_against_psi_on_new_seeds",
+    "study.sequential": "test_sequential.py::test_the_boundary_table_recalibrated_on_fewer_draws_is_the_checked_in_one",
     "lock/lock.py": "test_lock.py::test_a_lock_for_other_dependencies_is_one_line_naming_it_and_exit_2",
     "make test": "CI (.ci/run)",
 }
-SMALL_RUNS = {  # run here end to end, at a small size (the documented size takes minutes)
-    "benchmarks.stats_coverage": ["--repetitions", "5", "--suite", "designs"],
-    "benchmarks.sequential_coverage": ["--repetitions", "20"],
-    "benchmarks/import_graph.py": ["--longest", "3"],
-    "benchmarks/lead_step.py": ["--repeats", "1"],
+
+
+def tiny_config_file(tmp_path: Path, request) -> str:
+    """The tests' small run config over the tiny test model (``conftest.tiny_config``), as a YAML file."""
+    import yaml
+
+    from tests.conftest import tiny_config
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(request.getfixturevalue("cache_dir")).model_dump(mode="json")))
+    return str(path)
+
+
+def answers_folder(tmp_path: Path, request) -> str:
+    """A data folder laid out as ``../shared/data``: one benchmark file, the tests' math problems."""
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "fixture.jsonl").write_text((ROOT / "tests/fixtures/math_problems.jsonl").read_text())
+    return str(tmp_path)
+
+
+def with_study_cache(args: list[str]):
+    """``args``, run with the study tests' model cache (``LEAD_STUDY_CACHE``: the smoke base model is built once)."""
+    return lambda tmp_path, request: request.getfixturevalue("study_cache") and args
+
+
+SMALL_RUNS = {  # program: (its arguments, from the test's folder and fixtures; a phrase its output holds)
+    "benchmarks.stats_coverage": (lambda *_: ["--repetitions", "5", "--suite", "designs"], "holds the true difference"),
+    "benchmarks.sequential_coverage": (lambda *_: ["--repetitions", "20"], "Gaussian, true difference 0 sd"),
+    "benchmarks/import_graph.py": (lambda *_: ["--longest", "3"], "Import cycles: none"),
+    "benchmarks/lead_step.py": (lambda *_: ["--repeats", "1"], "lead_step ms"),
+    "benchmarks/grpo_step.py": (lambda tmp, request: [tiny_config_file(tmp, request), "--steps", "4"], "step seconds"),
+    "benchmarks/base_model.py": (lambda tmp, request: [tiny_config_file(tmp, request)], "pass@1"),
+    "benchmarks/analysis_load.py": (lambda *_: ["--trials", "2", "--metrics", "3", "--steps", "10"], "load_study"),
+    "benchmarks/grading_real_data.py": (lambda tmp, request: ["--data-dir", answers_folder(tmp, request), "--workers", "1"],
+                                        "timeouts: 0, errors: 0"),
+    "trainers.models.tiny_chat": (lambda tmp, _: [str(tmp / "model"), "--corpus", str(ROOT / "tests/fixtures/math_problems.jsonl")],
+                                  "model"),
+    "benchmarks.trial_speed": (with_study_cache(["--smoke-test"]), "smoke-test trial (psi, seed 0)"),
+    "benchmarks.shipping": (lambda *_: ["--mib", "1", "--storage-only"], "first trial on a node: download"),
 }
+SLOW_RUNS = {"benchmarks.trial_speed", "benchmarks.shipping"}  # a trial in a fresh process; an S3 server
 HELP_ONLY = {
-    "benchmarks.trial_speed": "runs the default trial twice (minutes)",
-    "benchmarks.shipping": "needs object storage and a cluster; test_shipping.py runs the shipping",
-    "study.sequential": "--write-table recalibrates for minutes; test_sequential.py reproduces a table entry",
-    "trainers.models.tiny_chat": "builds a model from a corpus; test_math_task.py builds one through the same code",
-    "benchmarks/grpo_step.py": "a timing benchmark (minutes)",
-    "benchmarks/base_model.py": "evaluates the full base model (minutes)",
-    "benchmarks/analysis_load.py": "a timing benchmark over a 50-trial store",
-    "benchmarks/grading_real_data.py": "grades every real row (minutes); test_grading.py grades them without load",
-    "benchmarks/ui_screenshots.py": "needs a headless Chromium",
+    "benchmarks/ui_screenshots.py": "needs a headless Chromium, which no package index serves",
     "benchmarks/gpu_check.py": "needs a GPU",
 }
 NOT_RUN = {  # make targets the suite cannot run inside itself
@@ -115,14 +144,15 @@ def test_every_run_by_test_exists():
 
 def run_program(program: str, args: list[str], monkeypatch) -> int | None:
     """``python -m PROGRAM ARGS`` or ``python PROGRAM ARGS``, in this process; its exit code (None:
-    it returned). Torch's thread count, which a benchmark may set, is restored after it (threads
-    change numbers in the tests that follow)."""
+    it returned). Torch's thread count and the environment, which a benchmark may set, are restored
+    after it (threads change numbers in the tests that follow)."""
+    import os
     import runpy
 
     import torch
 
     monkeypatch.setattr("sys.argv", [program, *args])
-    threads = torch.get_num_threads()
+    threads, environment = torch.get_num_threads(), dict(os.environ)
     try:
         if program.endswith(".py"):
             monkeypatch.syspath_prepend(str(ROOT))
@@ -133,13 +163,18 @@ def run_program(program: str, args: list[str], monkeypatch) -> int | None:
         return done.code
     finally:
         torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(environment)
     return None
 
 
-@pytest.mark.parametrize("program", sorted(SMALL_RUNS))
-def test_every_small_run_program_runs_end_to_end(program, monkeypatch, capsys):
-    assert run_program(program, SMALL_RUNS[program], monkeypatch) in (0, None)
-    assert capsys.readouterr().out.strip()
+@pytest.mark.parametrize(
+    "program", [pytest.param(p, marks=[pytest.mark.slow] if p in SLOW_RUNS else []) for p in sorted(SMALL_RUNS)]
+)
+def test_every_small_run_program_runs_end_to_end(program, tmp_path, request, monkeypatch, capsys):
+    arguments, phrase = SMALL_RUNS[program]
+    assert run_program(program, arguments(tmp_path, request), monkeypatch) in (0, None)
+    assert phrase in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("program", sorted(HELP_ONLY))

@@ -22,6 +22,23 @@ def test_the_table_holds_every_planned_design_and_the_code_reproduces_an_entry()
     assert np.allclose(fresh, sequential.boundaries(looks, 0.05, 2.0), atol=1e-4)
 
 
+def test_the_boundary_table_recalibrated_on_fewer_draws_is_the_checked_in_one(tmp_path, capsys):
+    """``python -m study.sequential --write-table`` at 20,000 draws a design (the table: 1,000,000):
+    the same designs, every boundary within 10% of the checked-in one (its Monte Carlo error at
+    the first looks, which spend the least alpha), the last looks within 5%; the table it prints
+    is the one it wrote."""
+    out = tmp_path / "boundaries.json"
+    assert sequential.main(["--write-table", "--draws", "20000", "--out", str(out)]) == 0
+    written, shipped = (json.loads(path.read_text())["boundaries"] for path in (out, sequential.TABLE))
+    assert written.keys() == shipped.keys() and json.loads(out.read_text())["draws"] == 20000
+    for key, bounds in written.items():
+        assert np.allclose(bounds, shipped[key], rtol=0.10), key
+        assert bounds[-1] == pytest.approx(shipped[key][-1], rel=0.05), key
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[0] == next(iter(written)) and len(printed) == len(written)
+    assert not out.with_suffix(".tmp").exists()
+
+
 @pytest.mark.parametrize("looks", [tuple(range(3, 13)), tuple(range(4, 13)), (4, 8, 12), (5,)])
 def test_the_first_gaussian_boundary_is_the_t_quantile_of_what_the_first_look_spends(looks):
     """At the first look only that look's statistic counts: under the Gaussian alone ``c`` is
