@@ -12,7 +12,7 @@ Builds a randomly initialised Qwen2 with the 1.5B model's configuration (hidden 
    AdamW), MFU = 6 x parameters x tokens / seconds / 989 TFLOP/s (H100 dense bf16);
 3. the peak memory of one micro-batch at the paper's shape: 8 rows of 1,024 prompt + 4,096
    response tokens, forward and backward with chunked log-probs and gradient checkpointing.
-Needs only torch and transformers (no vLLM, DeepSpeed, pydantic or Ray).
+Needs torch, transformers and pydantic (no vLLM, DeepSpeed or Ray).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare 
 print = functools.partial(print, flush=True)  # noqa: A001  (lines appear as they are measured)
 
 from trainers.actor.single import SingleActor  # noqa: E402
+from trainers.config import OptimConfig  # noqa: E402
 from trainers.actor.update import PolicyBatch  # noqa: E402
 from trainers.rollout.base import EngineSpec, SamplingParams  # noqa: E402
 from trainers.rollout.hf import HFRolloutEngine  # noqa: E402
@@ -45,11 +46,10 @@ H100_BF16_FLOPS = 989e12
 
 
 def train_settings(dtype: str):
-    """The settings SingleActor and policy_update read (a TrainConfig needs pydantic; this runs without it)."""
-    train = SimpleNamespace(lr=1e-6, weight_decay=0.0, grad_clip=1.0, kl_coef=0.0, kl_type="mse", entropy_coef=0.0,
-                            clip_ratio=0.2, clip_ratio_high=None, clip_ratio_c=None, loss_aggregation="token_mean",
-                            ppo_epochs=1, mini_batch_size=64,
-                            micro_batch_size=8, gradient_checkpointing=True)
+    """The settings SingleActor and policy_update read: the trainer's own ``OptimConfig`` (every
+    setting not named here at its default), a rollout temperature and the compute dtype."""
+    train = OptimConfig(lr=1e-6, kl_coef=0.0, entropy_coef=0.0, mini_batch_size=64, micro_batch_size=8,
+                        gradient_checkpointing=True)
     return SimpleNamespace(train=train, rollout=SimpleNamespace(temperature=1.0), model=SimpleNamespace(dtype=dtype))
 
 

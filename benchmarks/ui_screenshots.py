@@ -31,12 +31,12 @@ def screenshot(chromium: str, url: str, path: Path, profile: Path) -> None:
                    check=True, capture_output=True, timeout=180)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--study", required=True)
     parser.add_argument("--out", type=Path, default=Path("ui"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("error: no chromium on PATH (Debian: apt-get install chromium)", file=sys.stderr)

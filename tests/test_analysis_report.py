@@ -159,6 +159,26 @@ def partial_study(tmp_path):
     return uri
 
 
+def test_ui_screenshots_of_the_smoke_study(smoke_study, tmp_path, monkeypatch, capsys):
+    """``python benchmarks/ui_screenshots.py`` on the smoke study: two PNG pages from headless
+    Chromium (skipped where none is installed); without Chromium, one line and exit code 2."""
+    import shutil
+
+    from benchmarks.ui_screenshots import main as screenshots
+
+    args = ["--tracking-uri", smoke_study.uri, "--study", smoke_study.name, "--out", str(tmp_path / "ui")]
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    with monkeypatch.context() as bare:
+        bare.setenv("PATH", str(tmp_path))
+        assert screenshots(args) == 2
+    assert capsys.readouterr().err == "error: no chromium on PATH (Debian: apt-get install chromium)\n"
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); its absence is tested above")
+    assert screenshots(args) == 0
+    for page in ("trials_chart.png", "experiment.png"):
+        assert (tmp_path / "ui" / page).read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_partial_study_reports_missing_running_and_failed_trials(partial_study, tmp_path):
     data = load_study(partial_study, "partial")
     assert data.missing == ["static-wc0.5-s1"]

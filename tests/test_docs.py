@@ -60,8 +60,7 @@ def test_every_command_names_a_module_or_script_that_exists(page):
 # Every program the README and docs/ tell a user to run, and how the suite runs it. RUN_BY: the
 # test that runs its command end to end (its CLI, in a smoke size where the documented size takes
 # minutes to hours). SMALL_RUNS: run below, end to end at a small size, with the arguments a
-# function of the test's folder and fixtures gives, and a phrase its output must hold. HELP_ONLY:
-# the suite parses its arguments (--help, below) and cannot run it here, for the reason given.
+# function of the test's folder and fixtures gives, and a phrase its output must hold.
 # Adding a command to the docs without a line here fails ``test_every_documented_program_is_accounted_for``.
 RUN_BY = {
     "study.run": "test_study_run.py::test_default_study_smoke_test_end_to_end_in_mlflow",
@@ -71,6 +70,7 @@ RUN_BY = {
     "analysis.replay_spec": "test_replay_spec.py::test_the_best_member_s_schedule_against_psi_on_new_seeds",
     "study.sequential": "test_sequential.py::test_the_boundary_table_recalibrated_on_fewer_draws_is_the_checked_in_one",
     "lock/lock.py": "test_lock.py::test_a_lock_for_other_dependencies_is_one_line_naming_it_and_exit_2",
+    "benchmarks/ui_screenshots.py": "test_analysis_report.py::test_ui_screenshots_of_the_smoke_study",  # needs Chromium
     "make test": "CI (.ci/run)",
 }
 
@@ -112,12 +112,9 @@ SMALL_RUNS = {  # program: (its arguments, from the test's folder and fixtures; 
                                   "model"),
     "benchmarks.trial_speed": (with_study_cache(["--smoke-test"]), "smoke-test trial (psi, seed 0)"),
     "benchmarks.shipping": (lambda *_: ["--mib", "1", "--storage-only"], "first trial on a node: download"),
+    "benchmarks/gpu_check.py": (lambda *_: ["--tiny"], "policy update (single backend)"),  # its CPU check
 }
 SLOW_RUNS = {"benchmarks.trial_speed", "benchmarks.shipping"}  # a trial in a fresh process; an S3 server
-HELP_ONLY = {
-    "benchmarks/ui_screenshots.py": "needs a headless Chromium, which no package index serves",
-    "benchmarks/gpu_check.py": "needs a GPU",
-}
 NOT_RUN = {  # make targets the suite cannot run inside itself
     "make run": "the default study, 57 minutes; its smoke test is RUN_BY study.run",
     "make setup": "builds the environment the suite runs in", "make setup-gpu": "CUDA machines only",
@@ -131,8 +128,8 @@ def documented_programs() -> set[str]:
 
 
 def test_every_documented_program_is_accounted_for():
-    unknown = documented_programs() - set(RUN_BY) - set(SMALL_RUNS) - set(HELP_ONLY) - set(NOT_RUN)
-    assert unknown == set(), f"add these to RUN_BY, SMALL_RUNS, HELP_ONLY or NOT_RUN: {sorted(unknown)}"
+    unknown = documented_programs() - set(RUN_BY) - set(SMALL_RUNS) - set(NOT_RUN)
+    assert unknown == set(), f"add these to RUN_BY, SMALL_RUNS or NOT_RUN: {sorted(unknown)}"
 
 
 def test_every_run_by_test_exists():
@@ -175,10 +172,3 @@ def test_every_small_run_program_runs_end_to_end(program, tmp_path, request, mon
     arguments, phrase = SMALL_RUNS[program]
     assert run_program(program, arguments(tmp_path, request), monkeypatch) in (0, None)
     assert phrase in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("program", sorted(HELP_ONLY))
-def test_every_help_only_program_parses_its_arguments(program, monkeypatch, capsys):
-    """``PROGRAM --help`` exits 0 and prints its usage (in this process)."""
-    assert run_program(program, ["--help"], monkeypatch) in (0, None)
-    assert "usage:" in capsys.readouterr().out
