@@ -57,19 +57,19 @@ def finished(process: subprocess.Popen) -> dict:
 
 @pytest.mark.slow
 def test_the_pinned_build_equals_one_forced_by_hand_and_the_published_digest(tmp_path):
-    """Two builds side by side (one thread each): the pin as it comes, and the pin off with the
-    level forced by hand. Their weights are bit-identical and equal the published digest; a third
-    build at the machine's own level differs where that level is above AVX2."""
-    pinned = build(tmp_path / "pinned", {})
-    by_hand = build(tmp_path / "by-hand", {kernels.SETTING: kernels.NATIVE, **kernels.PINNED_ENVIRONMENT})
-    pinned, by_hand = finished(pinned), finished(by_hand)
+    """Three builds side by side (one thread each): the pin as it comes, the pin off with the level
+    forced by hand, and the machine's own level. The first two are bit-identical and equal the
+    published digest; the third differs where the machine's level is above AVX2."""
+    started = [build(tmp_path / "pinned", {}),
+               build(tmp_path / "by-hand", {kernels.SETTING: kernels.NATIVE, **kernels.PINNED_ENVIRONMENT}),
+               build(tmp_path / "native", {kernels.SETTING: kernels.NATIVE})]
+    pinned, by_hand, native = (finished(process) for process in started)
     assert pinned["level"] == "AVX2 (pinned)" and pinned["torch"] == by_hand["torch"] == "AVX2"
     assert by_hand["level"] == "AVX2 (not pinned)"
     assert Path(pinned["folder"]).name != Path(by_hand["folder"]).name  # never one cache entry
     assert pinned["sha256"] == by_hand["sha256"]
     assert pinned["sha256"] == PUBLISHED_SMOKE_SHA256, "this machine does not reproduce the published smoke base model"
     assert PUBLISHED_SMOKE_SHA256 in (ROOT / "docs/reproducibility.md").read_text()
-    native = finished(build(tmp_path / "native", {kernels.SETTING: kernels.NATIVE}))
     if native["torch"] == "AVX2":
         pytest.skip("this machine's own level is AVX2: nothing above the pin to differ from it")
     assert native["sha256"] != pinned["sha256"]
