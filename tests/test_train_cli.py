@@ -41,8 +41,10 @@ def write_config(tmp_path, cache_dir, **changes):
 
 def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache_dir, tmp_path):
     config = write_config(tmp_path, cache_dir)
+    # the real command, once, with overrides; from the tests' built base model (a smoke test would
+    # otherwise build its own small one: tests/test_kernels.py builds that one)
     result = subprocess.run([sys.executable, "-m", "trainers.train", config, "seed=3", "--smoke-test", "--output-dir",
-                             tmp_path / "out", "train.lr=2.0e-4"],  # the real command, once, with overrides
+                             tmp_path / "out", "train.lr=2.0e-4", f"model.path={tiny_model_dir}"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("done: eval accuracy")
@@ -54,7 +56,7 @@ def test_smoke_test_runs_end_to_end_and_writes_its_outputs(tiny_model_dir, cache
     assert summary["eval/accuracy"] == lines[-1]["eval/accuracy"]
     assert summary["versions"]["torch"] == torch.__version__ and summary["versions"]["lead-study"].startswith("0.")
     assert summary["threads"] == torch.get_num_threads()  # the run's thread count is on record
-    assert summary["overrides"] == ["seed=3", "train.lr=2.0e-4"]
+    assert summary["overrides"] == ["seed=3", "train.lr=2.0e-4", f"model.path={tiny_model_dir}"]
     resolved = yaml.safe_load((tmp_path / "out/config.yaml").read_text())  # what replays the run
     assert (resolved["seed"], resolved["train"]["lr"]) == (3, 2.0e-4)
     assert "GRPO" in result.stderr  # the progress bar
