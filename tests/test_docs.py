@@ -95,7 +95,12 @@ def answers_folder(tmp_path: Path, request) -> str:
 
 def with_study_cache(args: list[str]):
     """``args``, run with the study tests' model cache (``LEAD_STUDY_CACHE``: the smoke base model is built once)."""
-    return lambda tmp_path, request: request.getfixturevalue("study_cache") and args
+
+    def arguments(tmp_path: Path, request) -> list[str]:
+        request.getfixturevalue("study_cache")  # sets LEAD_STUDY_CACHE for the session
+        return args
+
+    return arguments
 
 
 SMALL_RUNS = {  # program: (its arguments, from the test's folder and fixtures; a phrase its output holds)
