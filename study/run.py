@@ -369,8 +369,8 @@ def print_dry_run(spec: StudySpec, plans: list, unchecked: list[str], max_concur
     for line in trial_table(plans):
         print(line)
     print(f"resources per trial: {spec.resources.describe()}")
-    if spec.search.describe():
-        print(spec.search.describe())
+    if described := spec.search.describe():
+        print(described)
     if show_configs:
         for plan in plans:
             print(f"--- {plan.name}\n{yaml.safe_dump(plan.config, sort_keys=False)}", end="")

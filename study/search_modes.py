@@ -248,7 +248,7 @@ class PopulationSearch(SearchMode):
             raise ValueError(f"search.population.{self.moves}: {self.mode} needs at least one setting to move")
         if getattr(population, other):
             raise ValueError(f"search.population.{other}: not used by {self.mode} (it takes {self.moves})")
-        arm = next((arm for arm in spec.arms if arm.name == population.arm), None)
+        arm = self.arm(spec)
         if arm is None:
             raise ValueError(f"search.population.arm: no arm named '{population.arm}' "
                              f"(arms: {', '.join(a.name for a in spec.arms)})")
@@ -257,11 +257,14 @@ class PopulationSearch(SearchMode):
             raise ValueError(f"search.population.arm: '{arm.name}' has {members} trial; a population needs at least 2 "
                              "(weight variants x seeds)")
 
+    def arm(self, spec):
+        """The spec's arm the population is made of (None: no arm of that name)."""
+        return next((arm for arm in spec.arms if arm.name == self.population.arm), None)
+
     def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
-        arm = next(arm for arm in spec.arms if arm.name == self.population.arm)
         for key, values in self.population.extremes().items():
             for value in values:
-                for _, settings in arm.settings(spec.base):
+                for _, settings in self.arm(spec).settings(spec.base):
                     yield f"search.population.{self.moves}.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
 
     def config_problems(self, spec, arm: str, config: TrainConfig, smoke: bool) -> list[str]:
