@@ -88,6 +88,14 @@ class SearchMode(Strict):
         """The mode's rules on one trial config of ``arm`` (one line each)."""
         return []
 
+    @staticmethod
+    def at_extremes(spec, arm, where: str, extremes: dict[str, tuple[Any, ...]]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``drawn``'s pairs: each of ``arm``'s settings with one dotted key set to one of its extremes."""
+        for key, values in extremes.items():
+            for value in values:
+                for _, settings in arm.settings(spec.base):
+                    yield f"{where}.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
+
     def phases(self, plans: list) -> list[tuple[str, list, SearchMode]]:
         """(name, plans, the mode that sets it up): the experiments the study runs, one after the other."""
         return [("grid", plans, self)]
@@ -180,10 +188,7 @@ class Optuna(EarlyStopping):
             raise ValueError("search.space: optuna needs at least one parameter")
 
     def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key, distribution in self.space.items():
-            for value in distribution.extremes():
-                for _, settings in spec.arms[0].settings(spec.base):
-                    yield f"search.space.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
+        return self.at_extremes(spec, spec.arms[0], "search.space", {k: d.extremes() for k, d in self.space.items()})
 
     def setup(self, spec, plans) -> TuneSetup:
         from ray.tune.search.optuna import OptunaSearch
@@ -262,10 +267,7 @@ class PopulationSearch(SearchMode):
         return next((arm for arm in spec.arms if arm.name == self.population.arm), None)
 
     def drawn(self, spec) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key, values in self.population.extremes().items():
-            for value in values:
-                for _, settings in self.arm(spec).settings(spec.base):
-                    yield f"search.population.{self.moves}.{key} = {value!r}: ", deep_merge(settings, dotted(key, value))
+        return self.at_extremes(spec, self.arm(spec), f"search.population.{self.moves}", self.population.extremes())
 
     def config_problems(self, spec, arm: str, config: TrainConfig, smoke: bool) -> list[str]:
         """An exploit must not replace a member's weights after its final evaluation, nor rank members

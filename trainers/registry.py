@@ -99,12 +99,13 @@ class Registry(Mapping[str, T], Generic[T]):
             raise ValueError(f"expected a mapping of {self.what} settings with a {key}")
         name = data.get(key, default)
         model = self.lookup(name)
-        misplaced = [
-            InitErrorDetails(type=PydanticCustomError("other_entry", f"only used with {self.what} {' or '.join(takers)} "
-                                                      f"({key} is {name})"), loc=(field,), input=data[field])
-            for field in data if field not in model.model_fields
-            for takers in [[n for n in self.registered() if field in self[n].model_fields]] if takers
-        ]
+        misplaced = []
+        for field in (f for f in data if f not in model.model_fields):
+            takers = [other for other in self.registered() if field in self[other].model_fields]
+            if takers:
+                message = f"only used with {self.what} {' or '.join(takers)} ({key} is {name})"
+                misplaced.append(InitErrorDetails(type=PydanticCustomError("other_entry", message), loc=(field,),
+                                                  input=data[field]))
         if misplaced:
             raise ValidationError.from_exception_data(model.__name__, misplaced)
         return model.model_validate(data)
