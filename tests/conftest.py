@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def run_main(main, *args, cwd: Path | None = None) -> subprocess.CompletedProces
         except SystemExit as exc:  # argparse's own errors
             code = exc.code
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+# A line Ray's log monitor streams to the driver from one of its processes: "(raylet) ...",
+# "(pid=12) ...", "(TrainWorker pid=12, ip=10.0.0.2) ...", coloured or not.
+RAY_STREAMED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|gcs_server|autoscaler|[^)]*\bpid=\d+)[^)]*\)")
+
+
+def own_stderr(capsys) -> str:
+    """What the study's own code wrote to stderr: the captured text less the lines Ray streamed in
+    from its processes meanwhile (a raylet's full-disk warning arrives whenever the disk is full)."""
+    err = capsys.readouterr().err
+    return "".join(line for line in err.splitlines(keepends=True) if not RAY_STREAMED_LINE.match(line))
 
 
 @pytest.fixture(scope="session")

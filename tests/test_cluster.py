@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import own_stderr
 from tests.test_study_run import ROOT, bucket_keys, child_runs, history_artifact_matches, make_bucket, small_spec, steps_of
 
 AUDIT_HOOK = '''\
@@ -192,7 +193,7 @@ def test_a_cluster_node_that_lacks_a_dependency_is_one_line_and_exit_2_before_an
                          f"sqlite:///{tmp_path}/mlflow.db", "--address", ray_cluster])
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: --address: node ") and "cannot import math_verify (import of math_verify halted" in err
     assert not (tmp_path / "runs/fault").exists() and not (tmp_path / "mlflow.db").exists()  # (the lock files stay)

@@ -16,7 +16,6 @@ import yaml
 from analysis.compute import differing_versions
 from tests.conftest import run_main
 from trainers.io.fingerprint import versions
-from trainers.models import tiny
 from trainers.models.tiny import TinyModelConfig, ensure_base_model, settings_hash
 from trainers.runtime import kernels
 from trainers.tasks.synthetic import SyntheticTaskConfig

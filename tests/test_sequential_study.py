@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import write_report
 from stores.mlflow_store import read_json_artifact
 from study.run import main
+from tests.conftest import own_stderr
 from tests.test_study_run import ROOT, child_runs, quiet_args, small_spec, study_args, wait_for
 from trainers import contract as M
 
@@ -43,7 +44,7 @@ def sequential_spec(tmp_path, cache_dir, design=None, steps=3, **changes):
 def test_a_bad_sequential_design_is_one_line_and_exit_2(tmp_path, cache_dir, capsys, design, changes, message):
     spec = sequential_spec(tmp_path, cache_dir, {"kind": "sequential", "min_seeds": 3, "max_seeds": 4, **design}, **changes)
     assert main(quiet_args(spec, tmp_path)) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from trainers.contract import HISTORY_ARTIFACT, TAG_HISTORY_STEP as HISTORY_STEP_TAG, TAG_LOGGED_STEP as LOGGED_STEP_TAG, TAG_STUDY_RUN as STUDY_RUN_TAG
 from trainers.contract import TAG_OVERRIDES as OVERRIDES_TAG
 from study.run import main
-from tests.conftest import TINY
+from tests.conftest import TINY, own_stderr
 from trainers.config import TrainConfig
 from trainers.runtime import kernels
 from trainers.settings import deep_merge
@@ -303,7 +303,7 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_starts(ray_c
     """A trial asking for more GPUs than the cluster has would stay pending forever: one line, exit 2."""
     spec = small_spec(tmp_path, cache_dir, resources={"cpus": 1, "gpus": 8})
     assert main(quiet_args(spec, tmp_path)) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert err.startswith("error: resources: a trial asks for 8 GPUs (the cluster has 4)") and err.count("\n") == 1
     assert not (tmp_path / "runs" / "fault").exists()
 
@@ -532,7 +532,7 @@ def test_unusable_object_storage_is_one_line_and_exit_2_before_anything_starts(s
                                                                                 message):
     spec = small_spec(tmp_path, cache_dir)
     assert main([str(spec), "--output-dir", uri, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "mlflow.db").exists()
 

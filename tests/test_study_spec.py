@@ -10,6 +10,7 @@ import yaml
 from study.plan import plan_trials
 from study.run import main
 from study.spec import load_spec
+from tests.conftest import own_stderr
 from trainers.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,8 +217,7 @@ def test_bad_specs_name_the_key_path(tmp_path, data, message):
 
 def run_cli(*args, capsys):
     code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    return code, err
+    return code, own_stderr(capsys)
 
 
 def test_cli_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys):
@@ -289,7 +289,7 @@ def test_set_overrides_a_spec_setting_and_bad_ones_are_named(capsys):
     assert main([spec, "--dry-run", "--set", "base.train.stepz=7"]) == 2
     assert "base.train.stepz: unknown key" in capsys.readouterr().err
     assert main([spec, "--dry-run", "--set", "seeds", "--set", "seeds=[0"]) == 2
-    err = capsys.readouterr().err.splitlines()
+    err = own_stderr(capsys).splitlines()
     assert err == ["error: override 'seeds': expected KEY=VALUE with a dotted key, e.g. train.steps=30",
                    "error: override seeds: the value is not YAML: while parsing a flow sequence"]
 
@@ -345,7 +345,7 @@ def test_unset_environment_variables_are_named(monkeypatch, capsys):
     monkeypatch.delenv("LEAD_MODEL_PATH", raising=False)
     monkeypatch.setenv("LEAD_DATA_DIR", "/data")
     assert main([str(R1_SPEC), "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = own_stderr(capsys).strip()
     assert err.endswith("base.model.path: environment variable LEAD_MODEL_PATH is not set") and "\n" not in err
 
 
