@@ -120,18 +120,6 @@ def search_settings(data: Any) -> SearchMode:
     return SEARCH_MODES.settings_of(data, SearchMode, "grid", key="mode")
 
 
-def tune_domain(distribution, population: bool = False):
-    """A spec distribution as Ray Tune's search space; a population's choices stay a list (PBT
-    shifts a list value to a neighbour, and would multiply a ``tune.choice`` value)."""
-    from ray import tune
-
-    if hasattr(distribution, "uniform"):
-        return tune.uniform(*distribution.uniform)
-    if hasattr(distribution, "loguniform"):
-        return tune.loguniform(*distribution.loguniform)
-    return list(distribution.choice) if population else tune.choice(distribution.choice)
-
-
 class Asha(Strict):
     grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1.0)
@@ -193,7 +181,7 @@ class Optuna(EarlyStopping):
     def setup(self, spec, plans) -> TuneSetup:
         from ray.tune.search.optuna import OptunaSearch
 
-        space = {"trial": plans[0].name, "search": {k: tune_domain(d) for k, d in self.space.items()}}
+        space = {"trial": plans[0].name, "search": {k: d.tune_domain() for k, d in self.space.items()}}
         return TuneSetup(space, self.num_samples, OptunaSearch(seed=spec.seeds[0]), self.scheduler(plans),
                          trial_ids_in_names=True)
 
@@ -391,7 +379,7 @@ class Pbt(PopulationSearch):
         from ray.tune.schedulers import PopulationBasedTraining
 
         population = self.population
-        ranges = {k: d.extremes() for k, d in population.mutations.items() if not hasattr(d, "choice")}
+        ranges = {k: r for k, d in population.mutations.items() if (r := d.clip_range()) is not None}
 
         def clip(config: dict) -> dict:
             for key, (low, high) in ranges.items():
@@ -399,7 +387,7 @@ class Pbt(PopulationSearch):
             return config
 
         return resumable(PopulationBasedTraining)(
-            hyperparam_mutations={"search": {k: tune_domain(d, population=True) for k, d in population.mutations.items()}},
+            hyperparam_mutations={"search": {k: d.tune_domain(population=True) for k, d in population.mutations.items()}},
             resample_probability=population.resample_probability, custom_explore_fn=clip, **self.common(),
         )
 

@@ -1,6 +1,8 @@
 """The distributions a study's search draws trainer settings from, as a spec writes them:
 ``{uniform: [low, high]}``, ``{loguniform: [low, high]}`` or ``{choice: [...]}``. Each knows its
-extremes, which the spec's check validates as trainer settings before anything runs."""
+extremes (the spec's check validates them as trainer settings before anything runs), its Ray Tune
+search space (``tune_domain``; Ray is imported there only) and the range a population clips a
+perturbed value into (``clip_range``)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ class Uniform(Strict):
     def extremes(self) -> tuple[float, ...]:
         return self.uniform
 
+    def clip_range(self) -> tuple[float, float] | None:
+        return self.uniform
+
+    def tune_domain(self, population: bool = False):
+        from ray import tune
+
+        return tune.uniform(*self.uniform)
+
 
 class LogUniform(Strict):
     loguniform: tuple[float, float]
@@ -44,6 +54,14 @@ class LogUniform(Strict):
     def extremes(self) -> tuple[float, ...]:
         return self.loguniform
 
+    def clip_range(self) -> tuple[float, float] | None:
+        return self.loguniform
+
+    def tune_domain(self, population: bool = False):
+        from ray import tune
+
+        return tune.loguniform(*self.loguniform)
+
 
 class Choice(Strict):
     choice: list[Any] = Field(min_length=1)
@@ -51,12 +69,26 @@ class Choice(Strict):
     def extremes(self) -> tuple[Any, ...]:
         return tuple(self.choice)
 
+    def clip_range(self) -> None:
+        """None: a perturbed choice moves to a neighbouring value, never outside the list."""
+        return None
+
+    def tune_domain(self, population: bool = False):
+        """A population's choices stay a list (PBT shifts a list value to a neighbour, and would
+        multiply a ``tune.choice`` value)."""
+        from ray import tune
+
+        return list(self.choice) if population else tune.choice(self.choice)
+
+
+KINDS = ("uniform", "loguniform", "choice")
+
 
 def _distribution_kind(value: Any) -> str | None:
     """The distribution a mapping names by its one key (``{uniform: [a, b]}``)."""
     if isinstance(value, dict):
-        return next((key for key in ("uniform", "loguniform", "choice") if key in value), None)
-    return next((key for key in ("uniform", "loguniform", "choice") if hasattr(value, key)), None)
+        return next((key for key in KINDS if key in value), None)
+    return next((key for key in KINDS if hasattr(value, key)), None)
 
 
 Distribution = Annotated[

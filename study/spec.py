@@ -302,7 +302,6 @@ class StudySpec(Strict):
         return self.focus or (M.DEFAULT_FOCUS if M.DEFAULT_FOCUS in names else names[0])
 
 
-
 def _check_train_settings(spec: StudySpec, path: Path) -> None:
     """Every arm's trainer settings, normal and smoke, must form valid TrainConfigs (errors name the
     arm); every value the search space can draw must be a valid setting; the metric must be one
