@@ -7,7 +7,7 @@ perturbed value into (``clip_range``)."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
@@ -23,44 +23,43 @@ def finite_range(bounds: tuple[float, float], positive: bool = False) -> tuple[f
     return bounds
 
 
-class Uniform(Strict):
+class Range(Strict):
+    """A numeric range, ``{<kind>: [low, high]}``: its bounds are its extremes and the range a
+    population clips a perturbed value into; Ray Tune's domain of the same name samples it."""
+
+    kind: ClassVar[str]  # the spec's key, and Ray Tune's function: uniform | loguniform
+    positive: ClassVar[bool] = False  # bounds must lie above 0
+
+    @field_validator("*")
+    @classmethod
+    def _finite(cls, bounds):
+        return finite_range(bounds, cls.positive)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return getattr(self, self.kind)
+
+    def extremes(self) -> tuple[float, ...]:
+        return self.bounds
+
+    def clip_range(self) -> tuple[float, float] | None:
+        return self.bounds
+
+    def tune_domain(self, population: bool = False):
+        from ray import tune
+
+        return getattr(tune, self.kind)(*self.bounds)
+
+
+class Uniform(Range):
+    kind: ClassVar[str] = "uniform"
     uniform: tuple[float, float]
 
-    @field_validator("uniform")
-    @classmethod
-    def _range(cls, bounds):
-        return finite_range(bounds)
 
-    def extremes(self) -> tuple[float, ...]:
-        return self.uniform
-
-    def clip_range(self) -> tuple[float, float] | None:
-        return self.uniform
-
-    def tune_domain(self, population: bool = False):
-        from ray import tune
-
-        return tune.uniform(*self.uniform)
-
-
-class LogUniform(Strict):
+class LogUniform(Range):
+    kind: ClassVar[str] = "loguniform"
+    positive: ClassVar[bool] = True
     loguniform: tuple[float, float]
-
-    @field_validator("loguniform")
-    @classmethod
-    def _range(cls, bounds):
-        return finite_range(bounds, positive=True)
-
-    def extremes(self) -> tuple[float, ...]:
-        return self.loguniform
-
-    def clip_range(self) -> tuple[float, float] | None:
-        return self.loguniform
-
-    def tune_domain(self, population: bool = False):
-        from ray import tune
-
-        return tune.loguniform(*self.loguniform)
 
 
 class Choice(Strict):
